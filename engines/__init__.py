@@ -1,0 +1,1 @@
+"""Inference backends behind one interface (PyTorch, ONNX Runtime, TensorRT), plus the model store."""
