@@ -23,7 +23,13 @@ class QueueClosed(Exception):
 
 
 class BoundedQueue(Generic[T]):
-    def __init__(self, maxsize: int, policy: QueuePolicy = "block", name: str = "") -> None:
+    def __init__(
+        self,
+        maxsize: int,
+        policy: QueuePolicy = "block",
+        name: str = "",
+        wakeup: threading.Event | None = None,
+    ) -> None:
         if maxsize < 1:
             raise ValueError(f"queue {name!r}: maxsize must be >= 1, got {maxsize}")
         if policy not in ("latest", "block"):
@@ -38,6 +44,8 @@ class BoundedQueue(Generic[T]):
         self._closed = False
         self.dropped = 0
         self.put_count = 0
+        # Set on every put and on close: lets one consumer wait on several queues at once.
+        self.wakeup = wakeup
 
     def put(self, item: T, timeout: float | None = None) -> bool:
         """Add an item. Returns False when a ``block`` queue stayed full for ``timeout`` seconds."""
@@ -60,7 +68,9 @@ class BoundedQueue(Generic[T]):
             self._items.append(item)
             self.put_count += 1
             self._not_empty.notify()
-            return True
+        if self.wakeup is not None:
+            self.wakeup.set()
+        return True
 
     def get(self, timeout: float | None = None) -> T | None:
         """Next item; None on timeout; raises QueueClosed once closed and drained."""
@@ -94,6 +104,8 @@ class BoundedQueue(Generic[T]):
             self._closed = True
             self._not_empty.notify_all()
             self._not_full.notify_all()
+        if self.wakeup is not None:
+            self.wakeup.set()
 
     @property
     def closed(self) -> bool:

@@ -1,16 +1,166 @@
-"""Run the pipeline (default command)."""
+"""Run the pipeline (the default command)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from pipeline.config import CameraConfig, ConfigError, PipelineConfig, load_config
+
+log = logging.getLogger("vidpipe")
+
+DEMO_SOURCE = "demo"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="configs/default.yaml")
-    parser.add_argument("--source")
-    parser.add_argument("--print-events", action="store_true")
+    parser.add_argument("--config", default="configs/default.yaml", help="YAML config (default: %(default)s)")
+    parser.add_argument("--source", help="run one camera on this URL/file instead of the config's cameras")
+    parser.add_argument("--camera-id", default="cam0", help="camera id for --source (default: %(default)s)")
+    parser.add_argument(
+        "--print-events", action="store_true", help="echo every event as a JSON line on stdout"
+    )
+    parser.add_argument("--redis-url", help="override redis.url (default: config, else a local redis-server)")
+    parser.add_argument("--model", help="override detector.model (a store name, an .onnx path, or 'none')")
+    parser.add_argument(
+        "--backend", choices=["onnxruntime", "torch", "tensorrt"], help="override detector.backend"
+    )
+    parser.add_argument("--duration", type=float, help="stop after this many seconds")
+    parser.add_argument(
+        "--var-dir", default="var", help="runtime data: spool, snapshots, demo clip, local redis"
+    )
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _apply_overrides(cfg: PipelineConfig, args: argparse.Namespace) -> PipelineConfig:
+    if args.source:
+        base = cfg.cameras[0].model_dump(exclude={"id", "source", "queue_policy", "loop", "realtime"})
+        cfg.cameras = [CameraConfig(id=args.camera_id, source=args.source, **base)]
+    if args.redis_url:
+        cfg.redis.url = args.redis_url
+    if args.model:
+        cfg.detector.model = args.model
+    if args.backend:
+        cfg.detector.backend = args.backend
+    if args.log_level:
+        cfg.log_level = args.log_level
+    return cfg
+
+
+def _resolve_demo_sources(cfg: PipelineConfig, var_dir: Path) -> None:
+    for cam in cfg.cameras:
+        if cam.source == DEMO_SOURCE:
+            from pipeline.demo_media import default_demo_clip
+
+            cam.source = str(default_demo_clip(var_dir / "demo"))
+            log.info("camera %s: demo clip %s (built from scikit-image's sample photos)", cam.id, cam.source)
+
+
+def _status_printer(pipeline, interval: float, stop: threading.Event) -> None:
+    while not stop.wait(interval):
+        line = pipeline.metrics.status_line()
+        if line:
+            print(f"[status] {line}", file=sys.stderr, flush=True)
 
 
 def main(args: argparse.Namespace) -> int:
-    print("runner not wired yet")
-    return 2
+    try:
+        cfg = _apply_overrides(load_config(args.config), args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    var_dir = Path(args.var_dir)
+    var_dir.mkdir(parents=True, exist_ok=True)
+    _resolve_demo_sources(cfg, var_dir)
+    if not Path(cfg.redis.spool_path).is_absolute() and cfg.redis.spool_path.startswith("var/"):
+        cfg.redis.spool_path = str(var_dir / cfg.redis.spool_path[len("var/") :])
+
+    local_redis = None
+    if cfg.redis.url is None:
+        from pipeline.redis_server import LocalRedis
+
+        local_redis = LocalRedis(data_dir=var_dir / "redis").start()
+        cfg.redis.url = local_redis.url
+        print(f"started a local redis-server for this run at {local_redis.url}", file=sys.stderr)
+
+    from pipeline.runner import Pipeline
+
+    sinks = []
+    if args.print_events:
+
+        def print_event(ev) -> None:
+            print(ev.to_json(), flush=True)
+
+        sinks.append(print_event)
+    try:
+        pipeline = Pipeline(cfg, event_sinks=sinks, var_dir=var_dir)
+    except Exception as exc:  # noqa: BLE001 - a startup error is reported, not dumped
+        log.error("cannot start the pipeline: %s", exc)
+        if local_redis:
+            local_redis.stop()
+        return 1
+
+    host_port = cfg.redis.url.split("@")[-1].split("//")[-1].split("/")[0]
+    host, _, port = host_port.partition(":")
+    p = cfg.redis.prefix
+    print(
+        "subscribe to events with:\n"
+        f"  redis-cli -h {host} -p {port or 6379} PSUBSCRIBE '{p}:*'        # live (pub/sub)\n"
+        f"  redis-cli -h {host} -p {port or 6379} XREAD BLOCK 0 STREAMS {p}:stream:detections $   # durable\n"
+        "  (see docs/events.md for every channel and stream)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+    metrics_server = None
+    if cfg.metrics.http_port is not None:
+        from pipeline.metrics_http import MetricsServer
+
+        metrics_server = MetricsServer(
+            pipeline.metrics, cfg.metrics.http_host, cfg.metrics.http_port, pipeline.health
+        )
+        metrics_server.start()
+        print(f"metrics: http://{cfg.metrics.http_host}:{metrics_server.port}/metrics", file=sys.stderr)
+
+    signals_seen = 0
+
+    def on_signal(signum, _frame) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info("%s: stopping (send again to force)", signal.Signals(signum).name)
+            pipeline.stop()
+        else:
+            log.warning("forced exit; undelivered events stay in the spool %s", cfg.redis.spool_path)
+            raise SystemExit(130)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    stop_status = threading.Event()
+    threading.Thread(
+        target=_status_printer, args=(pipeline, cfg.metrics.status_interval_s, stop_status), daemon=True
+    ).start()
+    pipeline.start()
+    try:
+        finished = pipeline.wait(args.duration)
+        if not finished:
+            pipeline.stop()
+        pipeline.join(timeout=cfg.redis.flush_timeout_s + 10)
+    finally:
+        stop_status.set()
+        if metrics_server:
+            metrics_server.stop()
+        if local_redis:
+            local_redis.stop()
+    summary = {cid: d.state for cid, d in pipeline.decoders.items()}
+    print(f"pipeline stopped; cameras: {json.dumps(summary)}", file=sys.stderr)
+    print(f"[status] {pipeline.metrics.status_line()}", file=sys.stderr)
+    return 0
