@@ -190,5 +190,5 @@ class Pipeline:
             cid: {"decoder": d.state, "analytics": self.analytics[cid].state, "last_error": d.last_error}
             for cid, d in self.decoders.items()
         }
-        ok = self.detect.state in ("running", "created") and self.publisher.state in ("running", "created")
+        ok = self.detect.state != "failed" and self.publisher.state != "failed"
         return {"ok": ok, "detect": self.detect.state, "publisher": self.publisher.state, "cameras": cams}
