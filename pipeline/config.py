@@ -50,6 +50,11 @@ class CameraConfig(_Strict):
     loop: bool = Field(False, description="restart a file source from the top when it ends")
     realtime: bool = Field(False, description="pace a file source at its native frame rate")
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
+    ffmpeg_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra FFmpeg options for opening the source, e.g. {video_size: 1280x720, "
+        "input_format: mjpeg, framerate: '30'} for a V4L2 camera; they override the decoder's defaults",
+    )
     analytics: CameraZonesConfig = Field(default_factory=CameraZonesConfig)
 
     @property
@@ -72,6 +77,18 @@ class RedisConfig(_Strict):
     spool_path: str = Field("var/spool.sqlite", description="SQLite file events wait in while Redis is down")
     spool_max_events: int = Field(1_000_000, ge=1)
     publish_detections: bool = Field(True, description="publish a detections.frame event per detected frame")
+    socket_timeout_s: float = Field(
+        2.0, gt=0, description="a Redis command unanswered this long counts as an outage (hung server)"
+    )
+    connect_timeout_s: float = Field(2.0, gt=0)
+    retry_initial_s: float = Field(0.5, gt=0, description="first wait before retrying an unreachable Redis")
+    retry_max_s: float = Field(10.0, gt=0, description="cap of the doubling retry wait")
+    batch_size: int = Field(256, ge=1, le=10_000, description="events per Redis round trip")
+    queue_size: int = Field(10_000, ge=1, description="events waiting in memory for the publisher")
+    enqueue_timeout_s: float = Field(
+        2.0, ge=0, description="a producer waits this long for room in the queue, then spools directly"
+    )
+    flush_timeout_s: float = Field(10.0, ge=0, description="at shutdown, time allowed to empty the spool")
 
 
 class BatchConfig(_Strict):
@@ -92,6 +109,12 @@ class DetectorConfig(_Strict):
     )
     batch: BatchConfig = Field(default_factory=BatchConfig)
     threads: int | None = Field(None, ge=1, description="CPU inference threads; None = backend default")
+    layout: Literal["auto", "v5", "v8", "yolox"] = Field(
+        "auto", description="output layout of an .onnx YOLO model; auto = tell from the output shape"
+    )
+    resize: Literal["auto", "letterbox", "stretch"] = Field(
+        "auto", description="auto = the preprocessing the model family was trained with (letterbox)"
+    )
 
     @field_validator("input_size")
     @classmethod

@@ -1,0 +1,202 @@
+"""Generate real H.264 clips from scikit-image's bundled photos (demo clip, tests, benchmarks).
+
+The clip shows real photographs (astronaut, coffee, chelsea the cat) gliding and bouncing over a textured
+background (skimage's brick texture), so detectors see real image content and encoders see real motion.
+Every frame also carries its own index as a 16-bit black/white block code in the top-left corner
+(``read_frame_index``), which lets tests check order and completeness from the pixels alone.
+
+Output format follows the file suffix: ``.mp4``/``.mkv``/``.mov`` are containers, ``.h264``/``.264`` is an
+Annex-B elementary stream (what an RTSP server streams).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+INDEX_BITS = 16
+INDEX_CELL = 8  # pixels per code cell; the code occupies INDEX_BITS*INDEX_CELL x INDEX_CELL at (0, 0)
+
+_RAW_H264_SUFFIXES = {".h264", ".264"}
+
+
+@dataclass(frozen=True)
+class _Sprite:
+    image: np.ndarray  # BGR uint8
+    x0: float
+    y0: float
+    vx: float  # pixels per frame
+    vy: float
+
+
+def _rgb_to_bgr(img: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+def _resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(img).resize((max(1, width), max(1, height)), Image.BILINEAR))
+
+
+def _background(width: int, height: int) -> np.ndarray:
+    from skimage import data
+
+    brick = data.brick()  # 512x512 grayscale texture
+    reps_y = -(-height // brick.shape[0])
+    reps_x = -(-width // brick.shape[1])
+    tiled = np.tile(brick, (reps_y, reps_x))[:height, :width]
+    # Tint it slightly so it is not grey: real cameras rarely see pure grey.
+    bgr = np.stack([tiled * 0.8, tiled * 0.9, tiled], axis=-1)
+    return np.clip(bgr, 0, 255).astype(np.uint8)
+
+
+def _sprites(width: int, height: int, fps: float) -> list[_Sprite]:
+    from skimage import data
+
+    photos = [data.astronaut(), data.coffee(), data.chelsea()]
+    sprites = []
+    for i, photo in enumerate(photos):
+        h = max(8, int(height * 0.45))
+        w = max(8, int(h * photo.shape[1] / photo.shape[0]))
+        w = min(w, width // 2)
+        img = _rgb_to_bgr(_resize(photo, w, h))
+        speed = width / (fps * (3.0 + i))  # crosses the frame in 3-5 s
+        sprites.append(
+            _Sprite(
+                image=img,
+                x0=(i * width / 3) % max(1, width - w),
+                y0=(i * height / 4) % max(1, height - h),
+                vx=speed * (1 if i % 2 == 0 else -1),
+                vy=speed * 0.6 * (1 if i < 2 else -1),
+            )
+        )
+    return sprites
+
+
+def _bounce(start: float, velocity: float, t: int, span: int) -> int:
+    """Position after ``t`` frames of a point bouncing between 0 and ``span``."""
+    if span <= 0:
+        return 0
+    pos = (start + velocity * t) % (2 * span)
+    return int(pos if pos <= span else 2 * span - pos)
+
+
+def draw_frame_index(image: np.ndarray, index: int) -> None:
+    """Stamp ``index`` (mod 2**16) as black/white cells on the top-left of ``image``, in place."""
+    value = index % (1 << INDEX_BITS)
+    for bit in range(INDEX_BITS):
+        on = (value >> (INDEX_BITS - 1 - bit)) & 1
+        x = bit * INDEX_CELL
+        image[:INDEX_CELL, x : x + INDEX_CELL] = 255 if on else 0
+
+
+def read_frame_index(image: np.ndarray) -> int:
+    """Read back the index stamped by ``draw_frame_index`` (samples the middle of each cell)."""
+    value = 0
+    c = INDEX_CELL // 2
+    for bit in range(INDEX_BITS):
+        x = bit * INDEX_CELL
+        cell = image[c - 2 : c + 2, x + c - 2 : x + c + 2]
+        value = (value << 1) | int(cell.mean() > 127)
+    return value
+
+
+def render_frames(
+    width: int = 320, height: int = 240, fps: float = 25.0, n_frames: int = 75
+) -> Iterator[np.ndarray]:
+    """Yield ``n_frames`` BGR uint8 frames of the demo scene (the same pixels ``write_demo_video`` encodes)."""
+    background = _background(width, height)
+    sprites = _sprites(width, height, fps)
+    for t in range(n_frames):
+        frame = background.copy()
+        for s in sprites:
+            sh, sw = s.image.shape[:2]
+            x = _bounce(s.x0, s.vx, t, width - sw)
+            y = _bounce(s.y0, s.vy, t, height - sh)
+            frame[y : y + sh, x : x + sw] = s.image
+        if width >= INDEX_BITS * INDEX_CELL and height >= INDEX_CELL:
+            draw_frame_index(frame, t)
+        yield frame
+
+
+def write_demo_video(
+    path: str | Path,
+    *,
+    width: int = 320,
+    height: int = 240,
+    fps: int = 25,
+    seconds: float = 3.0,
+    keyframe_interval: int | None = None,
+    crf: int = 23,
+    preset: str = "veryfast",
+) -> Path:
+    """Encode the demo scene to ``path`` with libx264 and return the path.
+
+    ``keyframe_interval`` defaults to one second of frames. B-frames are off so decode order equals
+    display order (simplest for streaming). Width and height must be even (yuv420p).
+    """
+    path = Path(path)
+    if width % 2 or height % 2:
+        raise ValueError(f"width and height must be even for yuv420p, got {width}x{height}")
+    n_frames = max(1, round(seconds * fps))
+    gop = keyframe_interval or fps
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = path.suffix.lower() in _RAW_H264_SUFFIXES
+    with av.open(str(path), mode="w", format="h264" if raw else None) as out:
+        stream = out.add_stream(
+            "libx264",
+            rate=fps,
+            options={
+                "preset": preset,
+                "crf": str(crf),
+                "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:repeat-headers=1",
+            },
+        )
+        stream.width = width
+        stream.height = height
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = Fraction(1, fps)
+        for t, img in enumerate(render_frames(width, height, fps, n_frames)):
+            frame = av.VideoFrame.from_ndarray(img, format="bgr24")
+            frame.pts = t
+            frame.time_base = Fraction(1, fps)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def write_damaged_copy(
+    src: str | Path, dst: str | Path, *, keep_fraction: float = 0.5, corrupt: bool = False
+) -> Path:
+    """Copy ``src`` to ``dst`` truncated to ``keep_fraction`` of its bytes; with ``corrupt``, instead keep the
+    full length but overwrite a run of bytes in the second half with garbage (deterministic)."""
+    data = bytearray(Path(src).read_bytes())
+    if corrupt:
+        rng = np.random.default_rng(1234)
+        start = int(len(data) * keep_fraction)
+        length = max(1, len(data) // 10)
+        data[start : start + length] = rng.integers(
+            0, 256, size=len(data[start : start + length]), dtype=np.uint8
+        ).tobytes()
+    else:
+        data = data[: int(len(data) * keep_fraction)]
+    dst = Path(dst)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def default_demo_clip(cache_dir: str | Path) -> Path:
+    """The CLI's default demo clip (640x360, 10 s), generated once into ``cache_dir``."""
+    path = Path(cache_dir) / "vidpipe_demo_640x360.mp4"
+    if not path.exists():
+        tmp = path.with_suffix(".partial.mp4")
+        write_demo_video(tmp, width=640, height=360, fps=25, seconds=10.0)
+        tmp.replace(path)
+    return path
