@@ -47,10 +47,6 @@ class DetectStage(Stage):
         self._on_all_closed = on_all_inputs_closed
         self.batch_sizes: list[int] = []  # recent batch sizes, for metrics/tests
         self.inference_metrics = metrics.stage("inference", detector.name)
-        for cam, q in self.inputs.items():
-            m = metrics.stage("queue.frames", cam)
-            m.queue_depth = q.qsize
-            m.queue_drops = lambda q=q: q.dropped
 
     def _poll_round(self, batch: list[Frame], limit: int) -> bool:
         """Take at most one frame from each open camera queue, in rotating order. True if any was taken."""

@@ -93,7 +93,12 @@ class Pipeline:
             )
             self.frame_queues[cam.id] = fq
             self.inboxes[cam.id] = inbox
-            self.decoders[cam.id] = DecoderStage(cam, fq, self._on_decoder_event, self.metrics)
+            decoder = DecoderStage(cam, fq, self._on_decoder_event, self.metrics)
+            # The decoder's line shows its output queue: frames waiting for the detector, and frames dropped
+            # by a `latest` queue because the detector was behind.
+            decoder.metrics.queue_depth = fq.qsize
+            decoder.metrics.queue_drops = lambda fq=fq: fq.dropped
+            self.decoders[cam.id] = decoder
             stage = AnalyticsStage(
                 cam.id,
                 inbox,
