@@ -1,0 +1,67 @@
+"""Polygons, anchor points and box overlap, vectorised with NumPy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def anchor_points(boxes: np.ndarray, anchor: str) -> np.ndarray:
+    """(N, 2) points of (N, 4) x1y1x2y2 boxes: ``bottom_center`` (feet on the ground) or ``center``."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    cx = (boxes[:, 0] + boxes[:, 2]) * 0.5
+    y = boxes[:, 3] if anchor == "bottom_center" else (boxes[:, 1] + boxes[:, 3]) * 0.5
+    return np.stack([cx, y], axis=1)
+
+
+def scale_points(points, normalized: bool, width: int, height: int) -> np.ndarray:
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    if normalized:
+        pts = pts * np.array([width, height], np.float64)
+    return pts
+
+
+def points_in_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """Even-odd ray casting: bool (N,) for (N, 2) points against a (M, 2) polygon."""
+    points = np.asarray(points, np.float64).reshape(-1, 2)
+    if points.shape[0] == 0:
+        return np.zeros((0,), bool)
+    x = points[:, 0:1]
+    y = points[:, 1:2]
+    nxt = np.concatenate([polygon[1:], polygon[:1]])
+    x1 = polygon[None, :, 0]
+    y1 = polygon[None, :, 1]
+    x2 = nxt[None, :, 0]
+    y2 = nxt[None, :, 1]
+    straddles = (y1 > y) != (y2 > y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x_cross = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
+    hits = straddles & (x < x_cross)
+    return (hits.sum(axis=1) % 2) == 1
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) IoU of x1y1x2y2 boxes."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    if a.shape[0] == 0 or b.shape[0] == 0:
+        return np.zeros((a.shape[0], b.shape[0]))
+    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)
+    area_b = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def segments_intersect(p: np.ndarray, q: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether segment p-q crosses segment a-b (touching counts)."""
+
+    def orient(u, v, w) -> float:
+        return float((v[0] - u[0]) * (w[1] - u[1]) - (v[1] - u[1]) * (w[0] - u[0]))
+
+    o1, o2 = orient(a, b, p), orient(a, b, q)
+    o3, o4 = orient(p, q, a), orient(p, q, b)
+    return (o1 * o2 <= 0) and (o3 * o4 <= 0)
