@@ -113,7 +113,7 @@ class DetectorConfig(_Strict):
         "auto", description="output layout of an .onnx YOLO model; auto = tell from the output shape"
     )
     resize: Literal["auto", "letterbox", "stretch"] = Field(
-        "auto", description="auto = the preprocessing the model family was trained with (letterbox)"
+        "auto", description="auto = what the model family was trained with (darknet: stretch, others: letterbox)"
     )
 
     @field_validator("input_size")
@@ -149,6 +149,21 @@ class PipelineConfig(_Strict):
             if cam.id in seen:
                 raise ValueError(f"camera id {cam.id!r} is used twice")
             seen.add(cam.id)
+        return self
+
+    @model_validator(mode="after")
+    def _doors_refer_to_cameras(self) -> PipelineConfig:
+        cams = {c.id for c in self.cameras}
+        door_ids: set[str] = set()
+        for i, door in enumerate(self.doors):
+            if door.id in door_ids:
+                raise ValueError(f"doors[{i}]: door id {door.id!r} is used twice")
+            door_ids.add(door.id)
+            unknown = [c for c in door.cameras if c not in cams]
+            if unknown:
+                raise ValueError(f"doors[{i}] ({door.id}): unknown camera id(s) {unknown}")
+        if self.doors and not self.faces.enabled:
+            raise ValueError("doors are configured but faces.enabled is false (doors need face recognition)")
         return self
 
 

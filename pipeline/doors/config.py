@@ -1,11 +1,103 @@
-"""Door access policy settings (issue 4 fleshes these out)."""
+"""Door access policy settings (one entry of the ``doors:`` list)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import os
+import re
+from datetime import time as dtime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
 
 
-class DoorConfig(BaseModel):
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str
+
+class TimeWindow(_Strict):
+    """Days plus an HH:MM range in the door's timezone. start > end wraps past midnight (22:00-06:00)."""
+
+    days: list[str] = Field(default_factory=lambda: list(DAYS))
+    start: str = "00:00"
+    end: str = "24:00"
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, v: list[str]) -> list[str]:
+        out = [d.strip().lower()[:3] for d in v]
+        bad = [d for d, o in zip(v, out, strict=True) if o not in DAYS]
+        if bad:
+            raise ValueError(f"unknown day(s) {bad}; use {', '.join(DAYS)}")
+        return out
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, v: str) -> str:
+        if not _HHMM.match(v):
+            raise ValueError("expected HH:MM (00:00..24:00)")
+        return v
+
+    @staticmethod
+    def minutes(v: str) -> int:
+        h, m = v.split(":")
+        return int(h) * 60 + int(m)
+
+    def contains(self, weekday: int, clock: dtime) -> bool:
+        """weekday: 0 = Monday. A wrapping window belongs to the day it starts on."""
+        now = clock.hour * 60 + clock.minute
+        start, end = self.minutes(self.start), self.minutes(self.end)
+        today, yesterday = DAYS[weekday], DAYS[(weekday - 1) % 7]
+        if start <= end:
+            return today in self.days and start <= now < end
+        return (today in self.days and now >= start) or (yesterday in self.days and now < end)
+
+
+class DoorConfig(_Strict):
+    id: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    cameras: list[str] = Field(..., min_length=1, description="camera ids whose faces may open this door")
+    allow_people: list[str] = Field(default_factory=list, description="enrolled names allowed in")
+    allow_groups: list[str] = Field(default_factory=list, description="faces.groups names allowed in")
+    schedule: list[TimeWindow] = Field(
+        default_factory=lambda: [TimeWindow()], description="when allowed people may enter; empty = never"
+    )
+    timezone: str = "UTC"
+    k_frames: int = Field(3, ge=1, description="matching frames of one identity needed for a decision")
+    window_s: float = Field(3.0, gt=0, description="those frames must fall within this many seconds")
+    min_face_px: float = Field(80.0, ge=12, description="smaller faces do not vote")
+    cooldown_s: float = Field(10.0, ge=0, description="after a decision for a person, wait this long")
+    max_frame_age_s: float = Field(2.0, gt=0, description="older frames (capture_time) fail closed")
+    secret: SecretStr | None = Field(None, description="HMAC key; prefer secret_env")
+    secret_env: str | None = Field(None, description="environment variable holding the HMAC key")
+    audit_log: str = Field("var/doors_audit.jsonl", description="append-only hash-chained decision log")
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown timezone (use an IANA name like Europe/Paris)") from None
+        return v
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> DoorConfig:
+        if (self.secret is None) == (self.secret_env is None):
+            raise ValueError(f"door {self.id!r}: set exactly one of secret or secret_env")
+        return self
+
+    def secret_bytes(self) -> bytes:
+        """The HMAC key. Raises ValueError (naming the door and variable, never the value) if unset."""
+        if self.secret is not None:
+            value = self.secret.get_secret_value()
+        else:
+            value = os.environ.get(self.secret_env or "", "")
+            if not value:
+                raise ValueError(
+                    f"door {self.id!r}: environment variable {self.secret_env} is not set or empty"
+                )
+        if len(value) < 16:
+            raise ValueError(f"door {self.id!r}: the secret must be at least 16 characters")
+        return value.encode()

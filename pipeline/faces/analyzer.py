@@ -1,0 +1,206 @@
+"""Face access analyzer: faces in each frame -> identities -> door decisions (signed, audited) and
+faces.unknown events with a saved crop.
+
+Runs on the camera's analytics thread (see pipeline/analyzers.py). Anything that goes wrong while
+analysing a frame becomes a signed ``denied`` decision for every door of the camera (fail closed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.doors.audit import AuditLog, open_audit_log
+from pipeline.doors.config import DoorConfig
+from pipeline.doors.policy import DoorPolicy, FaceVote
+from pipeline.doors.signing import sign_event
+from pipeline.events import Event
+from pipeline.faces.config import FacesConfig
+from pipeline.faces.enroll import FaceEngine, shared_engine
+from pipeline.faces.gallery import Gallery
+from pipeline.faces.matcher import Matcher
+from pipeline.faces.quality import crop_face, face_side
+from pipeline.types import FrameResult
+
+log = logging.getLogger(__name__)
+
+
+class _Door:
+    def __init__(self, cfg: DoorConfig, groups: dict[str, list[str]], base_dir: Path | None) -> None:
+        self.cfg = cfg
+        self.policy = DoorPolicy(cfg, groups)
+        self.key = cfg.secret_bytes()  # raises now (naming the door) rather than at the first decision
+        path = Path(cfg.audit_log)
+        if base_dir is not None and not path.is_absolute():
+            path = base_dir / path
+        self.audit: AuditLog = open_audit_log(path)
+
+
+class FaceAccessAnalyzer:
+    def __init__(
+        self,
+        faces: FacesConfig,
+        doors: list[DoorConfig],
+        camera_id: str,
+        engine: FaceEngine | None = None,
+        clock: Callable[[], float] = time.time,
+        base_dir: str | Path | None = None,
+    ) -> None:
+        """``base_dir``: relative paths in the config (gallery, audit log, crops) are resolved against it
+        (default: the working directory)."""
+        self.cfg = faces
+        self.camera_id = camera_id
+        self.clock = clock
+        base = Path(base_dir) if base_dir is not None else None
+        self._resolve = lambda p: Path(p) if base is None or Path(p).is_absolute() else base / p
+        self.doors = [_Door(d, faces.groups, base) for d in doors if camera_id in d.cameras]
+        self.engine = engine or shared_engine(faces)
+        self.gallery = Gallery(self._resolve(faces.gallery_path))
+        self._gallery_version: tuple | None = None
+        self._gallery_checked = 0.0
+        self.matcher = Matcher({}, faces.threshold)
+        self._reload_gallery(force=True)
+        self._crop_dir = self._resolve(faces.unknown_crops.dir)
+        self._last_unknown = -float("inf")
+
+    # ---- analyzer protocol ------------------------------------------------------------------------------
+
+    def process(self, result: FrameResult) -> list[Event]:
+        frame = result.frame
+        now = self.clock()
+        try:
+            self._reload_gallery()
+            dets = self.engine.detect(frame.image)
+            if len(dets) > self.cfg.max_faces_per_frame:
+                order = np.argsort(-(dets.boxes[:, 2] - dets.boxes[:, 0]))[: self.cfg.max_faces_per_frame]
+                dets = dets.select(order)
+            embs = self.engine.embed(frame.image, dets) if len(dets) else np.zeros((0, 128), np.float32)
+            matches = [self.matcher.identify(e) for e in embs]
+        except Exception as exc:  # noqa: BLE001 - any failure denies, loudly
+            log.exception("camera %s: face analysis failed on frame %d", self.camera_id, frame.seq)
+            return self._decisions(
+                result,
+                [
+                    d
+                    for door in self.doors
+                    for d in door.policy.error(type(exc).__name__ + ": " + str(exc)[:200], now)
+                ],
+                now,
+            )
+
+        result.extras["faces"] = [
+            {
+                "box": [round(float(v), 1) for v in dets.boxes[i]],
+                "identity": m.identity,
+                "distance": None if m.distance == float("inf") else round(m.distance, 4),
+            }
+            for i, m in enumerate(matches)
+        ]
+        votes = [FaceVote(m.identity, m.distance, face_side(dets.boxes[i])) for i, m in enumerate(matches)]
+        decisions = [d for door in self.doors for d in door.policy.observe(frame.capture_time, votes, now)]
+        events = self._decisions(result, decisions, now)
+        unknown = [i for i, m in enumerate(matches) if m.identity is None]
+        if (
+            unknown
+            and self.cfg.unknown_crops.enabled
+            and now - self._last_unknown >= self.cfg.unknown_crops.cooldown_s
+        ):
+            self._last_unknown = now
+            events.append(self._unknown_event(result, dets.boxes, unknown, matches))
+        return events
+
+    def on_camera_status(self, status: str) -> list[Event]:
+        now = self.clock()
+        decisions = [d for door in self.doors for d in door.policy.camera_status(status, now)]
+        return self._decisions(None, decisions, now)
+
+    def close(self) -> list[Event]:
+        self.gallery.close()
+        return []
+
+    # ---- helpers ---------------------------------------------------------------------------------------
+
+    def _reload_gallery(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._gallery_checked < self.cfg.gallery_reload_s:
+            return
+        self._gallery_checked = now
+        version = self.gallery.version()
+        if force or version != self._gallery_version:
+            self.matcher = Matcher(self.gallery.templates(self.engine.model_id), self.cfg.threshold)
+            self._gallery_version = version
+            log.info("camera %s: gallery loaded, %d people", self.camera_id, len(self.matcher))
+
+    def _decisions(self, result: FrameResult | None, decisions: list[dict], now: float) -> list[Event]:
+        events = []
+        by_id = {d.cfg.id: d for d in self.doors}
+        for dec in decisions:
+            door = by_id[dec["door_id"]]
+            ev = Event(
+                type="doors.decision",
+                camera_id=self.camera_id,
+                ts=result.frame.capture_time if result else now,
+                frame_seq=result.frame.seq if result else None,
+                pts=result.frame.pts if result else None,
+                data=dec,
+            )
+            ev = sign_event(ev, door.cfg.id, door.key, now=now)
+            door.audit.append(ev.model_dump(mode="json"))
+            log.info("door %s: %s %s (%s)", door.cfg.id, dec["decision"], dec["person"] or "-", dec["reason"])
+            events.append(ev)
+        return events
+
+    def _unknown_event(self, result: FrameResult, boxes: np.ndarray, idx: list[int], matches: list) -> Event:
+        frame = result.frame
+        faces = []
+        for i in idx:
+            path = self._save_crop(frame.image, boxes[i], f"{self.camera_id}_{frame.seq}_{i}")
+            m = matches[i]
+            faces.append(
+                {
+                    "box": [round(float(v), 1) for v in boxes[i]],
+                    "crop": str(path) if path else None,
+                    "nearest": m.nearest,
+                    "distance": None if m.distance == float("inf") else round(m.distance, 4),
+                }
+            )
+        return Event(
+            type="faces.unknown",
+            camera_id=self.camera_id,
+            ts=frame.capture_time,
+            frame_seq=frame.seq,
+            pts=frame.pts,
+            data={"faces": faces},
+        )
+
+    def _save_crop(self, image: np.ndarray, box: np.ndarray, stem: str) -> Path | None:
+        try:
+            self._crop_dir.mkdir(parents=True, exist_ok=True)
+            path = self._crop_dir / f"{stem}_{int(time.time() * 1000)}.jpg"
+            if not cv2.imwrite(str(path), crop_face(image, box, margin=0.25)):
+                raise OSError("cv2.imwrite failed")
+            self._prune_crops()
+            return path.resolve()
+        except OSError:
+            log.exception("camera %s: cannot save unknown-face crop in %s", self.camera_id, self._crop_dir)
+            return None
+
+    def _prune_crops(self) -> None:
+        """Keep at most max_files crops, none older than max_age_days (other cameras may prune too)."""
+        rc = self.cfg.unknown_crops
+        files = []
+        for p in self._crop_dir.glob("*.jpg"):
+            try:
+                files.append((p.stat().st_mtime, p))
+            except FileNotFoundError:
+                continue
+        files.sort()
+        cutoff = time.time() - rc.max_age_days * 86400
+        for i, (mtime, p) in enumerate(files):
+            if i < len(files) - rc.max_files or mtime < cutoff:
+                p.unlink(missing_ok=True)

@@ -1,0 +1,156 @@
+"""The face gallery: enrolled people and their template embeddings, in SQLite.
+
+Each enrollment is one transaction (WAL journal, synchronous=FULL), so a crash leaves either the whole
+enrollment or none of it, and nothing committed before is lost. Every template stores the id of the model
+that made it: templates of another model are never compared (they are not in the same space).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS persons (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS templates (
+    id INTEGER PRIMARY KEY,
+    person_id INTEGER NOT NULL REFERENCES persons(id) ON DELETE CASCADE,
+    model_id TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    embedding BLOB NOT NULL,
+    source TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS templates_person ON templates(person_id);
+"""
+
+
+class GalleryError(ValueError):
+    """A gallery operation was refused (unknown person, name taken, bad name)."""
+
+
+@dataclass(frozen=True)
+class PersonInfo:
+    name: str
+    templates: int
+    model_ids: tuple[str, ...]
+    created: float
+
+
+def check_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > 100 or any(c in name for c in "\n\r\t/\\"):
+        raise GalleryError(
+            f"invalid person name {name!r} (1-100 characters, no slashes or control characters)"
+        )
+    return name
+
+
+class Gallery:
+    """Thread-safe (one connection, one lock); cheap to open several times on one file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def enroll(self, name: str, embeddings: np.ndarray, sources: list[str], model_id: str) -> int:
+        """Add templates to a person (created if new) in one transaction; returns the person's template count."""
+        name = check_name(name)
+        emb = np.asarray(embeddings, np.float32)
+        if emb.ndim != 2 or len(emb) != len(sources) or len(emb) == 0:
+            raise GalleryError(f"enroll {name!r}: need N >= 1 embeddings (N, D) and N sources")
+        if not np.all(np.isfinite(emb)):
+            raise GalleryError(f"enroll {name!r}: embeddings contain NaN or inf")
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT OR IGNORE INTO persons(name, created) VALUES (?, ?)", (name, now))
+                (pid,) = self._db.execute("SELECT id FROM persons WHERE name = ?", (name,)).fetchone()
+                self._db.executemany(
+                    "INSERT INTO templates(person_id, model_id, dim, embedding, source, created) VALUES (?,?,?,?,?,?)",
+                    [
+                        (pid, model_id, emb.shape[1], e.tobytes(), s, now)
+                        for e, s in zip(emb, sources, strict=True)
+                    ],
+                )
+                (count,) = self._db.execute(
+                    "SELECT COUNT(*) FROM templates WHERE person_id = ?", (pid,)
+                ).fetchone()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return int(count)
+
+    def persons(self) -> list[PersonInfo]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT p.name, p.created, COUNT(t.id), GROUP_CONCAT(DISTINCT t.model_id) FROM persons p "
+                "LEFT JOIN templates t ON t.person_id = p.id GROUP BY p.id ORDER BY p.name"
+            ).fetchall()
+        return [
+            PersonInfo(n, int(c), tuple(sorted((m or "").split(",")) if m else ()), cr)
+            for n, cr, c, m in rows
+        ]
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            cur = self._db.execute("DELETE FROM persons WHERE name = ?", (name,))
+        if cur.rowcount == 0:
+            raise GalleryError(f"no enrolled person named {name!r}")
+
+    def rename(self, old: str, new: str) -> None:
+        new = check_name(new)
+        with self._lock:
+            try:
+                cur = self._db.execute("UPDATE persons SET name = ? WHERE name = ?", (new, old))
+            except sqlite3.IntegrityError:
+                raise GalleryError(f"cannot rename {old!r}: {new!r} is already enrolled") from None
+        if cur.rowcount == 0:
+            raise GalleryError(f"no enrolled person named {old!r}")
+
+    def templates(self, model_id: str) -> dict[str, np.ndarray]:
+        """name -> (n, D) float32 templates made by ``model_id`` (people without any are left out)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT p.name, t.dim, t.embedding FROM templates t JOIN persons p ON p.id = t.person_id "
+                "WHERE t.model_id = ? ORDER BY t.id",
+                (model_id,),
+            ).fetchall()
+        out: dict[str, list[np.ndarray]] = {}
+        for name, dim, blob in rows:
+            out.setdefault(name, []).append(np.frombuffer(blob, np.float32, count=dim))
+        return {k: np.stack(v) for k, v in out.items()}
+
+    def version(self) -> tuple:
+        """Changes whenever templates or names change (a cheap poll for reloading)."""
+        with self._lock:
+            t = self._db.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM templates").fetchone()
+            p = self._db.execute("SELECT id, name FROM persons ORDER BY id").fetchall()
+        return (tuple(t), tuple(p))
