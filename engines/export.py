@@ -1,0 +1,78 @@
+"""Export an nn.Module to ONNX (dynamic batch axis), cached in the model cache.
+
+The cache key is the sha256 of the module's parameters and buffers plus the input shape and opset, so
+a changed cfg, weights file or input size gives a new file and an unchanged one is exported once.
+Files live under ``<cache>/onnx/<name>-<key>.onnx`` (``<cache>`` as in engines/model_store.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engines.base import EngineError
+from engines.model_store import cache_dir
+
+DEFAULT_OPSET = 17
+
+
+def module_sha256(module: nn.Module) -> str:
+    """Digest of the module's state (names, shapes and values of parameters and buffers)."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def export_onnx(
+    module: nn.Module,
+    input_shape: tuple[int, ...],
+    path: str | Path | None = None,
+    name: str = "model",
+    opset: int = DEFAULT_OPSET,
+    input_names: tuple[str, ...] = ("images",),
+    output_names: tuple[str, ...] = ("output",),
+    model_sha: str | None = None,
+) -> Path:
+    """Export ``module`` for inputs of ``input_shape`` (axis 0 = batch, exported as dynamic).
+
+    Without ``path`` the file goes to the cache and is reused when it exists. Returns the file path.
+    """
+    if path is None:
+        sha = model_sha or module_sha256(module)
+        key = hashlib.sha256(f"{sha}|{tuple(input_shape)}|opset{opset}".encode()).hexdigest()[:16]
+        path = cache_dir() / "onnx" / f"{name}-{key}.onnx"
+        if path.is_file():
+            return path
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
+    dummy = torch.zeros(input_shape, dtype=torch.float32)
+    axes = {n: {0: "batch"} for n in (*input_names, *output_names)}
+    module = module.eval().cpu().float()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                (dummy,),
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_axes=axes,
+                do_constant_folding=True,
+            )
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise EngineError(f"ONNX export of {name} failed: {exc}") from exc
+    os.replace(tmp, path)
+    return path
