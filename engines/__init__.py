@@ -57,14 +57,18 @@ def create_engine(
         from engines.onnx_engine import OnnxRuntimeEngine
 
         return OnnxRuntimeEngine(onnx_path, threads=threads, device=device)
-    try:
-        from engines import tensorrt_engine
-    except ImportError as exc:
-        raise EngineError(f"backend tensorrt is not available here: {exc}") from None
-    cls = getattr(tensorrt_engine, "TensorRTEngine", None)
-    if cls is None:
-        raise EngineError("backend tensorrt: engines/tensorrt_engine.py has no TensorRTEngine")
-    return cls(onnx_path, device=device, fp16=fp16)
+    # TensorRT when it and a GPU are there; otherwise the torch CUDA engine (for a module on a GPU) or ONNX
+    # Runtime on the CPU, with one WARNING line saying why (engines/tensorrt_engine.py: create_gpu_engine).
+    from engines.tensorrt_engine import create_gpu_engine
+
+    return create_gpu_engine(
+        onnx_path,
+        module=None if is_file else model,
+        fp16=fp16,
+        input_names=input_names,
+        output_names=output_names,
+        threads=threads,
+    )
 
 
 __all__ = ["BACKENDS", "EngineError", "InferenceEngine", "create_engine"]

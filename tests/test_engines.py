@@ -115,3 +115,21 @@ def test_yolov3_tiny_backends_agree(tmp_path):
             assert np.diag(iou_matrix(a.boxes, b.boxes)).min() > 0.99
             assert np.abs(a.scores - b.scores).max() < 1e-3
     assert n >= 3
+
+
+def test_tensorrt_backend_without_tensorrt_falls_back_with_one_clear_log_line(caplog):
+    """No TensorRT (and no GPU) here: asking for it still gives a working detector, and says so once."""
+    import logging
+
+    import numpy as np
+    from skimage import data
+
+    from pipeline.config import DetectorConfig
+    from pipeline.detectors.factory import build_detector
+
+    with caplog.at_level(logging.WARNING):
+        det = build_detector(DetectorConfig(backend="tensorrt"))
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and "tensorrt" in r.getMessage()]
+    assert len(warnings) == 1 and "falling back" in warnings[0].getMessage()
+    found = det.detect([np.ascontiguousarray(data.astronaut()[..., ::-1])])[0]
+    assert "person" in found.labels
