@@ -126,3 +126,11 @@ def test_soft_nms_decays_overlaps_instead_of_removing():
     assert new_scores[2] == pytest.approx(0.8 * np.exp(-(iou**2) / 0.5), rel=1e-5)
     # hard NMS would drop box 1 entirely
     assert list(nms(boxes, scores, 0.5)) == [0, 2]
+
+
+@pytest.mark.parametrize(
+    "path", sorted((__import__("pathlib").Path(__file__).parents[1] / "configs").glob("*.yaml"))
+)
+def test_every_shipped_config_is_valid(path):
+    cfg = load_config(path)
+    assert cfg.cameras
