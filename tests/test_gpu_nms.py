@@ -454,3 +454,21 @@ def test_mask_memory_limit_is_checked_before_launch():
     empty = prepare_candidates(torch.zeros((2, 0, 4)), torch.zeros((2, 0)))
     out = nms_on_candidates(empty, 0.5, max_output=3)  # nothing to launch: no GPU needed
     assert out.keep.tolist() == [[-1, -1, -1]] * 2 and out.num_kept.tolist() == [0, 0]
+
+
+def test_compiling_leaves_python_bytes_singletons_intact():
+    """NVRTC writes its log and CUBIN into buffers we hand it; they must be private, writable ones. (A 1-byte
+    log once went into CPython's shared b" " object and broke every later torch.load in the process.)"""
+    pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-bindings (installed with CUDA torch) is missing")
+    import pickle
+
+    from engines.cuda.runtime import compile_cubin
+
+    compile_cubin(NMS_KERNEL_SOURCE, "sm_90")
+    space = b" "  # the shared one-byte object (not constant-folded, unlike b" "[0])
+    assert repr(space) == "b' '", f"the shared one-byte bytes object was overwritten: {space!r}"
+    assert pickle.loads(pickle.dumps({"a": [1, 2.5, "x"]})) == {"a": [1, 2.5, "x"]}
+    from engines.model_store import get_model_path
+
+    state = torch.load(str(get_model_path("mtcnn", "pnet")), map_location="cpu", weights_only=True)
+    assert isinstance(state, dict) and state

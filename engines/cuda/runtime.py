@@ -49,15 +49,17 @@ def compile_cubin(source_path: Path, arch: str, options: Sequence[str] = DEFAULT
         opts = [f"--gpu-architecture={arch}".encode(), *(o.encode() for o in options)]
         (status,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         (log_size,) = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
-        log = b" " * int(log_size)
+        # NVRTC writes into the buffer it is given: it must be a fresh, writable one. (A bytes object such as
+        # b" " * 1 is CPython's shared one-byte singleton; writing into it corrupts the whole process.)
+        log = bytearray(int(log_size))
         _check(nvrtc.nvrtcGetProgramLog(prog, log), "nvrtcGetProgramLog")
-        log_text = log.rstrip(b"\x00 ").decode(errors="replace")
+        log_text = bytes(log).rstrip(b"\x00 ").decode(errors="replace")
         if int(status) != 0:
             raise EngineError(f"NVRTC could not compile {source_path} for {arch}: {status!r}\n{log_text}")
         (size,) = _check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
-        cubin = b" " * int(size)
+        cubin = bytearray(int(size))
         _check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
-        return cubin
+        return bytes(cubin)
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 
