@@ -29,6 +29,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "setup: installing Python dependencies (torch is a large download the first time)"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+# Reference implementations used by tests and benchmarks only. facenet-pytorch declares torch<2.3, which
+# would downgrade torch, so it goes in without its declared dependencies (it runs fine on this torch).
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps facenet-pytorch==2.6.0
+.venv/bin/python -m pip install -q --disable-pip-version-check requests==2.32.3 tqdm==4.67.1
 echo "setup: fetching model weights into the cache (checked by sha256)"
 .venv/bin/python run_pipeline.py models fetch >/dev/null
 echo "setup: done"

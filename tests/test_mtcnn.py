@@ -181,3 +181,12 @@ def test_same_nets_as_facenet_pytorch() -> None:
         t_reg, t_lmk, t_prob = theirs[2]((x - 127.5) * 0.0078125)
         torch.testing.assert_close(prob, t_prob[:, 1], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(lmk, t_lmk, atol=1e-4, rtol=1e-4)
+
+
+def test_detector_config_model_mtcnn_builds_the_face_detector():
+    from pipeline.config import DetectorConfig
+    from pipeline.detectors.factory import build_detector
+
+    det = build_detector(DetectorConfig(model="mtcnn"))
+    faces = det.detect([np.ascontiguousarray(skimage.data.astronaut()[..., ::-1])])[0]
+    assert faces.labels == ["face"] and faces.landmarks is not None and faces.landmarks.shape == (1, 5, 2)

@@ -24,6 +24,11 @@ def build_detector(cfg: DetectorConfig) -> Detector:
     model = cfg.model
     if model == "none":
         return NullDetector()
+    if model == "mtcnn":
+        # Faces only: MTCNN keeps its own three stage thresholds; detector.classes does not apply.
+        from pipeline.detectors.mtcnn import build_mtcnn
+
+        return build_mtcnn(device=cfg.device, threads=cfg.threads)
     if model.lower().endswith(".onnx"):
         return build_onnx_detector(Path(model), cfg)
     if model.lower().endswith(".cfg"):
