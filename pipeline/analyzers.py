@@ -65,20 +65,29 @@ class AnalyticsStage(Stage):
         self.emit = emit
         self.publish_detections = publish_detections
         self._status: deque[str] = deque()
+        self._ended: deque[str] = deque()
         self._status_lock = threading.Lock()
         self.metrics.queue_depth = inbox.qsize
         self.metrics.queue_drops = lambda: inbox.dropped
 
     def camera_status(self, status: str) -> None:
-        """Called from the decoder's thread; handled on this stage's thread, before the next frame."""
+        """Called from the decoder's thread; handled on this stage's thread.
+
+        A loss of the camera (offline, reconnecting, failed) is handled before the next frame, so door
+        decisions fail closed at once. ``ended`` (a file played to its end) is no emergency: it is handled
+        after every frame already queued, so it comes last, as it happened.
+        """
         with self._status_lock:
-            self._status.append(status)
+            (self._ended if status == "ended" else self._status).append(status)
         if self.inbox.wakeup is not None:
             self.inbox.wakeup.set()
 
-    def _drain_status(self) -> None:
+    def _drain_status(self, include_ended: bool = False) -> None:
         while True:
             with self._status_lock:
+                if include_ended and not self._status and self._ended:
+                    self._status.extend(self._ended)
+                    self._ended.clear()
                 if not self._status:
                     return
                 status = self._status.popleft()
@@ -105,7 +114,7 @@ class AnalyticsStage(Stage):
             try:
                 result = self.inbox.get(timeout=0.2)
             except QueueClosed:
-                self._drain_status()
+                self._drain_status(include_ended=True)
                 return
             if result is None:
                 continue

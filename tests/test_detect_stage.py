@@ -130,3 +130,36 @@ def test_stage_ends_only_when_every_camera_queue_is_closed():
     assert stage.is_alive() and not closed.is_set()
     queues["b"].close()
     assert stage.join(5) and closed.is_set()
+
+
+def test_analytics_handles_loss_at_once_but_a_files_end_after_its_queued_frames():
+    from pipeline.analyzers import AnalyticsStage
+    from pipeline.types import Detections as D
+
+    seen: list[str] = []
+
+    class Recorder:
+        def process(self, result):
+            seen.append(f"frame{result.frame.seq}")
+            return []
+
+        def on_camera_status(self, status):
+            seen.append(status)
+            return []
+
+        def close(self):
+            return []
+
+    inbox = BoundedQueue(10, "block", "r", threading.Event())
+    stage = AnalyticsStage(
+        "c", inbox, [Recorder()], lambda e: None, MetricsRegistry(), publish_detections=False
+    )
+    for i in range(3):
+        inbox.put(FrameResult(frame=_frame("c", i), detections=D.empty(), detector="x"))
+    stage.camera_status("offline")
+    stage.camera_status("ended")
+    stage.start()
+    inbox.close()
+    assert stage.join(5)
+    assert seen[0] == "offline"  # a lost camera is acted on before anything still queued
+    assert seen[1:] == ["frame0", "frame1", "frame2", "ended"]
