@@ -44,7 +44,11 @@ def spine(path: Path, cameras: int, redis_url: str, tmp: Path, publish: bool) ->
         {
             "cameras": [{"id": f"c{i}", "source": str(path)} for i in range(cameras)],
             "detector": {"model": "none", "batch": {"max_batch": max(1, cameras), "max_wait_ms": 2}},
-            "redis": {"url": redis_url, "spool_path": str(tmp / "spool.sqlite"), "publish_detections": publish},
+            "redis": {
+                "url": redis_url,
+                "spool_path": str(tmp / "spool.sqlite"),
+                "publish_detections": publish,
+            },
         }
     )
     pipe = Pipeline(cfg, detector=NullDetector(), var_dir=tmp)
@@ -81,7 +85,9 @@ def main() -> int:
             rows.append(("spine, no-op detector, detections.frame event per frame to Redis", 1, n2, t2))
             if args.cameras > 1:
                 n3, t3, _ = spine(clip, args.cameras, r.url, tmp / "c", publish=True)
-                rows.append((f"spine, {args.cameras} cameras of the same file, batched", args.cameras, n3, t3))
+                rows.append(
+                    (f"spine, {args.cameras} cameras of the same file, batched", args.cameras, n3, t3)
+                )
         print(f"clip: {clip.name} ({res}), {n0} frames\n")
         print("| path | cameras | frames | seconds | frames/s | overhead vs bare |")
         print("|---|---|---|---|---|---|")

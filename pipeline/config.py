@@ -113,7 +113,8 @@ class DetectorConfig(_Strict):
         "auto", description="output layout of an .onnx YOLO model; auto = tell from the output shape"
     )
     resize: Literal["auto", "letterbox", "stretch"] = Field(
-        "auto", description="auto = what the model family was trained with (darknet: stretch, others: letterbox)"
+        "auto",
+        description="auto = what the model family was trained with (darknet: stretch, others: letterbox)",
     )
 
     @field_validator("input_size")

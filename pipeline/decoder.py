@@ -295,6 +295,7 @@ class DecoderStage(Stage):
         clock = pts if (pts is not None and not self.live) else time.monotonic()
         if not self._thinner.keep(clock):
             self.frames_skipped += 1
+            self.metrics.skipped += 1
             return
         if self.cam.realtime and not self.live and pts is not None:
             self._pace(pts)

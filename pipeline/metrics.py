@@ -27,6 +27,7 @@ class StageMetrics:
     restarts: int = 0
     reconnects: int = 0
     dropped: int = 0
+    skipped: int = 0  # on purpose (detect_fps thinning), unlike drops
     _times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=4096))
     _latencies_ms: collections.deque = field(
         default_factory=lambda: collections.deque(maxlen=_LATENCY_SAMPLES)

@@ -145,6 +145,7 @@ def test_detect_fps_thins_by_pts_and_counts_skips(demo_mp4) -> None:
     assert len(frames) == round(seconds * 5)
     assert h.stage.frames_decoded == demo_mp4.frames
     assert h.stage.frames_skipped == demo_mp4.frames - len(frames)
+    assert h.stage.metrics.skipped == h.stage.frames_skipped  # exported as vidpipe_skipped_total
     assert h.queue.dropped == 0
     # seq counts every decoded frame, so forwarded frames show the thinning as gaps
     assert [f.seq for f in frames] == [read_frame_index(f.image) for f in frames]
