@@ -79,7 +79,7 @@ class DetectStage(Stage):
             took = self._poll_round(batch, limit)
             if batch and first_at is None:
                 first_at = time.monotonic()
-            if len(batch) >= limit:
+            if len(batch) >= limit or not self._open:
                 break
             if took and limit > 1:
                 continue  # keep draining while frames are there
