@@ -23,14 +23,17 @@ class EngineError(RuntimeError):
 class InferenceEngine(ABC):
     backend: str = "?"
     device: str = "cpu"
+    # Set by each backend's constructor: the network's input and output tensor names, in order.
+    _inputs: list[str]
+    _outputs: list[str]
 
     @property
-    @abstractmethod
-    def input_names(self) -> list[str]: ...
+    def input_names(self) -> list[str]:
+        return self._inputs
 
     @property
-    @abstractmethod
-    def output_names(self) -> list[str]: ...
+    def output_names(self) -> list[str]:
+        return self._outputs
 
     @abstractmethod
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -64,14 +64,6 @@ class OnnxRuntimeEngine(InferenceEngine):
         self._inputs = [i.name for i in self.session.get_inputs()]
         self._outputs = [o.name for o in self.session.get_outputs()]
 
-    @property
-    def input_names(self) -> list[str]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._outputs
-
     def input_shape(self, name: str | None = None) -> list[int | str | None]:
         """Declared shape of an input (symbolic dims come back as strings)."""
         for i in self.session.get_inputs():

@@ -379,14 +379,6 @@ class TensorRTEngine(InferenceEngine):
         self._dtypes = {n: _torch_dtype(engine.get_tensor_dtype(n)) for n in names}
         self._lock = threading.Lock()  # one execution context: one inference at a time
 
-    @property
-    def input_names(self) -> list[str]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._outputs
-
     def input_shape(self) -> tuple[int | None, ...]:
         """The first input's shape, None for dynamic dims (the batch)."""
         shape = tuple(self._engine.get_tensor_shape(self._inputs[0]))

@@ -151,14 +151,6 @@ class TorchCudaEngine(InferenceEngine):
     def _graphs_supported(self) -> bool:
         return self.torch_device.type == "cuda"
 
-    @property
-    def input_names(self) -> list[str]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._outputs
-
     @staticmethod
     def signature(tensors: Sequence[torch.Tensor]) -> Signature:
         return tuple((tuple(t.shape), str(t.dtype)) for t in tensors)

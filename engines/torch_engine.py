@@ -55,14 +55,6 @@ class TorchEngine(InferenceEngine):
         self._inputs = list(input_names)
         self._outputs = list(output_names)
 
-    @property
-    def input_names(self) -> list[str]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._outputs
-
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [n for n in self._inputs if n not in inputs]
         if missing:

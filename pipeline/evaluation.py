@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+# darknet's coco.names spellings that differ from COCO's category names: one table, shared with the class filter
+from pipeline.detectors.yolo_decode import CLASS_ALIASES as NAME_ALIASES
+
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 MAX_DETS = (1, 10, 100)
@@ -47,16 +50,6 @@ DARKNET_TO_COCO_ID: tuple[int, ...] = (
     *range(84, 91),
 )
 assert len(DARKNET_TO_COCO_ID) == 80
-
-#: darknet's coco.names spellings that differ from the COCO category names
-NAME_ALIASES = {
-    "motorbike": "motorcycle",
-    "aeroplane": "airplane",
-    "sofa": "couch",
-    "pottedplant": "potted plant",
-    "diningtable": "dining table",
-    "tvmonitor": "tv",
-}
 
 #: handy class groups for ``--classes``
 CLASS_GROUPS = {
