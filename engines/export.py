@@ -40,14 +40,18 @@ def export_onnx(
     input_names: tuple[str, ...] = ("images",),
     output_names: tuple[str, ...] = ("output",),
     model_sha: str | None = None,
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
 ) -> Path:
     """Export ``module`` for inputs of ``input_shape`` (axis 0 = batch, exported as dynamic).
+
+    ``dynamic_axes`` adds more dynamic axes per tensor name (e.g. a fully convolutional net's H and W).
 
     Without ``path`` the file goes to the cache and is reused when it exists. Returns the file path.
     """
     if path is None:
         sha = model_sha or module_sha256(module)
-        key = hashlib.sha256(f"{sha}|{tuple(input_shape)}|opset{opset}".encode()).hexdigest()[:16]
+        extra = sorted((k, sorted(v.items())) for k, v in (dynamic_axes or {}).items())
+        key = hashlib.sha256(f"{sha}|{tuple(input_shape)}|opset{opset}|{extra}".encode()).hexdigest()[:16]
         path = cache_dir() / "onnx" / f"{name}-{key}.onnx"
         if path.is_file():
             return path
@@ -55,7 +59,7 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
     dummy = torch.zeros(input_shape, dtype=torch.float32)
-    axes = {n: {0: "batch"} for n in (*input_names, *output_names)}
+    axes = {n: {0: "batch", **(dynamic_axes or {}).get(n, {})} for n in (*input_names, *output_names)}
     module = module.eval().cpu().float()
     try:
         with warnings.catch_warnings(), torch.no_grad():

@@ -190,3 +190,29 @@ def test_detector_config_model_mtcnn_builds_the_face_detector():
     det = build_detector(DetectorConfig(model="mtcnn"))
     faces = det.detect([np.ascontiguousarray(skimage.data.astronaut()[..., ::-1])])[0]
     assert faces.labels == ["face"] and faces.landmarks is not None and faces.landmarks.shape == (1, 5, 2)
+
+
+def test_onnx_export_of_each_net_agrees_with_torch():
+    """Every MTCNN net exports to ONNX (P-Net with dynamic height and width) and ONNX Runtime gives the same
+    faces and landmarks as PyTorch on real photos."""
+    torch_det = MTCNNDetector()
+    ort_det = MTCNNDetector(backend="onnxruntime")
+    photos = [
+        skimage.data.astronaut(),
+        cv2.resize(skimage.data.astronaut(), (300, 420)),
+        skimage.data.coffee(),
+    ]
+    for rgb in photos:
+        img = np.ascontiguousarray(rgb[..., ::-1])
+        a, b = torch_det.detect([img])[0], ort_det.detect([img])[0]
+        assert len(a) == len(b)
+        if len(a):
+            assert np.abs(a.boxes - b.boxes).max() < 1e-2
+            assert np.abs(a.scores - b.scores).max() < 1e-4
+            assert np.abs(a.landmarks - b.landmarks).max() < 1e-2
+    assert len(torch_det.detect([np.ascontiguousarray(photos[0][..., ::-1])])[0]) == 1
+
+
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(ValueError, match="backend"):
+        MTCNNDetector(backend="tensorflow")

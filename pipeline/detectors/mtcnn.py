@@ -26,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from torch import nn
 from torchvision.ops import roi_align
 
 from pipeline.detectors.base import Detector
@@ -74,6 +75,7 @@ class MTCNNDetector(Detector):
         threads: int | None = None,
         nms_thresholds: Sequence[float] = (0.5, 0.7, 0.7, 0.7),
         weights: dict[str, Path] | None = None,
+        backend: str = "torch",
     ) -> None:
         if min_face_size < 12:
             raise ValueError(f"MTCNN min_face_size must be >= 12 px (the P-Net window), got {min_face_size}")
@@ -83,6 +85,8 @@ class MTCNNDetector(Detector):
             raise ValueError(f"MTCNN scale_factor must be in [0.1, 1), got {scale_factor}")
         if len(nms_thresholds) != 4:
             raise ValueError(f"MTCNN nms_thresholds needs 4 values, got {tuple(nms_thresholds)}")
+        if backend not in ("torch", "onnxruntime"):
+            raise ValueError(f"MTCNN backend must be 'torch' or 'onnxruntime', got {backend!r}")
         if threads is not None:
             torch.set_num_threads(int(threads))
         self.min_face_size = float(min_face_size)
@@ -93,9 +97,15 @@ class MTCNNDetector(Detector):
         pnet, rnet, onet = load_mtcnn(weights, bgr=True)  # frames go in as BGR, no colour conversion
         # channels-last makes the ceil-mode max-pools several times faster on CPU
         cl = torch.channels_last
-        self.pnet = pnet.to(self.device, memory_format=cl)
-        self.rnet = rnet.to(self.device, memory_format=cl)
-        self.onet = onet.to(self.device, memory_format=cl)
+        self.backend = backend
+        if backend == "onnxruntime":
+            if self.device.type != "cpu":
+                raise ValueError(f"MTCNN backend onnxruntime runs on the CPU here; got device {device!r}")
+            self.pnet, self.rnet, self.onet = _onnx_nets(pnet, rnet, onet, threads)
+        else:
+            self.pnet = pnet.to(self.device, memory_format=cl)
+            self.rnet = rnet.to(self.device, memory_format=cl)
+            self.onet = onet.to(self.device, memory_format=cl)
 
     # ---- public -------------------------------------------------------------------------------------
 
@@ -339,6 +349,46 @@ def _greedy(b: np.ndarray, thr: float, over_min: bool) -> np.ndarray:
         if alive[i]:
             alive &= ~suppresses[i]
     return alive
+
+
+class _OnnxNet:
+    """Runs one MTCNN net on ONNX Runtime behind the torch net's call signature (tensors in, tensors out)."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs = self.engine.run({"input": x.detach().cpu().contiguous().numpy()})
+        return tuple(torch.from_numpy(outs[name]) for name in self.engine.output_names)
+
+
+def _onnx_nets(
+    pnet: nn.Module, rnet: nn.Module, onet: nn.Module, threads: int | None
+) -> tuple[_OnnxNet, ...]:
+    """Export the three (already input-folded, BGR) nets to ONNX, cached, and open them in ONNX Runtime.
+
+    P-Net is fully convolutional, so its height and width stay dynamic; R-Net and O-Net have fixed crops.
+    """
+    from engines import create_engine
+    from engines.export import export_onnx
+
+    hw = {
+        "input": {2: "height", 3: "width"},
+        "prob": {1: "out_h", 2: "out_w"},
+        "reg": {2: "out_h", 3: "out_w"},
+    }
+    specs = [
+        (pnet, "mtcnn-pnet", (1, 3, 12, 12), ("prob", "reg"), hw),
+        (rnet, "mtcnn-rnet", (1, 3, 24, 24), ("prob", "reg"), None),
+        (onet, "mtcnn-onet", (1, 3, 48, 48), ("prob", "reg", "landmarks"), None),
+    ]
+    nets = []
+    for net, name, shape, outputs, dynamic in specs:
+        path = export_onnx(
+            net, shape, name=name, input_names=("input",), output_names=outputs, dynamic_axes=dynamic
+        )
+        nets.append(_OnnxNet(create_engine(path, backend="onnxruntime", threads=threads)))
+    return tuple(nets)
 
 
 def build_mtcnn(**kwargs) -> MTCNNDetector:
