@@ -1,7 +1,8 @@
 """Generate real H.264 clips from scikit-image's bundled photos (demo clip, tests, benchmarks).
 
-The clip shows real photographs (astronaut, coffee, chelsea the cat) gliding and bouncing over a textured
-background (skimage's brick texture), so detectors see real image content and encoders see real motion.
+The clip shows real photographs (astronaut, coffee, chelsea the cat, the cameraman) gliding and bouncing over
+a textured background (skimage's brick texture), so detectors see real image content and encoders see real
+motion.
 Every frame also carries its own index as a 16-bit black/white block code in the top-left corner
 (``read_frame_index``), which lets tests check order and completeness from the pixels alone.
 
@@ -58,7 +59,9 @@ def _background(width: int, height: int) -> np.ndarray:
 def _sprites(width: int, height: int, fps: float) -> list[_Sprite]:
     from skimage import data
 
-    photos = [data.astronaut(), data.coffee(), data.chelsea()]
+    # The cameraman is a real person a COCO detector finds, so the default demo shows detections.
+    cameraman = np.repeat(data.camera()[..., None], 3, axis=2)
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), cameraman]
     sprites = []
     for i, photo in enumerate(photos):
         h = max(8, int(height * 0.45))
@@ -194,7 +197,7 @@ def write_damaged_copy(
 
 def default_demo_clip(cache_dir: str | Path) -> Path:
     """The CLI's default demo clip (640x360, 10 s), generated once into ``cache_dir``."""
-    path = Path(cache_dir) / "vidpipe_demo_640x360.mp4"
+    path = Path(cache_dir) / "vidpipe_demo_v2_640x360.mp4"  # bump the name when the scene changes
     if not path.exists():
         tmp = path.with_suffix(".partial.mp4")
         write_demo_video(tmp, width=640, height=360, fps=25, seconds=10.0)
