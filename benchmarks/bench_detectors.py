@@ -4,6 +4,9 @@ Speed: YOLOv3-tiny at 416x416, batch 1, on real video frames (videos/vtest.mp4):
 ONNX Runtime engines (network only, and the full detect() call: resize + decode + NMS) beside
 OpenCV DNN's Darknet reader running the same cfg/weights, and YOLOX-Nano through ONNX Runtime.
 mAP: pycocotools COCOeval, all 80 classes and person+vehicle classes only.
+int8 (engines/quantize.py, static ONNX Runtime quantization) rows beside fp32: speed, and mAP per
+quantization setting. The int8 models are calibrated on frames of shared/data/videos/*.mp4 plus
+scikit-image's photos, never on the COCO images they are scored on.
 
     .venv/bin/python benchmarks/bench_detectors.py [--frames 40] [--threads 2] [--no-map]
 """
@@ -25,6 +28,12 @@ import numpy as np
 from engines.export import export_onnx
 from engines.model_store import get_model_files
 from engines.onnx_engine import OnnxRuntimeEngine
+from engines.quantize import (
+    QuantSettings,
+    builtin_calibration_images,
+    load_calibration_images,
+    quantize_onnx,
+)
 from engines.torch_engine import TorchEngine
 from pipeline.config import DetectorConfig
 from pipeline.detectors.factory import build_detector
@@ -46,6 +55,21 @@ def video_frames(n: int) -> list[np.ndarray]:
     if not frames:
         raise SystemExit(f"no frames from {DATA / 'videos/vtest.mp4'}")
     return frames
+
+
+def bench_calibration_images(per_video: int = 6) -> list[np.ndarray]:
+    """skimage's photos (the built-in set without its demo frames) + frames of every shared .mp4 clip."""
+    photos = [im for im in builtin_calibration_images(64) if im.shape[:2] != (360, 640)]
+    frames = [
+        f for v in sorted((DATA / "videos").glob("*.mp4")) for f in load_calibration_images(v, per_video)
+    ]
+    return photos + frames
+
+
+def int8_model(fp32_onnx: Path, prepare, settings: QuantSettings | None = None) -> Path:
+    """The int8 model for ``settings``, calibrated on bench_calibration_images through ``prepare``."""
+    blobs = [prepare([img])[0] for img in bench_calibration_images()]
+    return quantize_onnx(fp32_onnx, blobs, settings or QuantSettings())
 
 
 def time_rounds(contenders: dict, rounds: int = 3, warmup: int = 3) -> dict[str, tuple[float, float, float]]:
@@ -106,6 +130,9 @@ def speed(args) -> list[tuple[str, str, float, float, float]]:
         "ours: onnxruntime, 1 thr": OnnxRuntimeEngine(onnx_path, threads=1),
     }
     probe = YoloDetector(engines["ours: onnxruntime, 1 thr"], "v5", 416, labels, PREPROCESS["darknet"])
+    q8 = int8_model(onnx_path, probe.prepare)
+    engines[f"ours: onnxruntime int8, {n} thr"] = OnnxRuntimeEngine(q8, threads=n)
+    engines["ours: onnxruntime int8, 1 thr"] = OnnxRuntimeEngine(q8, threads=1)
     blobs = [probe.prepare([f])[0] for f in frames]
     net_c: dict = {}
     e2e_c: dict = {}
@@ -163,8 +190,12 @@ def coco_map(args) -> list[tuple[str, str, float, float, float, float]]:
             ev.summarize()
         return float(ev.stats[0]), float(ev.stats[1])
 
-    def ours(cfg: DetectorConfig) -> list[dict]:
+    def ours(cfg: DetectorConfig, int8: QuantSettings | None = None) -> list[dict]:
         det = build_detector(cfg)
+        if int8 is not None:
+            det.engine = OnnxRuntimeEngine(
+                int8_model(det.engine.model_path, det.prepare, int8), threads=args.threads
+            )
         out = []
         for i, img in images.items():
             r = det.detect([img])[0]
@@ -192,6 +223,17 @@ def coco_map(args) -> list[tuple[str, str, float, float, float, float]]:
             DetectorConfig(classes=None, score_threshold=0.25, resize="stretch", threads=args.threads)
         ),
     }
+    stretch = DetectorConfig(classes=None, score_threshold=0.001, resize="stretch", threads=args.threads)
+    int8_settings = {
+        "default: qoperator, minmax, per-channel, reduce_range": QuantSettings(),
+        "qdq, minmax, per-channel, reduce_range": QuantSettings(format="qdq"),
+        "qoperator, percentile, per-channel, reduce_range": QuantSettings(calibration="percentile"),
+        "qoperator, entropy, per-channel, reduce_range": QuantSettings(calibration="entropy"),
+        "qoperator, minmax, per-channel, full 8-bit range": QuantSettings(reduce_range=False),
+        "qoperator, minmax, per-tensor, reduce_range": QuantSettings(per_channel=False),
+    }
+    for name, st in int8_settings.items():
+        runs[f"yolov3-tiny int8 {name} (stretch, thr 0.001)"] = lambda st=st: ours(stretch, st)
     files = get_model_files("yolov3-tiny")
     ocv = OpenCVDarknet(files["cfg"], files["weights"])
 
@@ -222,18 +264,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-map", action="store_true")
+    ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args()
     out: dict = {}
-    rows = speed(args)
+    rows = [] if args.no_speed else speed(args)
     out["speed"] = rows
-    print(
-        f"### Detector speed (batch 1, {args.frames} vtest.mp4 frames 480x360 x {args.rounds} rounds, "
-        f"{args.threads} threads)\n"
-    )
-    print("| model | backend / stage | min ms | median ms | p90 ms |\n|---|---|---:|---:|---:|")
-    for m, b, lo, med, p90 in rows:
-        print(f"| {m} | {b} | {lo:.1f} | {med:.1f} | {p90:.1f} |")
+    if rows:
+        print(
+            f"### Detector speed (batch 1, {args.frames} vtest.mp4 frames 480x360 x {args.rounds} rounds, "
+            f"{args.threads} threads)\n"
+        )
+        print("| model | backend / stage | min ms | median ms | p90 ms |\n|---|---|---:|---:|---:|")
+        for m, b, lo, med, p90 in rows:
+            print(f"| {m} | {b} | {lo:.1f} | {med:.1f} | {p90:.1f} |")
     if not args.no_map:
         res = coco_map(args)
         out["map"] = res

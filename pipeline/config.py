@@ -116,6 +116,23 @@ class DetectorConfig(_Strict):
         "auto",
         description="auto = what the model family was trained with (darknet: stretch, others: letterbox)",
     )
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32", description="int8 = static int8 quantization on ONNX Runtime (engines/quantize.py)"
+    )
+    calibration_images: str | None = Field(
+        None,
+        description="int8 calibration: a folder of images or a video file, ideally this camera's own frames; "
+        "None = a built-in set (scikit-image sample photos + demo clip frames)",
+    )
+    calibration_limit: int = Field(32, ge=1, description="at most this many calibration images")
+
+    @model_validator(mode="after")
+    def _int8_needs_onnxruntime(self) -> DetectorConfig:
+        if self.precision == "int8" and self.backend != "onnxruntime":
+            raise ValueError(
+                f"detector.precision: int8 runs only on backend onnxruntime, got backend {self.backend!r}"
+            )
+        return self
 
     @field_validator("input_size")
     @classmethod

