@@ -37,7 +37,7 @@ def build_analyzers(cfg: PipelineConfig, camera_id: str, var_dir: Path) -> list[
     if cfg.faces.enabled:
         from pipeline.faces.analyzer import FaceAccessAnalyzer
 
-        doors = [d for d in cfg.doors if camera_id in getattr(d, "cameras", [])]
+        doors = [d for d in cfg.doors if camera_id in d.cameras]
         analyzers.append(FaceAccessAnalyzer(cfg.faces, doors, camera_id))
     if cfg.tracking.enabled:
         from pipeline.tracking.analyzer import TrackingAnalyzer
