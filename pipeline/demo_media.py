@@ -12,7 +12,8 @@ Annex-B elementary stream (what an RTSP server streams).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -127,26 +128,28 @@ def render_frames(
         yield frame
 
 
-def write_demo_video(
+def encode_bgr_video(
     path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: int,
     *,
-    width: int = 320,
-    height: int = 240,
-    fps: int = 25,
-    seconds: float = 3.0,
     keyframe_interval: int | None = None,
     crf: int = 23,
     preset: str = "veryfast",
 ) -> Path:
-    """Encode the demo scene to ``path`` with libx264 and return the path.
+    """Encode BGR uint8 frames (all of one even size) to ``path`` with libx264 and return the path.
 
     ``keyframe_interval`` defaults to one second of frames. B-frames are off so decode order equals
-    display order (simplest for streaming). Width and height must be even (yuv420p).
+    display order (simplest for streaming). A ``.h264``/``.264`` suffix writes an Annex-B stream.
     """
     path = Path(path)
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        raise ValueError(f"{path}: no frames to encode")
+    height, width = first.shape[:2]
     if width % 2 or height % 2:
         raise ValueError(f"width and height must be even for yuv420p, got {width}x{height}")
-    n_frames = max(1, round(seconds * fps))
     gop = keyframe_interval or fps
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = path.suffix.lower() in _RAW_H264_SUFFIXES
@@ -164,7 +167,7 @@ def write_demo_video(
         stream.height = height
         stream.pix_fmt = "yuv420p"
         stream.time_base = Fraction(1, fps)
-        for t, img in enumerate(render_frames(width, height, fps, n_frames)):
+        for t, img in enumerate(itertools.chain([first], frames)):
             frame = av.VideoFrame.from_ndarray(img, format="bgr24")
             frame.pts = t
             frame.time_base = Fraction(1, fps)
@@ -173,6 +176,34 @@ def write_demo_video(
         for packet in stream.encode(None):
             out.mux(packet)
     return path
+
+
+def write_demo_video(
+    path: str | Path,
+    *,
+    width: int = 320,
+    height: int = 240,
+    fps: int = 25,
+    seconds: float = 3.0,
+    keyframe_interval: int | None = None,
+    crf: int = 23,
+    preset: str = "veryfast",
+) -> Path:
+    """Encode the demo scene to ``path`` (see ``encode_bgr_video``) and return the path.
+
+    Width and height must be even (yuv420p).
+    """
+    if width % 2 or height % 2:
+        raise ValueError(f"width and height must be even for yuv420p, got {width}x{height}")
+    n_frames = max(1, round(seconds * fps))
+    return encode_bgr_video(
+        path,
+        render_frames(width, height, fps, n_frames),
+        fps,
+        keyframe_interval=keyframe_interval,
+        crf=crf,
+        preset=preset,
+    )
 
 
 def write_damaged_copy(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -23,6 +22,7 @@ import pytest
 import redis
 from skimage import data
 
+from pipeline.demo_media import encode_bgr_video
 from pipeline.doors.audit import verify_log
 from pipeline.doors.config import DoorConfig
 from pipeline.doors.controller import DoorController
@@ -44,20 +44,15 @@ def _face_video(path: Path, face: np.ndarray) -> Path:
     rng = np.random.default_rng(1)
     bg = cv2.GaussianBlur(rng.integers(0, 255, (H, W, 3), dtype=np.uint8), (0, 0), 3)
     fh, fw = face.shape[:2]
-    with av.open(str(path), "w") as out:
-        st = out.add_stream("libx264", rate=FPS, options={"crf": "20", "preset": "veryfast"})
-        st.width, st.height, st.pix_fmt = W, H, "yuv420p"
+
+    def frames():
         for t in range(N):
             img = bg.copy()
             x, y = 20 + 8 * t, (H - fh) // 2
             img[y : y + fh, x : x + fw] = face
-            fr = av.VideoFrame.from_ndarray(img, format="bgr24")
-            fr.pts, fr.time_base = t, Fraction(1, FPS)
-            for p in st.encode(fr):
-                out.mux(p)
-        for p in st.encode(None):
-            out.mux(p)
-    return path
+            yield img
+
+    return encode_bgr_video(path, frames(), FPS, crf=20)
 
 
 def _frames(path: Path, camera_id: str = "cam1"):

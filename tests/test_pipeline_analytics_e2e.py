@@ -18,6 +18,7 @@ import yaml
 from skimage import data
 
 from pipeline.config import load_config
+from pipeline.demo_media import encode_bgr_video
 from pipeline.doors.signing import Verifier
 from pipeline.events import Event
 from pipeline.runner import Pipeline
@@ -33,26 +34,17 @@ def _events(client: redis.Redis, family: str) -> list[Event]:
 
 def _walking_person_clip(path: Path, frames: int = 24) -> Path:
     """skimage's cameraman photo (a real person) sliding across a textured background."""
-    from fractions import Fraction
-
-    import av
-
     person = cv2.cvtColor(data.camera(), cv2.COLOR_GRAY2BGR)[::2, ::2]  # 256x256
     bg = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (360, 640, 3), dtype=np.uint8), (0, 0), 4)
-    with av.open(str(path), "w") as out:
-        st = out.add_stream("libx264", rate=10, options={"crf": "18", "preset": "veryfast"})
-        st.width, st.height, st.pix_fmt = 640, 360, "yuv420p"
+
+    def render():
         for t in range(frames):
             img = bg.copy()
             x = 20 + 12 * t
             img[50:306, x : x + 256] = person
-            fr = av.VideoFrame.from_ndarray(img, format="bgr24")
-            fr.pts, fr.time_base = t, Fraction(1, 10)
-            for p in st.encode(fr):
-                out.mux(p)
-        for p in st.encode(None):
-            out.mux(p)
-    return path
+            yield img
+
+    return encode_bgr_video(path, render(), 10, crf=18)
 
 
 def test_yaml_config_enroll_cli_and_pipeline_open_the_door_and_track_people(
