@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engines.base import EngineError, InferenceEngine
+from engines.model_store import sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_WORKSPACE_BYTES = 2 << 30
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -59,14 +59,6 @@ class BatchProfile:
 
     def as_tuple(self) -> tuple[int, int, int]:
         return (self.min, self.opt, self.max)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -115,7 +107,7 @@ class EngineCache:
         ]
         if changed:
             return "key changed: " + ", ".join(changed)
-        if file_sha256(plan) != meta.get("plan_sha256"):
+        if sha256_file(plan) != meta.get("plan_sha256"):
             return f"plan file {plan} does not match its recorded sha256 (corrupt or truncated)"
         return None
 
@@ -345,7 +337,7 @@ class TensorRTEngine(InferenceEngine):
         self.profile = effective_profile(self.onnx_path, batch_profile or BatchProfile())
         self.cache = EngineCache(cache_dir or default_cache_dir())
         self.key = EngineCacheKey(
-            model_sha256=file_sha256(self.onnx_path),
+            model_sha256=sha256_file(self.onnx_path),
             tensorrt_version=trt.__version__,
             gpu_name=torch.cuda.get_device_name(self.torch_device),
             precision=self.precision,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import time
 from typing import Any
 
@@ -31,6 +30,7 @@ from pipeline.config import RedisConfig
 from pipeline.events import Event
 from pipeline.metrics import MetricsRegistry
 from pipeline.queues import BoundedQueue, QueueClosed
+from pipeline.sources import redact_url
 from pipeline.spool import Spool, SpooledEvent, SpoolRecord
 from pipeline.stage import Stage
 
@@ -49,11 +49,6 @@ def channel_for(prefix: str, event: Event) -> str:
 
 def stream_for(prefix: str, family: str) -> str:
     return f"{prefix}:stream:{family}"
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (safe to log)."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def explain_redis_error(exc: BaseException, url: str) -> str:

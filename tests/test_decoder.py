@@ -18,8 +18,8 @@ from pipeline.demo_media import read_frame_index, render_frames, write_demo_vide
 from pipeline.events import Event
 from pipeline.metrics import MetricsRegistry
 from pipeline.queues import BoundedQueue, QueueClosed
+from pipeline.redis_server import free_port
 from pipeline.types import Frame
-from tests.support.rtsp_fixtures import free_port
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from engines.base import EngineError
 from engines.export import export_onnx
+from engines.model_store import sha256_file
 from engines.onnx_engine import OnnxRuntimeEngine
 from engines.tensorrt_engine import (
     BatchProfile,
@@ -25,7 +26,6 @@ from engines.tensorrt_engine import (
     TensorRTEngine,
     create_gpu_engine,
     effective_profile,
-    file_sha256,
     tensorrt_unavailable_reason,
 )
 
@@ -86,10 +86,10 @@ def test_cache_key_digest_is_stable_and_covers_every_field():
     assert len(digests) == len(variants) and base.digest() not in digests
 
 
-def test_file_sha256(tmp_path):
+def test_sha256_file(tmp_path):
     p = tmp_path / "m.onnx"
     p.write_bytes(b"x" * 3_000_000)
-    assert file_sha256(p) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
+    assert sha256_file(p) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
 
 
 def test_cache_hit_after_first_build(tmp_path):

@@ -21,16 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.redis_server import free_port
 from tests.support.media_fixtures import Clip
 
 SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")
 SYSTEM_PYTHON = "/usr/bin/python3"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def gst_rtsp_available() -> str | None:
