@@ -54,7 +54,7 @@ class StageMetrics:
             if n < 2:
                 return 0.0
             span = max(now - self._times[0], 1e-6)
-        return n / max(span, min(_WINDOW_S, span))
+        return n / span
 
     def latency_percentiles(self) -> tuple[float, float]:
         with self._lock:

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pipeline.config import CameraConfig, ConfigError, PipelineConfig, load_config
 
@@ -107,8 +108,8 @@ def main(args: argparse.Namespace) -> int:
             local_redis.stop()
         return 1
 
-    host_port = cfg.redis.url.split("@")[-1].split("//")[-1].split("/")[0]
-    host, _, port = host_port.partition(":")
+    parsed = urlsplit(cfg.redis.url)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port
     p = cfg.redis.prefix
     print(
         "subscribe to events with:\n"
