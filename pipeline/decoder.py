@@ -152,10 +152,7 @@ class DecoderStage(Stage):
                 return
             if passes == 0:
                 self._set_status("online")
-            try:
-                count, reason = self._pump(container)
-            finally:
-                container.close()
+            count, reason = self._pump(container)
             if self.stop_event.is_set():
                 return
             if count == 0:
@@ -210,10 +207,7 @@ class DecoderStage(Stage):
                 failures += 1
                 continue
             self._set_status("online", attempt=failures or None)
-            try:
-                count, reason = self._pump(container)
-            finally:
-                container.close()
+            count, reason = self._pump(container)
             if self.stop_event.is_set():
                 return
             self._set_status("offline", reason)
@@ -237,7 +231,16 @@ class DecoderStage(Stage):
         return container
 
     def _pump(self, container: av.container.InputContainer) -> tuple[int, str]:
-        """Decode until the source ends, breaks or stop() is called. Returns (frames decoded, why it ended)."""
+        """Decode until the source ends, breaks or stop() is called, then close ``container``.
+
+        Returns (frames decoded, why it ended).
+        """
+        try:
+            return self._pump_open(container)
+        finally:
+            container.close()
+
+    def _pump_open(self, container: av.container.InputContainer) -> tuple[int, str]:
         stream = container.streams.video[0]
         stream.codec_context.thread_type = "AUTO"
         rate = stream.average_rate or stream.guessed_rate
