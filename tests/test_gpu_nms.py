@@ -77,21 +77,24 @@ def assert_same(got: list[np.ndarray], want: list[np.ndarray]) -> None:
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def _run_ok(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run a command (compiler, harness); fail the test with its stderr unless it succeeds."""
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return res
+
+
 def test_kernel_compiles_with_nvcc_for_sm90(tmp_path):
     ptx = tmp_path / "nms.ptx"
-    res = subprocess.run(
-        ["nvcc", "-arch=sm_90", "-ptx", "-Werror", "all-warnings", str(NMS_KERNEL_SOURCE), "-o", str(ptx)],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    res = _run_ok(
+        ["nvcc", "-arch=sm_90", "-ptx", "-Werror", "all-warnings", str(NMS_KERNEL_SOURCE), "-o", str(ptx)]
     )
-    assert res.returncode == 0, res.stderr
     assert res.stderr.strip() == "", f"nvcc warnings: {res.stderr}"
     text = ptx.read_text()
     assert ".entry nms_mask_kernel(" in text
     assert ".entry nms_reduce_kernel(" in text
     cubin = tmp_path / "nms.cubin"
-    res = subprocess.run(
+    _run_ok(
         [
             "nvcc",
             "-arch=sm_90",
@@ -101,12 +104,8 @@ def test_kernel_compiles_with_nvcc_for_sm90(tmp_path):
             str(NMS_KERNEL_SOURCE),
             "-o",
             str(cubin),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        ]
     )
-    assert res.returncode == 0, res.stderr
     assert cubin.read_bytes()[:4] == b"\x7fELF"
 
 
@@ -140,7 +139,7 @@ def host_harness(tmp_path_factory):
         pytest.skip("g++ is not installed (needed to run the kernel source on the CPU)")
     exe = tmp_path_factory.mktemp("harness") / "nms_host_harness"
     src = NMS_KERNEL_SOURCE.parent / "nms_host_harness.cpp"
-    res = subprocess.run(
+    _run_ok(
         [
             gxx,
             "-std=c++20",
@@ -153,12 +152,8 @@ def host_harness(tmp_path_factory):
             str(src),
             "-o",
             str(exe),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        ]
     )
-    assert res.returncode == 0, res.stderr
     return exe
 
 
@@ -170,8 +165,7 @@ def run_harness(exe: Path, work: Path, cand, iou: float, max_output: int):
     cand.classes.numpy().astype(np.int32).tofile(work / "classes.i32")
     cand.counts.numpy().astype(np.int32).tofile(work / "counts.i32")
     cand.order.numpy().astype(np.int64).tofile(work / "order.i64")
-    res = subprocess.run([str(exe), str(work)], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
+    _run_ok([str(exe), str(work)])
     col_blocks = (k + 63) // 64
     mask = np.fromfile(work / "mask.u64", np.uint64).reshape(b, k, col_blocks)
     keep = np.fromfile(work / "keep.i64", np.int64).reshape(b, max_output)
