@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from pipeline.events import Event
 from pipeline.metrics import MetricsRegistry
@@ -22,7 +22,6 @@ from pipeline.types import FrameResult
 log = logging.getLogger(__name__)
 
 
-@runtime_checkable
 class Analyzer(Protocol):
     def process(self, result: FrameResult) -> list[Event]: ...
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from pipeline.config import BatchConfig
@@ -45,7 +46,7 @@ class DetectStage(Stage):
         self._open = set(self.inputs)
         self._rr = 0
         self._on_all_closed = on_all_inputs_closed
-        self.batch_sizes: list[int] = []  # recent batch sizes, for metrics/tests
+        self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent batch sizes, for metrics/tests
         self.inference_metrics = metrics.stage("inference", detector.name)
 
     def _poll_round(self, batch: list[Frame], limit: int) -> bool:
@@ -111,8 +112,6 @@ class DetectStage(Stage):
             ms = (time.perf_counter() - t0) * 1000.0
             self.inference_metrics.observe(ms, count=len(batch))
             self.batch_sizes.append(len(batch))
-            if len(self.batch_sizes) > 1000:
-                del self.batch_sizes[:500]
             per_frame = ms / len(batch)
             now = time.time()
             for frame, dets in zip(batch, results, strict=True):
