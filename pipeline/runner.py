@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from pipeline.types import Frame, FrameResult
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[Event], None]
+_WAIT_SLICE_S = 0.1  # the main thread returns to the interpreter this often (signals)
 
 
 def build_analyzers(cfg: PipelineConfig, camera_id: str, var_dir: Path) -> list[Analyzer]:
@@ -180,8 +182,20 @@ class Pipeline:
             dec.stop()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the publisher has flushed (all sources ended or stop() was called)."""
-        return self._done.wait(timeout)
+        """Block until the publisher has flushed (all sources ended or stop() was called).
+
+        Waits in short slices rather than one long ``Event.wait``: Python runs a signal handler only in the
+        main thread, and only once that thread is back in the interpreter. The kernel may hand SIGTERM to
+        any thread (a decoder, FFmpeg's), and then a main thread parked in one untimed wait never woke and
+        the signal was lost.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = _WAIT_SLICE_S if deadline is None else min(_WAIT_SLICE_S, deadline - time.monotonic())
+            if step <= 0:
+                return self._done.is_set()
+            if self._done.wait(step):
+                return True
 
     def join(self, timeout: float = 30.0) -> bool:
         ok = self.wait(timeout)
