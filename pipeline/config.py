@@ -89,6 +89,10 @@ class RedisConfig(_Strict):
         2.0, ge=0, description="a producer waits this long for room in the queue, then spools directly"
     )
     flush_timeout_s: float = Field(10.0, ge=0, description="at shutdown, time allowed to empty the spool")
+    start_without_redis: bool = Field(
+        False,
+        description="start (spooling) when Redis is unusable at start; default: exit 2 naming the cause",
+    )
 
 
 class BatchConfig(_Strict):

@@ -33,6 +33,7 @@ from pipeline.metrics import MetricsRegistry
 from pipeline.queues import BoundedQueue, QueueClosed
 from pipeline.sources import open_spec, redact_url
 from pipeline.stage import Stage
+from pipeline.states import CameraStatus
 from pipeline.types import Frame
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,11 @@ MAX_CONSECUTIVE_READ_ERRORS = 20  # a file that keeps failing to read after this
 _SILENCE_FRACTION = (
     0.95  # a read that blocked this fraction of read_timeout_s counts as the stream going silent
 )
+
+
+# FFmpeg "renders" any text file with one of these extensions (.txt, .ans, .nfo ...) as a video of the text.
+_TEXT_FORMATS = frozenset({"tty", "bin", "xbin", "adf", "idf"})
+_TEXT_CODECS = frozenset({"ansi", "bintext", "xbin", "idf"})
 
 
 class SourceError(Exception):
@@ -100,7 +106,8 @@ class DecoderStage(Stage):
         self.emit = emit
         self.live = cam.is_live
         self.source_display = redact_url(cam.source)
-        self.status = "created"
+        self.status = CameraStatus.CREATED
+        self.status_reason = ""  # why the camera is in its current status (shown in the run summary)
         self.seq = 0
         self.frames_decoded = 0
         self.frames_forwarded = 0
@@ -126,12 +133,19 @@ class DecoderStage(Stage):
 
     # ------------------------------------------------------------------ status events
 
-    def _set_status(self, status: str, reason: str = "", **data: object) -> None:
+    def outcome(self) -> str:
+        """One line for the end-of-run summary: the stage state, or why the camera failed."""
+        if self.status == CameraStatus.FAILED:
+            return f"failed: {self.status_reason}"
+        return str(self.state)
+
+    def _set_status(self, status: CameraStatus, reason: str = "", **data: object) -> None:
         self.status = status
-        payload = {"status": status, "reason": reason, "source": self.source_display}
+        self.status_reason = reason
+        payload: dict[str, object] = {"status": status, "reason": reason, "source": self.source_display}
         payload.update({"attempt": None, "retry_in_s": None})
         payload.update(data)
-        level = logging.INFO if status in ("online", "ended") else logging.WARNING
+        level = logging.INFO if status in (CameraStatus.ONLINE, CameraStatus.ENDED) else logging.WARNING
         log.log(level, "camera %s %s%s", self.cam.id, status, f": {reason}" if reason else "")
         try:
             self.emit(Event(type="status.camera", camera_id=self.cam.id, data=payload))
@@ -147,28 +161,32 @@ class DecoderStage(Stage):
                 container = self._open()
             except Exception as exc:  # noqa: BLE001 - any open failure ends this camera, clearly
                 self._set_status(
-                    "failed", f"camera {self.cam.id!r}: cannot open {self.source_display}: {_describe(exc)}"
+                    CameraStatus.FAILED,
+                    f"camera {self.cam.id!r}: cannot open {self.source_display}: {_describe(exc)}",
                 )
                 return
             if passes == 0:
-                self._set_status("online")
+                self._set_status(CameraStatus.ONLINE)
             count, reason = self._pump(container)
             if self.stop_event.is_set():
                 return
             if count == 0:
                 if passes == 0:
                     self._set_status(
-                        "failed",
+                        CameraStatus.FAILED,
                         f"camera {self.cam.id!r}: no decodable video frames in {self.source_display} ({reason})",
                     )
                 else:
                     self._set_status(
-                        "ended", reason, frames=self.frames_decoded, decode_errors=self.decode_errors
+                        CameraStatus.ENDED,
+                        reason,
+                        frames=self.frames_decoded,
+                        decode_errors=self.decode_errors,
                     )
                 return
             if not self.cam.loop:
                 self._set_status(
-                    "ended", reason, frames=self.frames_decoded, decode_errors=self.decode_errors
+                    CameraStatus.ENDED, reason, frames=self.frames_decoded, decode_errors=self.decode_errors
                 )
                 return
             passes += 1
@@ -188,13 +206,15 @@ class DecoderStage(Stage):
             if failures:
                 if rc.max_attempts is not None and failures > rc.max_attempts:
                     self._set_status(
-                        "failed",
+                        CameraStatus.FAILED,
                         f"camera {self.cam.id!r}: gave up after {rc.max_attempts} reconnect attempts; last error: {reason}",
                         attempt=failures - 1,
                     )
                     return
                 delay = backoff_delay(failures, rc.initial_s, rc.max_s, rc.multiplier, rc.jitter, self._rng)
-                self._set_status("reconnecting", reason, attempt=failures, retry_in_s=round(delay, 3))
+                self._set_status(
+                    CameraStatus.RECONNECTING, reason, attempt=failures, retry_in_s=round(delay, 3)
+                )
                 if self.stop_event.wait(delay):
                     return
                 self.metrics.reconnects += 1
@@ -203,14 +223,14 @@ class DecoderStage(Stage):
             except Exception as exc:  # noqa: BLE001 - unreachable, refused, timed out, bad stream ...
                 reason = f"cannot open {self.source_display}: {_describe(exc)}"
                 if failures == 0:
-                    self._set_status("offline", reason)
+                    self._set_status(CameraStatus.OFFLINE, reason)
                 failures += 1
                 continue
-            self._set_status("online", attempt=failures or None)
+            self._set_status(CameraStatus.ONLINE, attempt=failures or None)
             count, reason = self._pump(container)
             if self.stop_event.is_set():
                 return
-            self._set_status("offline", reason)
+            self._set_status(CameraStatus.OFFLINE, reason)
             failures = 1 if count else failures + 1
 
     # ------------------------------------------------------------------ shared decode loop
@@ -228,6 +248,12 @@ class DecoderStage(Stage):
         if not container.streams.video:
             container.close()
             raise SourceError("no video stream")
+        codec = container.streams.video[0].codec_context.name
+        if container.format.name in _TEXT_FORMATS or codec in _TEXT_CODECS:
+            container.close()
+            raise SourceError(
+                f"not a video: FFmpeg reads it as text art ({container.format.name} demuxer, {codec} codec)"
+            )
         return container
 
     def _pump(self, container: av.container.InputContainer) -> tuple[int, str]:

@@ -18,7 +18,9 @@ from pipeline.config import BatchConfig
 from pipeline.detectors.base import Detector
 from pipeline.metrics import MetricsRegistry
 from pipeline.queues import BoundedQueue, QueueClosed
+from pipeline.rate_watch import DetectRateWatch
 from pipeline.stage import Stage
+from pipeline.states import CameraStatus
 from pipeline.types import Frame, FrameResult
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,9 @@ class DetectStage(Stage):
         batch: BatchConfig,
         metrics: MetricsRegistry,
         on_all_inputs_closed: Callable[[], None] | None = None,
+        detect_fps: dict[str, float] | None = None,
     ) -> None:
+        """``detect_fps``: camera id -> the rate it asked for; those cameras get a ``DetectRateWatch``."""
         super().__init__("detect", "", metrics)
         self.detector = detector
         self.inputs = dict(inputs)
@@ -48,6 +52,7 @@ class DetectStage(Stage):
         self._on_all_closed = on_all_inputs_closed
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent batch sizes, for metrics/tests
         self.inference_metrics = metrics.stage("inference", detector.name)
+        self.rate_watches = {cam: DetectRateWatch(cam, fps) for cam, fps in (detect_fps or {}).items()}
 
     def _poll_round(self, batch: list[Frame], limit: int) -> bool:
         """Take at most one frame from each open camera queue, in rotating order. True if any was taken."""
@@ -97,8 +102,10 @@ class DetectStage(Stage):
     def loop(self) -> None:
         while self._open:
             batch = self._gather()
+            self._check_rates()
             if not batch:
                 continue
+            self._handed_to_detector(batch)
             t0 = time.perf_counter()
             try:
                 results = self.detector.detect([f.image for f in batch])
@@ -121,6 +128,25 @@ class DetectStage(Stage):
                         frame=frame, detections=dets, detector=self.detector.name, inference_ms=per_frame
                     )
                 )
+
+    def _handed_to_detector(self, batch: list[Frame]) -> None:
+        """Frame age at detection (live latency) and each camera's achieved detect rate."""
+        now = time.time()
+        for frame in batch:
+            self.metrics_registry.observe_frame_age(frame.camera_id, now - frame.capture_time)
+            watch = self.rate_watches.get(frame.camera_id)
+            if watch is not None:
+                watch.detected()
+
+    def _check_rates(self) -> None:
+        for watch in self.rate_watches.values():
+            watch.check()
+
+    def camera_status(self, camera_id: str, status: str) -> None:
+        """A camera that is not online is not judged on its detect rate (see DetectRateWatch.pause)."""
+        watch = self.rate_watches.get(camera_id)
+        if watch is not None and status != CameraStatus.ONLINE:
+            watch.pause()
 
     def on_exit(self) -> None:
         if self._on_all_closed is not None:

@@ -73,6 +73,7 @@ class MetricsRegistry:
         self._stages: dict[tuple[str, str], StageMetrics] = {}
         self._lock = threading.Lock()
         self.counters: dict[str, float] = collections.defaultdict(float)
+        self._frame_ages: dict[str, collections.deque[float]] = {}
         self.started = time.time()
 
     def stage(self, stage: str, camera_id: str = "") -> StageMetrics:
@@ -81,6 +82,24 @@ class MetricsRegistry:
             if key not in self._stages:
                 self._stages[key] = StageMetrics(stage=stage, camera_id=camera_id)
             return self._stages[key]
+
+    def observe_frame_age(self, camera_id: str, age_s: float) -> None:
+        """How old a frame was when the detector took it (the live latency a user sees)."""
+        with self._lock:
+            q = self._frame_ages.get(camera_id)
+            if q is None:
+                q = self._frame_ages[camera_id] = collections.deque(maxlen=_LATENCY_SAMPLES)
+            q.append(age_s)
+
+    def frame_ages(self) -> dict[str, dict[str, float]]:
+        """Per camera: quantile ("0.5", "0.95") -> frame age at detection in seconds."""
+        with self._lock:
+            samples = {cam: list(q) for cam, q in self._frame_ages.items() if q}
+        out: dict[str, dict[str, float]] = {}
+        for cam, values in samples.items():
+            p50, p95 = np.percentile(np.asarray(values, dtype=np.float64), [50, 95])
+            out[cam] = {"0.5": float(p50), "0.95": float(p95)}
+        return out
 
     def inc(self, name: str, value: float = 1.0) -> None:
         """Process-wide counter (e.g. ``publisher_spooled_total``)."""
@@ -147,8 +166,21 @@ class MetricsRegistry:
         metric(
             "dropped_total",
             "counter",
-            "Items dropped (queue overflow or skipped).",
+            "Items dropped because a queue overflowed (a 'latest' queue replacing a frame not yet detected).",
             [(lab(m), m.total_drops()) for m in stages],
+        )
+        metric(
+            "skipped_total",
+            "counter",
+            "Frames skipped on purpose: thinned out by detect_fps before they were queued.",
+            [(lab(m), m.skipped) for m in stages],
+        )
+        ages = self.frame_ages()
+        metric(
+            "frame_age_at_detection_seconds",
+            "gauge",
+            f"Age of a frame (now - capture_time) when the detector got it; last {_LATENCY_SAMPLES} frames.",
+            [({"camera": cam, "quantile": q}, round(v, 4)) for cam, a in ages.items() for q, v in a.items()],
         )
         metric(
             "errors_total", "counter", "Errors raised inside a stage.", [(lab(m), m.errors) for m in stages]

@@ -20,6 +20,7 @@ import logging
 import random
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -54,8 +55,21 @@ def stream_for(prefix: str, family: str) -> str:
 def explain_redis_error(exc: BaseException, url: str) -> str:
     """A one-line reason for a Redis failure that says what to check."""
     where = redact_url(url)
-    if isinstance(exc, AuthenticationError) or "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+    text = str(exc)
+    if isinstance(exc, AuthenticationError) or "NOAUTH" in text or "WRONGPASS" in text:
+        if not urlsplit(url).password and ("NOAUTH" in text or "required" in text.lower()):
+            return (
+                f"Redis at {where} requires a password and redis.url has none "
+                f"(use redis://:PASSWORD@host:port/db) ({type(exc).__name__}: {exc})"
+            )
         return f"Redis at {where} refused the credentials in redis.url ({type(exc).__name__}: {exc})"
+    if isinstance(exc, redis.exceptions.ConnectionError) and (
+        "Name or service not known" in text or "name resolution" in text or "nodename nor servname" in text
+    ):
+        host = urlsplit(url).hostname
+        return f"Redis host {host!r} in redis.url does not resolve (DNS): {exc}"
+    if isinstance(exc, redis.exceptions.ConnectionError) and "refused" in text.lower():
+        return f"Redis at {where} refused the connection (nothing listens there): {exc}"
     if isinstance(exc, redis.exceptions.TimeoutError):
         return f"Redis at {where} did not answer within the socket timeout (hung or overloaded): {exc}"
     if isinstance(exc, ResponseError):

@@ -23,7 +23,9 @@ from pipeline.detect_stage import DetectStage
 from pipeline.detectors.base import Detector
 from pipeline.events import Event
 from pipeline.metrics import MetricsRegistry
+from pipeline.paths import RuntimePaths, resolve_runtime_paths
 from pipeline.queues import BoundedQueue, QueueClosed
+from pipeline.states import StageState
 from pipeline.types import Frame, FrameResult
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,8 @@ def build_analyzers(cfg: PipelineConfig, camera_id: str, var_dir: Path) -> list[
     if cfg.tracking.enabled:
         from pipeline.tracking.analyzer import TrackingAnalyzer
 
-        analyzers.append(TrackingAnalyzer(camera_id, cfg.tracking, cam.analytics, var_dir / "snapshots"))
+        snapshots = RuntimePaths(var_dir).snapshots
+        analyzers.append(TrackingAnalyzer(camera_id, cfg.tracking, cam.analytics, snapshots))
     return analyzers
 
 
@@ -62,6 +65,7 @@ class Pipeline:
         from pipeline.decoder import DecoderStage
         from pipeline.publisher import Publisher
 
+        cfg = resolve_runtime_paths(cfg, var_dir)  # spool, gallery, crops, audit logs under --var-dir
         self.cfg = cfg
         self.metrics = metrics or MetricsRegistry()
         self.var_dir = Path(var_dir)
@@ -87,8 +91,10 @@ class Pipeline:
 
         for cam in cameras:
             policy = cam.effective_queue_policy
+            # A `latest` frames queue holds only the newest frame: the detector never gets a stale one, and
+            # a slow detector costs detections, not latency (and not 8 frames of memory per camera).
             fq: BoundedQueue[Frame] = BoundedQueue(
-                cam.queue_size, policy, f"frames[{cam.id}]", self.frame_wakeup
+                1 if policy == "latest" else cam.queue_size, policy, f"frames[{cam.id}]", self.frame_wakeup
             )
             inbox: BoundedQueue[FrameResult] = BoundedQueue(
                 cam.queue_size * 2, policy, f"results[{cam.id}]", threading.Event()
@@ -120,6 +126,7 @@ class Pipeline:
             cfg.detector.batch,
             self.metrics,
             on_all_inputs_closed=self._close_inboxes,
+            detect_fps={c.id: c.detect_fps for c in cameras if c.detect_fps},
         )
         self._stopping = threading.Event()
         self._done = threading.Event()
@@ -140,6 +147,7 @@ class Pipeline:
     def _on_decoder_event(self, event: Event) -> None:
         self.emit(event)
         if event.type == "status.camera":
+            self.detect.camera_status(event.camera_id, str(event.data.get("status", "")))
             stage = self.analytics.get(event.camera_id)
             if stage is not None:
                 stage.camera_status(str(event.data.get("status", "")))
@@ -209,5 +217,5 @@ class Pipeline:
             cid: {"decoder": d.state, "analytics": self.analytics[cid].state, "last_error": d.last_error}
             for cid, d in self.decoders.items()
         }
-        ok = self.detect.state != "failed" and self.publisher.state != "failed"
+        ok = self.detect.state != StageState.FAILED and self.publisher.state != StageState.FAILED
         return {"ok": ok, "detect": self.detect.state, "publisher": self.publisher.state, "cameras": cams}

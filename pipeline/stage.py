@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 
 from pipeline.metrics import MetricsRegistry, StageMetrics
+from pipeline.states import StageState
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class Stage:
         self.max_restarts = max_restarts
         self.restart_backoff_s = restart_backoff_s
         self.stop_event = threading.Event()
-        self.state = "created"  # created | running | restarting | stopped | failed
+        self.state = StageState.CREATED
         self.last_error: str | None = None
         self._thread: threading.Thread | None = None
         self.on_exit_callbacks: list[Callable[[], None]] = []
@@ -45,7 +46,7 @@ class Stage:
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._supervise, name=self.label, daemon=True)
-        self.state = "running"
+        self.state = StageState.RUNNING
         self._thread.start()
 
     def stop(self) -> None:
@@ -72,9 +73,9 @@ class Stage:
         try:
             while True:
                 try:
-                    self.state = "running"
+                    self.state = StageState.RUNNING
                     self.loop()
-                    self.state = "stopped"
+                    self.state = StageState.STOPPED
                     return
                 except Exception as exc:  # noqa: BLE001 - a stage must never take the process down
                     failures += 1
@@ -82,7 +83,7 @@ class Stage:
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     if failures > self.max_restarts or self.stop_event.is_set():
                         log.exception("stage %s failed for good after %d errors", self.label, failures)
-                        self.state = "failed"
+                        self.state = StageState.FAILED
                         return
                     log.exception(
                         "stage %s raised (error %d of at most %d); restarting in %.1fs",
@@ -91,10 +92,10 @@ class Stage:
                         self.max_restarts,
                         self.restart_backoff_s,
                     )
-                    self.state = "restarting"
+                    self.state = StageState.RESTARTING
                     self.metrics.restarts += 1
                     if self.stop_event.wait(self.restart_backoff_s):
-                        self.state = "stopped"
+                        self.state = StageState.STOPPED
                         return
         finally:
             try:

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import redis
 import yaml
+
+from pipeline.events import Event
 
 REPO = Path(__file__).resolve().parents[1]
 DRAIN_DEADLINE_S = 15.0  # flush_timeout_s (5 s here) + join slack: what a service manager should wait
@@ -83,3 +87,162 @@ def test_sigterm_is_honoured_50_times_out_of_50(demo_mp4, redis_server, tmp_path
                 proc.kill()
                 proc.wait()
     assert len(slow) == 50
+
+
+# -- fail fast at start -----------------------------------------------------------------------------------
+
+
+def _unusable_redis_urls(make_redis) -> dict[str, tuple[str, str]]:
+    """case -> (redis.url, what the error must say)."""
+    server = make_redis(password="the-right-secret")
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    return {
+        "no password": (f"redis://127.0.0.1:{server.port}/0", "requires a password and redis.url has none"),
+        "wrong password": (f"redis://:wrong-secret@127.0.0.1:{server.port}/0", "refused the credentials"),
+        "unknown host": ("redis://no-such-host.invalid:6379/0", "does not resolve (DNS)"),
+        "refused": (f"redis://127.0.0.1:{port}/0", "refused the connection"),
+    }
+
+
+def test_unusable_redis_at_start_is_exit_2_naming_the_cause(demo_mp4, make_redis, tmp_path):
+    for case, (url, expected) in _unusable_redis_urls(make_redis).items():
+        cfg = loop_camera_cfg(tmp_path, demo_mp4.path, url)
+        r = run_cli("--config", str(cfg), "--var-dir", str(tmp_path / "var"), cwd=tmp_path)
+        assert r.returncode == 2, f"{case}: exit {r.returncode}; stderr: {r.stderr[-2000:]}"
+        assert expected in r.stderr, f"{case}: {r.stderr[-2000:]}"
+        assert "start_without_redis" in r.stderr and "Traceback" not in r.stderr
+        assert "wrong-secret" not in r.stderr
+
+
+def test_start_without_redis_spools_and_says_so(demo_mp4, tmp_path):
+    cfg = write_cfg(
+        tmp_path,
+        {
+            "cameras": [{"id": "file", "source": str(demo_mp4.path)}],
+            "detector": {"model": "none"},
+            "redis": {
+                "url": "redis://no-such-host.invalid:6379/0",
+                "start_without_redis": True,
+                "spool_path": str(tmp_path / "spool.sqlite"),
+                "flush_timeout_s": 1,
+            },
+        },
+    )
+    r = run_cli("--config", str(cfg), "--var-dir", str(tmp_path / "var"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "does not resolve (DNS)" in r.stderr and "starting anyway" in r.stderr
+    from pipeline.spool import Spool
+
+    with Spool(tmp_path / "spool.sqlite") as spool:
+        assert spool.count() >= demo_mp4.frames  # every detections.frame event waits in the spool
+
+
+# -- cameras that fail ------------------------------------------------------------------------------------
+
+
+def test_every_camera_failing_is_a_failed_run_and_a_text_file_is_not_a_video(redis_server, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("this is a text file, not a video\n" * 200)
+    cfg = write_cfg(
+        tmp_path,
+        {
+            "cameras": [
+                {"id": "text", "source": str(text)},
+                {"id": "missing", "source": str(tmp_path / "no-such-clip.mp4")},
+            ],
+            "detector": {"model": "none"},
+            "redis": {"url": redis_server.url, "spool_path": str(tmp_path / "spool.sqlite")},
+        },
+    )
+    r = run_cli("--config", str(cfg), "--var-dir", str(tmp_path / "var"), "--print-events", cwd=tmp_path)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "pipeline failed: every camera failed" in r.stderr
+    summary = next(line for line in r.stderr.splitlines() if "every camera failed" in line)
+    assert '"text": "failed: ' in summary and "not a video" in summary
+    assert '"missing": "failed: ' in summary and "No such file" in summary
+    events = [Event.from_json(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert not [e for e in events if e.type == "detections.frame"]  # the text was never "decoded"
+
+
+def test_one_camera_failing_of_two_is_still_exit_0(demo_mp4, redis_server, tmp_path):
+    cfg = write_cfg(
+        tmp_path,
+        {
+            "cameras": [
+                {"id": "good", "source": str(demo_mp4.path)},
+                {"id": "missing", "source": str(tmp_path / "no-such-clip.mp4")},
+            ],
+            "detector": {"model": "none"},
+            "redis": {"url": redis_server.url, "spool_path": str(tmp_path / "spool.sqlite")},
+        },
+    )
+    r = run_cli("--config", str(cfg), "--var-dir", str(tmp_path / "var"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "pipeline stopped; cameras:" in r.stderr and '"missing": "failed: ' in r.stderr
+
+
+# -- metrics port, local redis-server --------------------------------------------------------------------
+
+
+def _local_redis_port(stderr: str) -> int:
+    line = next(x for x in stderr.splitlines() if "started a local redis-server" in x)
+    return int(line.split("@127.0.0.1:")[1].split("/")[0])
+
+
+def test_metrics_port_in_use_is_exit_2_and_leaves_no_redis_server_behind(demo_mp4, tmp_path):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        cfg = loop_camera_cfg(tmp_path, demo_mp4.path, None, metrics={"http_port": port})
+        r = run_cli("--config", str(cfg), "--var-dir", str(tmp_path / "var"), cwd=tmp_path)
+    finally:
+        holder.close()
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"metrics.http_port: cannot listen on 127.0.0.1:{port}" in r.stderr
+    assert "Traceback" not in r.stderr
+    redis_port = _local_redis_port(r.stderr)
+    with pytest.raises(redis.ConnectionError):  # the redis-server it started is gone, not orphaned
+        redis.Redis(port=redis_port, socket_connect_timeout=1).ping()
+
+
+def test_the_local_redis_server_requires_a_password(demo_mp4, tmp_path):
+    var = tmp_path / "var"
+    cfg = loop_camera_cfg(tmp_path, demo_mp4.path, None)
+    proc = subprocess.Popen(
+        cli("--config", str(cfg), "--print-events", "--var-dir", str(var)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        started = ""
+        while "started a local redis-server" not in started:
+            started = proc.stderr.readline()
+            assert started, "the run ended before starting its redis-server"
+        assert proc.stdout.readline().startswith("{")
+        pw_file = var / "redis" / "password"
+        assert oct(pw_file.stat().st_mode & 0o777) == "0o600"
+        password = pw_file.read_text().strip()
+        port = _local_redis_port(started)
+        anonymous = redis.Redis(port=port, socket_connect_timeout=1)
+        with pytest.raises(redis.AuthenticationError):  # any local process could forge events before
+            anonymous.xadd("vidpipe:stream:doors", {"event": "{}"})
+        with pytest.raises(redis.AuthenticationError):
+            anonymous.delete("vidpipe:stream:detections")
+        authed = redis.Redis(port=port, password=password)
+        deadline = time.time() + 20
+        while time.time() < deadline and not authed.xlen("vidpipe:stream:detections"):
+            time.sleep(0.1)
+        assert authed.xlen("vidpipe:stream:detections") > 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=DRAIN_DEADLINE_S)
+    assert proc.returncode == 0, err[-2000:]
+    assert password not in err and "REDISCLI_AUTH=" in err

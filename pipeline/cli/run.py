@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import secrets
 import signal
 import sys
 import threading
@@ -12,10 +14,21 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from pipeline.config import CameraConfig, ConfigError, PipelineConfig, load_config
+from pipeline.events import Event
+from pipeline.paths import RuntimePaths, resolve_runtime_paths
+from pipeline.redis_server import LocalRedis, RedisServerError
+from pipeline.sources import redact_url
+from pipeline.states import CameraStatus
 
 log = logging.getLogger("vidpipe")
 
 DEMO_SOURCE = "demo"
+
+# Exit statuses (docs/running.md): 0 ran and stopped; 1 every camera failed; 2 could not start (config,
+# Redis unusable at start, metrics port taken); 130 a second signal forced the exit.
+EXIT_OK = 0
+EXIT_ALL_CAMERAS_FAILED = 1
+EXIT_STARTUP = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,12 +65,55 @@ def _apply_overrides(cfg: PipelineConfig, args: argparse.Namespace) -> PipelineC
     return cfg
 
 
+def start_local_redis(data_dir: Path) -> LocalRedis:
+    """A redis-server for this run, with a random password (any local process could otherwise forge or
+    delete events). The password is written to ``<data_dir>/password`` (mode 0600) for redis-cli users."""
+    password = secrets.token_urlsafe(24)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pw_file = data_dir / "password"
+    pw_file.unlink(missing_ok=True)
+    fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    server = LocalRedis(data_dir=data_dir, password=password).start()
+    print(
+        f"started a local redis-server for this run at {redact_url(server.url)} (password in {pw_file})",
+        file=sys.stderr,
+    )
+    return server
+
+
+def redis_cli_auth_hint(local_redis: LocalRedis | None, url_password: str | None) -> str:
+    """The ``REDISCLI_AUTH=...`` prefix the subscribe hint needs, never the password itself."""
+    if local_redis is not None:
+        return f'REDISCLI_AUTH="$(cat {local_redis.data_dir / "password"})" '
+    return "REDISCLI_AUTH=<password from redis.url> " if url_password else ""
+
+
+def check_redis_at_start(cfg: PipelineConfig) -> str | None:
+    """None to go on; else why the run must not start (Redis unusable and start_without_redis is off)."""
+    from pipeline.publisher import probe_redis
+
+    assert cfg.redis.url is not None
+    reason = probe_redis(cfg.redis.url, cfg.redis)
+    if reason is None:
+        return None
+    if cfg.redis.start_without_redis:
+        log.warning(
+            "%s; starting anyway (redis.start_without_redis: true): events wait in the spool %s",
+            reason,
+            cfg.redis.spool_path,
+        )
+        return None
+    return f"{reason}. Fix redis.url, or set redis.start_without_redis: true to spool until it answers"
+
+
 def _resolve_demo_sources(cfg: PipelineConfig, var_dir: Path) -> None:
     for cam in cfg.cameras:
         if cam.source == DEMO_SOURCE:
             from pipeline.demo_media import default_demo_clip
 
-            cam.source = str(default_demo_clip(var_dir / "demo"))
+            cam.source = str(default_demo_clip(RuntimePaths(var_dir).demo))
             log.info("camera %s: demo clip %s (built from scikit-image's sample photos)", cam.id, cam.source)
 
 
@@ -80,24 +136,29 @@ def main(args: argparse.Namespace) -> int:
     var_dir = Path(args.var_dir)
     var_dir.mkdir(parents=True, exist_ok=True)
     _resolve_demo_sources(cfg, var_dir)
-    if not Path(cfg.redis.spool_path).is_absolute() and cfg.redis.spool_path.startswith("var/"):
-        cfg.redis.spool_path = str(var_dir / cfg.redis.spool_path[len("var/") :])
+    cfg = resolve_runtime_paths(cfg, var_dir)
 
     local_redis = None
     if cfg.redis.url is None:
-        from pipeline.redis_server import LocalRedis
-
-        local_redis = LocalRedis(data_dir=var_dir / "redis").start()
+        try:
+            local_redis = start_local_redis(RuntimePaths(var_dir).redis)
+        except RedisServerError as exc:
+            print(f"error: cannot start a local redis-server (redis.url is null): {exc}", file=sys.stderr)
+            return EXIT_STARTUP
         cfg.redis.url = local_redis.url
-        print(f"started a local redis-server for this run at {local_redis.url}", file=sys.stderr)
+    elif (reason := check_redis_at_start(cfg)) is not None:
+        print(f"error: {reason}", file=sys.stderr)
+        return EXIT_STARTUP
 
-    from pipeline.runner import Pipeline
+    from pipeline.runner import EventSink, Pipeline
 
-    sinks = []
+    sinks: list[EventSink] = []
     if args.print_events:
+        print_lock = threading.Lock()  # cameras emit from their own threads: one whole line at a time
 
-        def print_event(ev) -> None:
-            print(ev.to_json(), flush=True)
+        def print_event(ev: Event) -> None:
+            with print_lock:
+                print(ev.to_json(), flush=True)
 
         sinks.append(print_event)
     try:
@@ -106,15 +167,16 @@ def main(args: argparse.Namespace) -> int:
         log.error("cannot start the pipeline: %s", exc)
         if local_redis:
             local_redis.stop()
-        return 1
+        return EXIT_STARTUP
 
     parsed = urlsplit(cfg.redis.url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port
     p = cfg.redis.prefix
+    auth = redis_cli_auth_hint(local_redis, parsed.password)
     print(
         "subscribe to events with:\n"
-        f"  redis-cli -h {host} -p {port or 6379} PSUBSCRIBE '{p}:*'        # live (pub/sub)\n"
-        f"  redis-cli -h {host} -p {port or 6379} XREAD BLOCK 0 STREAMS {p}:stream:detections $   # durable\n"
+        f"  {auth}redis-cli -h {host} -p {port or 6379} PSUBSCRIBE '{p}:*'        # live (pub/sub)\n"
+        f"  {auth}redis-cli -h {host} -p {port or 6379} XREAD BLOCK 0 STREAMS {p}:stream:detections $   # durable\n"
         "  (see docs/events.md for every channel and stream)",
         file=sys.stderr,
         flush=True,
@@ -124,9 +186,19 @@ def main(args: argparse.Namespace) -> int:
     if cfg.metrics.http_port is not None:
         from pipeline.metrics_http import MetricsServer
 
-        metrics_server = MetricsServer(
-            pipeline.metrics, cfg.metrics.http_host, cfg.metrics.http_port, pipeline.health
-        )
+        try:
+            metrics_server = MetricsServer(
+                pipeline.metrics, cfg.metrics.http_host, cfg.metrics.http_port, pipeline.health
+            )
+        except OSError as exc:
+            print(
+                f"error: metrics.http_port: cannot listen on {cfg.metrics.http_host}:{cfg.metrics.http_port}"
+                f" ({exc.strerror or exc}); pick a free port or set metrics.http_port: null",
+                file=sys.stderr,
+            )
+            if local_redis:
+                local_redis.stop()
+            return EXIT_STARTUP
         metrics_server.start()
         print(f"metrics: http://{cfg.metrics.http_host}:{metrics_server.port}/metrics", file=sys.stderr)
 
@@ -161,7 +233,9 @@ def main(args: argparse.Namespace) -> int:
             metrics_server.stop()
         if local_redis:
             local_redis.stop()
-    summary = {cid: d.state for cid, d in pipeline.decoders.items()}
-    print(f"pipeline stopped; cameras: {json.dumps(summary)}", file=sys.stderr)
+    summary = {cid: d.outcome() for cid, d in pipeline.decoders.items()}
+    all_failed = bool(summary) and all(d.status == CameraStatus.FAILED for d in pipeline.decoders.values())
+    verdict = "pipeline failed: every camera failed" if all_failed else "pipeline stopped"
+    print(f"{verdict}; cameras: {json.dumps(summary)}", file=sys.stderr)
     print(f"[status] {pipeline.metrics.status_line()}", file=sys.stderr)
-    return 0
+    return EXIT_ALL_CAMERAS_FAILED if all_failed else EXIT_OK

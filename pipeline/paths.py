@@ -1,0 +1,57 @@
+"""The one place runtime paths are resolved from ``--var-dir``.
+
+Config defaults spell runtime files as ``var/...`` (``redis.spool_path: var/spool.sqlite``,
+``faces.gallery_path: var/faces.sqlite``, ...). ``var/`` there means "the runtime directory", so with
+``--var-dir /srv/vidpipe`` each of them lives under ``/srv/vidpipe``. A path the user wrote without the
+``var/`` prefix means what it says: absolute paths stay, other relative paths are relative to the working
+directory. Before this module the spool, the snapshots and the face/door files each had their own rule, and
+``--var-dir`` moved only some of them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.config import PipelineConfig
+
+VAR_PREFIX = "var/"
+
+
+class RuntimePaths:
+    """Where one run keeps its files (``var_dir`` is made absolute, so resolving twice changes nothing)."""
+
+    def __init__(self, var_dir: str | Path = "var") -> None:
+        self.var_dir = Path(var_dir).expanduser().absolute()
+
+    def resolve(self, configured: str | Path) -> Path:
+        """A configured path: ``var/x`` -> ``<var_dir>/x``; anything else unchanged."""
+        text = str(configured)
+        if text.startswith(VAR_PREFIX):
+            return self.var_dir / text[len(VAR_PREFIX) :]
+        return Path(text)
+
+    @property
+    def snapshots(self) -> Path:
+        return self.var_dir / "snapshots"
+
+    @property
+    def demo(self) -> Path:
+        return self.var_dir / "demo"
+
+    @property
+    def redis(self) -> Path:
+        return self.var_dir / "redis"
+
+
+def resolve_runtime_paths(cfg: PipelineConfig, var_dir: str | Path) -> PipelineConfig:
+    """A copy of ``cfg`` whose runtime file paths (spool, gallery, face crops, door audit logs) are resolved."""
+    paths = RuntimePaths(var_dir)
+    out = cfg.model_copy(deep=True)
+    out.redis.spool_path = str(paths.resolve(out.redis.spool_path))
+    out.faces.gallery_path = str(paths.resolve(out.faces.gallery_path))
+    out.faces.unknown_crops.dir = str(paths.resolve(out.faces.unknown_crops.dir))
+    for door in out.doors:
+        door.audit_log = str(paths.resolve(door.audit_log))
+    return out
