@@ -203,6 +203,6 @@ class TorchCudaEngine(InferenceEngine):
 
     def close(self) -> None:
         self.graphs = None
-        self.module = None  # type: ignore[assignment]
+        self.module = None
         if self.torch_device.type == "cuda":
             torch.cuda.empty_cache()

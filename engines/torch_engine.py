@@ -78,6 +78,6 @@ class TorchEngine(InferenceEngine):
         return {n: o.float().cpu().numpy() for n, o in zip(self._outputs, outs, strict=True)}
 
     def close(self) -> None:
-        self.module = None  # type: ignore[assignment]
+        self.module = None
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()

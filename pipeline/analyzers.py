@@ -23,20 +23,28 @@ log = logging.getLogger(__name__)
 
 
 class Analyzer(Protocol):
-    def process(self, result: FrameResult) -> list[Event]: ...
+    """What the analytics stage calls, all on the camera's analytics thread, in order."""
 
-    def close(self) -> list[Event]: ...
+    def process(self, result: FrameResult) -> list[Event]:
+        """One detected frame of this camera; the events it causes."""
+        ...
+
+    def on_camera_status(self, status: str) -> list[Event]:
+        """The camera's source changed status (a ``CameraStatus`` value: online, offline, reconnecting, failed,
+        ended). Lost-camera statuses arrive before the next frame, so door decisions can fail closed."""
+        ...
+
+    def close(self) -> list[Event]:
+        """The camera is done (shutdown or end of file): final events (tracks ended ...)."""
+        ...
 
 
 def detections_event(result: FrameResult) -> Event:
     f = result.frame
-    return Event(
-        type="detections.frame",
-        camera_id=f.camera_id,
-        ts=f.capture_time,
-        frame_seq=f.seq,
-        pts=f.pts,
-        data={
+    return Event.for_frame(
+        "detections.frame",
+        f,
+        {
             "detector": result.detector,
             "inference_ms": round(result.inference_ms, 2),
             "width": f.width,
@@ -91,9 +99,7 @@ class AnalyticsStage(Stage):
                     return
                 status = self._status.popleft()
             for a in self.analyzers:
-                hook = getattr(a, "on_camera_status", None)
-                if hook is not None:
-                    self._emit_all(self._guard(a, hook, status))
+                self._emit_all(self._guard(a, a.on_camera_status, status))
 
     def _guard(self, analyzer: Analyzer, call: Callable[..., list[Event]], *args: object) -> list[Event]:
         try:

@@ -63,7 +63,7 @@ class CameraConfig(_Strict):
         return s.startswith(("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "/dev/video"))
 
     @property
-    def effective_queue_policy(self) -> str:
+    def effective_queue_policy(self) -> Literal["latest", "block"]:
         return self.queue_policy or ("latest" if self.is_live else "block")
 
 

@@ -42,7 +42,7 @@ def _rgb_to_bgr(img: np.ndarray) -> np.ndarray:
 
 
 def _resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(img).resize((max(1, width), max(1, height)), Image.BILINEAR))
+    return np.asarray(Image.fromarray(img).resize((max(1, width), max(1, height)), Image.Resampling.BILINEAR))
 
 
 def _background(width: int, height: int) -> np.ndarray:

@@ -89,7 +89,7 @@ class DetectStage(Stage):
                 break
             if took and limit > 1:
                 continue  # keep draining while frames are there
-            if batch:
+            if first_at is not None:
                 remaining = max_wait - (time.monotonic() - first_at)
                 if remaining <= 0:
                     break

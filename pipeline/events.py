@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from pipeline.types import Frame
 
 SCHEMA_VERSION = 1
 
@@ -43,6 +46,33 @@ class Event(BaseModel):
     frame_seq: int | None = None
     pts: float | None = None
     data: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def for_frame(
+        cls,
+        type: str,
+        frame: Frame | None,
+        data: dict[str, Any],
+        *,
+        camera_id: str | None = None,
+        ts: float | None = None,
+    ) -> Event:
+        """An event about ``frame``: its camera, capture time, sequence number and pts.
+
+        Without a frame (a track ended at shutdown, a door decision on a camera outage) ``camera_id`` and
+        ``ts`` (default: now) stand in. The one place that maps a frame onto an event, so every event about
+        a frame carries the same time base.
+        """
+        if frame is None:
+            return cls(type=type, camera_id=camera_id or "", ts=time.time() if ts is None else ts, data=data)
+        return cls(
+            type=type,
+            camera_id=frame.camera_id if camera_id is None else camera_id,
+            ts=frame.capture_time,
+            frame_seq=frame.seq,
+            pts=frame.pts,
+            data=data,
+        )
 
     @property
     def family(self) -> str:

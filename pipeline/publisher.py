@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -256,7 +257,7 @@ class Publisher(Stage):
             event_json=event.to_json(),
         )
 
-    def _execute(self, records: list[SpoolRecord], stream: bool, pubsub: bool) -> None:
+    def _execute(self, records: Sequence[SpoolRecord], stream: bool, pubsub: bool) -> None:
         pipe = self.client.pipeline(transaction=False)
         for r in records:
             if stream:
@@ -337,7 +338,7 @@ class Publisher(Stage):
 
     # -- outage bookkeeping ----------------------------------------------------------------------------
 
-    def _outage(self, exc: BaseException, in_flight: list[SpoolRecord]) -> None:
+    def _outage(self, exc: BaseException, in_flight: Sequence[SpoolRecord]) -> None:
         """Redis failed. Remember what may have landed anyway; log once per outage; schedule a retry."""
         for r in in_flight:
             ids = self._suspects.setdefault(r.stream, set())
@@ -387,7 +388,9 @@ class Publisher(Stage):
         """Events in flight when Redis failed may have landed; find those that did so they are not re-sent."""
         for stream, ids in list(self._suspects.items()):
             if ids:
-                entries = self.client.xrevrange(stream, "+", "-", count=2 * len(ids) + 100)
+                entries: list[tuple[bytes, dict[bytes, bytes]]] = self.client.xrevrange(  # type: ignore[assignment]
+                    stream, "+", "-", count=2 * len(ids) + 100
+                )
                 for _entry_id, fields in entries:
                     eid = fields.get(b"event_id", b"").decode()
                     if eid in ids:

@@ -36,7 +36,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _find_binary(binary: str | None) -> str:
-    candidates = [binary] if binary else [DEFAULT_BINARY, shutil.which("redis-server")]
+    candidates: list[str | None] = [binary] if binary else [DEFAULT_BINARY, shutil.which("redis-server")]
     for c in candidates:
         if c and os.path.isfile(c) and os.access(c, os.X_OK):
             return c

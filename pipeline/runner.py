@@ -87,7 +87,9 @@ class Pipeline:
         self.analytics: dict[str, AnalyticsStage] = {}
         self._analytics_left = len(cameras)
         self._left_lock = threading.Lock()
-        make_analyzers = analyzers_factory or (lambda cam_id: build_analyzers(cfg, cam_id, self.var_dir))
+        make_analyzers: Callable[[str], list[Analyzer]] = analyzers_factory or (
+            lambda cam_id: build_analyzers(cfg, cam_id, self.var_dir)
+        )
 
         for cam in cameras:
             policy = cam.effective_queue_policy
@@ -105,7 +107,6 @@ class Pipeline:
             # The decoder's line shows its output queue: frames waiting for the detector, and frames dropped
             # by a `latest` queue because the detector was behind.
             decoder.metrics.queue_depth = fq.qsize
-            decoder.metrics.queue_drops = lambda fq=fq: fq.dropped
             self.decoders[cam.id] = decoder
             stage = AnalyticsStage(
                 cam.id,

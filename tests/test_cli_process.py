@@ -246,3 +246,80 @@ def test_the_local_redis_server_requires_a_password(demo_mp4, tmp_path):
         _, err = proc.communicate(timeout=DRAIN_DEADLINE_S)
     assert proc.returncode == 0, err[-2000:]
     assert password not in err and "REDISCLI_AUTH=" in err
+
+
+# -- --var-dir, metrics ------------------------------------------------------------------------------------
+
+
+def test_var_dir_holds_gallery_crops_audit_log_and_spool(demo_mp4, redis_server, tmp_path):
+    """`faces enroll` and a run with the same --var-dir use the same gallery; nothing lands in ./var."""
+    import cv2
+    from skimage import data
+
+    var = tmp_path / "state"
+    photo = tmp_path / "astronaut.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    cfg = write_cfg(
+        tmp_path,
+        {
+            "cameras": [{"id": "cam1", "source": str(demo_mp4.path)}],
+            "detector": {"model": "none"},
+            "redis": {"url": redis_server.url},  # spool_path, gallery, crops, audit log: the var/ defaults
+            "faces": {"enabled": True, "unknown_crops": {"cooldown_s": 0}},
+            "doors": [{"id": "front", "cameras": ["cam1"], "allow_people": ["eileen"], "secret": "s" * 32}],
+        },
+    )
+    enroll = run_cli("faces", "--config", str(cfg), "--var-dir", str(var), "enroll", "--name", "eileen",
+                     str(photo), cwd=tmp_path)  # fmt: skip
+    assert enroll.returncode == 0, enroll.stdout + enroll.stderr
+    assert (var / "faces.sqlite").is_file()
+    r = run_cli("--config", str(cfg), "--var-dir", str(var), "--print-events", cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "gallery loaded, 1 people" in r.stderr  # the run found the person enrolled under --var-dir
+    assert (var / "doors_audit.jsonl").is_file() and (var / "spool.sqlite").is_file()
+    events = [Event.from_json(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    crops = [f["crop"] for e in events if e.type == "faces.unknown" for f in e.data["faces"] if f["crop"]]
+    assert all(Path(c).is_relative_to(var / "unknown_faces") for c in crops)
+    assert not (tmp_path / "var").exists()  # the old behaviour: gallery, crops, audit log in ./var
+
+
+def test_metrics_export_skipped_frames_and_frame_age(demo_mp4, redis_server, tmp_path):
+    import urllib.request
+
+    cfg = write_cfg(
+        tmp_path,
+        {
+            "cameras": [{"id": "loop", "source": str(demo_mp4.path), "loop": True, "realtime": True,
+                         "detect_fps": 5}],
+            "detector": {"model": "none"},
+            "redis": {"url": redis_server.url, "spool_path": str(tmp_path / "spool.sqlite")},
+            "metrics": {"http_port": 0},
+        },
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        cli("--config", str(cfg), "--var-dir", str(tmp_path / "var")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stderr is not None
+        line = ""
+        while "metrics: http://" not in line:
+            line = proc.stderr.readline()
+            assert line, "no metrics line"
+        url = line.split("metrics: ", 1)[1].strip()
+        time.sleep(3)
+        body = urllib.request.urlopen(url, timeout=5).read().decode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=DRAIN_DEADLINE_S)
+
+    def value(prefix: str) -> float:
+        return float(next(x for x in body.splitlines() if x.startswith(prefix)).rsplit(" ", 1)[1])
+
+    # 25 fps thinned to 5: about 4 of every 5 decoded frames are skipped, and they are exported
+    assert value('vidpipe_skipped_total{stage="decoder",camera="loop"}') >= 20
+    age = value('vidpipe_frame_age_at_detection_seconds{camera="loop",quantile="0.95"}')
+    assert 0 <= age < 2.0

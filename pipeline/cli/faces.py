@@ -18,11 +18,15 @@ import sys
 
 from pipeline.config import ConfigError, load_config
 from pipeline.faces.config import FacesConfig
+from pipeline.paths import RuntimePaths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="pipeline YAML (its faces: section is used)")
     parser.add_argument("--gallery", help="gallery SQLite file (default: faces.gallery_path)")
+    parser.add_argument(
+        "--var-dir", default="var", help="runtime data, as for a run: the default gallery lives here"
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     p = sub.add_parser("enroll", help="add photos of a person")
     p.add_argument("--name", required=True)
@@ -44,7 +48,8 @@ def _faces_config(args: argparse.Namespace) -> FacesConfig:
     cfg = load_config(args.config).faces if args.config else FacesConfig()
     if args.gallery:
         cfg = cfg.model_copy(update={"gallery_path": args.gallery})
-    return cfg
+    # the same rule as a run (pipeline/paths.py), so `faces enroll` and the run use the same gallery
+    return cfg.model_copy(update={"gallery_path": str(RuntimePaths(args.var_dir).resolve(cfg.gallery_path))})
 
 
 def main(args: argparse.Namespace) -> int:

@@ -38,7 +38,7 @@ def _add_quantize(sub) -> None:
     qz.add_argument("--input-size", type=int, default=416, help="network input size (416)")
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -96,7 +96,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     except (ValidationError, ModelError, EngineError, ModelStoreError) as exc:
         print(f"ERROR: {exc}")
         return 1
-    print(det.engine.model_path)
+    print(det.engine.model_path)  # type: ignore[attr-defined]  # every store model is a YoloDetector
     det.close()
     return 0
 

@@ -110,7 +110,7 @@ def build_darknet_detector(
     cfg_path: Path, weights_path: Path, names_path: Path | None, cfg: DetectorConfig, name: str
 ) -> YoloDetector:
     module = load_darknet(cfg_path, weights_path)
-    labels = read_names(names_path) if names_path else default_labels(module.num_classes)
+    labels = read_names(names_path) if names_path else default_labels(module.num_classes or 0)
     if len(labels) != module.num_classes:
         raise ModelError(f"{names_path}: {len(labels)} names for a model with {module.num_classes} classes")
     size = cfg.input_size

@@ -197,10 +197,10 @@ class MTCNNDetector(Detector):
             return np.zeros((0, 5), np.float32), np.zeros((0,), np.int64)
         cand = np.concatenate(all_boxes)
         img_idx = np.concatenate(all_img)
-        level = np.concatenate(all_level)
-        n_levels = int(level.max()) + 1
+        levels = np.concatenate(all_level)
+        n_levels = int(levels.max()) + 1
         # NMS within each (image, level), then across levels within each image
-        keep = _group_nms(cand[:, :4], cand[:, 4], img_idx * n_levels + level, self.nms_thresholds[0])
+        keep = _group_nms(cand[:, :4], cand[:, 4], img_idx * n_levels + levels, self.nms_thresholds[0])
         cand, img_idx = cand[keep], img_idx[keep]
         keep = _group_nms(cand[:, :4], cand[:, 4], img_idx, self.nms_thresholds[1])
         cand, img_idx = cand[keep], img_idx[keep]

@@ -90,7 +90,11 @@ class YoloDetector(Detector):
             raise ModelError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
         self.engine = engine
         self.layout = layout
-        self.input_hw = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        self.input_hw: tuple[int, int] = (
+            (input_size, input_size)
+            if isinstance(input_size, int)
+            else (int(input_size[0]), int(input_size[1]))
+        )
         self.labels = list(labels)
         self.preprocess = preprocess
         self.score_threshold = score_threshold

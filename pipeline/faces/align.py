@@ -161,7 +161,7 @@ def extract_chip(image: np.ndarray, chip_to_img: np.ndarray, size: int = CHIP_SI
     while (span / 2 ** (levels + 1) + 1) ** 2 > size * size:
         levels += 1
         border = 2 * border + 2
-    corners = transform_points(m, [[0, 0], [size - 1, 0], [0, size - 1], [size - 1, size - 1]])
+    corners = transform_points(m, np.array([[0, 0], [size - 1, 0], [0, size - 1], [size - 1, size - 1]]))
     h, w = image.shape[:2]
     x0 = int(np.floor(max(corners[:, 0].min() - border, 0.0) + 0.5))
     y0 = int(np.floor(max(corners[:, 1].min() - border, 0.0) + 0.5))

@@ -141,14 +141,8 @@ class FaceAccessAnalyzer:
         by_id = {d.cfg.id: d for d in self.doors}
         for dec in decisions:
             door = by_id[dec["door_id"]]
-            ev = Event(
-                type="doors.decision",
-                camera_id=self.camera_id,
-                ts=result.frame.capture_time if result else now,
-                frame_seq=result.frame.seq if result else None,
-                pts=result.frame.pts if result else None,
-                data=dec,
-            )
+            frame = result.frame if result else None
+            ev = Event.for_frame("doors.decision", frame, dec, camera_id=self.camera_id, ts=now)
             ev = sign_event(ev, door.cfg.id, door.key, now=now)
             door.audit.append(ev.model_dump(mode="json"))
             log.info("door %s: %s %s (%s)", door.cfg.id, dec["decision"], dec["person"] or "-", dec["reason"])
@@ -169,14 +163,7 @@ class FaceAccessAnalyzer:
                     "distance": None if m.distance == float("inf") else round(m.distance, 4),
                 }
             )
-        return Event(
-            type="faces.unknown",
-            camera_id=self.camera_id,
-            ts=frame.capture_time,
-            frame_seq=frame.seq,
-            pts=frame.pts,
-            data={"faces": faces},
-        )
+        return Event.for_frame("faces.unknown", frame, {"faces": faces}, camera_id=self.camera_id)
 
     def _save_crop(self, image: np.ndarray, box: np.ndarray, stem: str) -> Path | None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def enroll_images(
     engine: FaceEngine,
     cfg: FacesConfig,
     name: str,
-    images: list[tuple[str, np.ndarray | bytes]],
+    images: Sequence[tuple[str, np.ndarray | bytes]],
 ) -> EnrollReport:
     """Check each photo, embed the good ones and store them in ONE transaction. Bad photos are reported by
     label with the reason and do not stop the others."""

@@ -17,6 +17,7 @@ type; a weights file whose size does not match the cfg names the file and the ex
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,7 +149,7 @@ class _Ctx:
         except ValueError:
             raise self.error(f"option {key}={v!r} is not a number") from None
 
-    def ints(self, key: str) -> list[int]:
+    def ints(self, key: str) -> list[builtins.int]:
         v = self.sec.options.get(key)
         if v is None:
             raise self.error(f"missing required option {key!r}")
@@ -378,11 +379,13 @@ class DarknetModel(nn.Module):
         if self.num_classes is None:
             raise ModelError(f"{self.cfg_path}: no [yolo] layer; not a YOLO detector")
         # keep only outputs that a later route/shortcut reads
-        needed = {
-            j
-            for p in self.params
-            for j in (p.get("src") if isinstance(p.get("src"), list) else [p["src"]] if "src" in p else [])
-        }
+        needed: set[int] = set()
+        for layer_param in self.params:
+            read = layer_param.get("src")
+            if isinstance(read, list):
+                needed.update(read)
+            elif read is not None:
+                needed.add(read)
         self._keep = needed
         self.head_strides = [strides[i] for i, k in enumerate(self.kinds) if k == "yolo"]
 

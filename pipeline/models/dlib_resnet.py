@@ -32,6 +32,7 @@ happens in the down-sampling blocks; ``fc_no_bias`` weights are stored (inputs, 
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,7 @@ class _Reader:
             return {32000: float("inf"), 32001: float("-inf")}.get(exponent, float("nan"))
         return float(mantissa) * 2.0**exponent
 
-    def str(self, max_len: int = 256) -> str:
+    def str(self, max_len: builtins.int = 256) -> str:
         n = self.int()
         if not 0 <= n <= max_len:
             raise self.fail(f"bad string length {n}")
@@ -122,7 +123,7 @@ class _Reader:
         self.pos += nbytes
         return values.reshape(dims)
 
-    def alias(self) -> tuple[int, int, int, int]:
+    def alias(self) -> tuple[builtins.int, builtins.int, builtins.int, builtins.int]:
         version = self.int()
         if version != 1:
             raise self.fail(f"alias_tensor version {version}, expected 1")

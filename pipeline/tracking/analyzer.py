@@ -123,6 +123,10 @@ class TrackingAnalyzer:
         self._prev_ts = ts
         return events
 
+    def on_camera_status(self, status: str) -> list[Event]:
+        """Nothing to do: tracks coast through a short outage and end by ``max_age`` as usual."""
+        return []
+
     def close(self) -> list[Event]:
         """End every object (camera stopped or shutdown)."""
         frame = self._last_frame
@@ -272,7 +276,7 @@ class TrackingAnalyzer:
         for ch in changes:
             if ch.kind == "enter" and ch.zone not in obj.entered_zones:
                 obj.entered_zones.append(ch.zone)
-            data = {"zone": ch.zone}
+            data: dict[str, object] = {"zone": ch.zone}
             if ch.kind != "enter":
                 data["dwell_s"] = _r(ch.dwell_s, 3)
             kind = {"enter": "zone_enter", "exit": "zone_exit", "loitering": "loitering"}[ch.kind]
@@ -309,14 +313,7 @@ class TrackingAnalyzer:
             "label": t.label,
             "sub_label": obj.sub_label,
         }
-        return Event(
-            type=etype,
-            camera_id=self.camera_id,
-            ts=frame.capture_time if frame is not None else time.time(),
-            frame_seq=frame.seq if frame is not None else None,
-            pts=frame.pts if frame is not None else None,
-            data={**base, **data},
-        )
+        return Event.for_frame(etype, frame, {**base, **data}, camera_id=self.camera_id)
 
     def _lifecycle_event(self, etype: str, obj: TrackedObject, frame: Frame | None, extra=None) -> Event:
         t = obj.track
