@@ -68,9 +68,9 @@ def explain_redis_error(exc: BaseException, url: str) -> str:
         "Name or service not known" in text or "name resolution" in text or "nodename nor servname" in text
     ):
         host = urlsplit(url).hostname
-        return f"Redis host {host!r} in redis.url does not resolve (DNS): {exc}"
+        return f"Redis at {where} is unreachable: host {host!r} in redis.url does not resolve (DNS): {exc}"
     if isinstance(exc, redis.exceptions.ConnectionError) and "refused" in text.lower():
-        return f"Redis at {where} refused the connection (nothing listens there): {exc}"
+        return f"Redis at {where} is unreachable: it refused the connection (nothing listens there): {exc}"
     if isinstance(exc, redis.exceptions.TimeoutError):
         return f"Redis at {where} did not answer within the socket timeout (hung or overloaded): {exc}"
     if isinstance(exc, ResponseError):
