@@ -82,6 +82,7 @@ def main(args: argparse.Namespace) -> int:
     _resolve_demo_sources(cfg, var_dir)
     if not Path(cfg.redis.spool_path).is_absolute() and cfg.redis.spool_path.startswith("var/"):
         cfg.redis.spool_path = str(var_dir / cfg.redis.spool_path[len("var/") :])
+    cfg.sinks.relocate_spools(str(var_dir))
 
     local_redis = None
     if cfg.redis.url is None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -57,7 +58,7 @@ class DeliveryStage(Stage):
         self.transport = transport
         self.settings = settings
         self.log = logger or logging.getLogger(f"pipeline.sinks.{transport.name}")
-        self.counter_prefix = counter_prefix or f"sink_{transport.name}"
+        self.counter_prefix = counter_prefix or re.sub(r"\W", "_", f"sink_{transport.name}")
         self.notice_interval_s = notice_interval_s
         self.queue: BoundedQueue[Event] = queue or BoundedQueue(settings.queue_size, "block", name)
         if self.queue.policy != "block":
@@ -255,15 +256,16 @@ class DeliveryStage(Stage):
                 self._outage(exc, items)
                 return
             self.spool.ack(items[-1].id)
-            if sent:
-                self.metrics.observe((time.perf_counter() - t0) * 1000 / sent, count=sent)
-                self.metrics_registry.inc(f"{self.counter_prefix}_replayed_total", sent)
-            if sent < len(items):
-                self.metrics_registry.inc(
-                    f"{self.counter_prefix}_duplicates_skipped_total", len(items) - sent
-                )
+            self._count_replayed(len(items), sent, t0)
             if len(items) < batch_size:
                 return
+
+    def _count_replayed(self, n: int, sent: int, t0: float) -> None:
+        if sent:
+            self.metrics.observe((time.perf_counter() - t0) * 1000 / sent, count=sent)
+            self.metrics_registry.inc(f"{self.counter_prefix}_replayed_total", sent)
+        if sent < n:
+            self.metrics_registry.inc(f"{self.counter_prefix}_duplicates_skipped_total", n - sent)
 
     def _spool(self, records: Sequence[SpoolRecord]) -> None:
         if not records:
@@ -304,14 +306,22 @@ class DeliveryStage(Stage):
         self._backoff = min(self._backoff * 2, self.settings.retry_max_s)
 
     def _try_recover(self) -> None:
+        """Back means: the transport reconnected AND the oldest spooled batch went through (a webhook has no
+        other way to tell), so a destination that accepts connections but fails sends is not "back"."""
         self.metrics.reconnects += 1
+        items = self.spool.peek_batch(self.settings.batch_size)
+        t0 = time.perf_counter()
         try:
             self.transport.recover()
+            sent = self.transport.send(items, replay=True) if items else 0
         except self.transport.errors as exc:
-            self.error = self.transport.failed(exc, [])
+            self.error = self.transport.failed(exc, items)
             self.log.debug("%s still away: %s", self.transport.name, self.error)
             self._schedule_retry()
             return
+        if items:
+            self.spool.ack(items[-1].id)
+            self._count_replayed(len(items), sent, t0)
         down_for = time.monotonic() - (self._down_since or time.monotonic())
         self._down_since = None
         self.error = None
