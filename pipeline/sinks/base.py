@@ -39,13 +39,14 @@ class DeliverySettings(Protocol):
 class Transport(ABC):
     """Sends records to one destination.
 
-    name: short, used in logs, metrics and the stage name (``redis``, ``mqtt``, ``webhook``).
+    name: short, used in logger, metrics and the stage name (``redis``, ``mqtt``, ``webhook``).
     target: where it sends, safe to log (passwords redacted).
     errors: the exceptions that mean "the destination is away or refused": the delivery stage spools and
       retries on these; anything else is a bug and restarts the stage.
     """
 
     name: str = "sink"
+    title: str = "sink"  # how log lines name the destination: "Redis", "MQTT broker", "webhook alarm"
     target: str = ""
     errors: tuple[type[BaseException], ...] = (OSError,)
 

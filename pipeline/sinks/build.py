@@ -40,6 +40,7 @@ def build_sinks(
                     cfg.mqtt,
                     metrics=metrics,
                     spool_key="sinks.mqtt.spool_path",
+                    notice_interval_s=cfg.mqtt.notice_interval_s,
                 )
             )
         for i, hook in enumerate(cfg.webhooks):

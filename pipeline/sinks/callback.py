@@ -41,6 +41,7 @@ class CallbackTransport(Transport):
     def __init__(self, fn: EventSink, name: str | None = None) -> None:
         self.fn = fn
         self.name = name or f"callback-{getattr(fn, '__name__', 'sink')}"
+        self.title = f"event sink {self.name}"
         self.target = getattr(fn, "__qualname__", repr(fn))
         self.failures = 0
 

@@ -181,10 +181,10 @@ class DeliveryStage(Stage):
         if now >= self._next_notice:
             self._next_notice = now + self.notice_interval_s
             self.log.warning(
-                "%s still spooling: %s for %.0fs; %d events wait in spool %s",
+                "%s still spooling after %.0fs (%s); %d events wait in spool %s",
                 self.name,
-                self.error,
                 now - self._down_since,
+                self.error,
                 self.spool.count(),
                 self.spool.path,
             )
@@ -327,7 +327,7 @@ class DeliveryStage(Stage):
         self.error = None
         self.log.info(
             "%s at %s is back after %.1fs; replaying %d spooled events",
-            self.transport.name.capitalize(),
+            self.transport.title,
             self.transport.target,
             down_for,
             self.spool.count(),

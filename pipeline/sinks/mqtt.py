@@ -53,6 +53,7 @@ def availability_topic(prefix: str) -> str:
 
 class MqttTransport(Transport):
     name = "mqtt"
+    title = "MQTT broker"
     errors = (OSError,)  # MqttError, refused/reset connections, DNS failures, TLS errors
 
     def __init__(self, config: MqttConfig) -> None:

@@ -25,6 +25,7 @@ _MAX_SUSPECTS = 100_000  # event ids that may have reached a stream before a fai
 
 class RedisTransport(Transport):
     name = "redis"
+    title = "Redis"
     errors = (RedisError,)
 
     def __init__(self, config: RedisConfig, url: str) -> None:

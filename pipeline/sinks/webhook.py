@@ -29,6 +29,7 @@ class WebhookTransport(Transport):
     def __init__(self, config: WebhookConfig) -> None:
         self.config = config
         self.name = f"webhook-{config.name}"
+        self.title = f"webhook {config.name}"
         self.target = redact_url(config.url)
 
     def send(self, records: Sequence[SpoolRecord], *, replay: bool) -> int:
