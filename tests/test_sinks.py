@@ -361,3 +361,27 @@ def test_sink_config_errors_name_the_key(tmp_path):
         Pipeline(cfg, detector=NullDetector(), var_dir=tmp_path)
     with Spool(tmp_path / "s.sqlite"):  # the Redis spool the failed start had opened was released again
         pass
+
+
+def test_redis_restart_with_a_spool_backlog_says_how_many_events_wait(redis_server, tmp_path, caplog):
+    """The defect: a restart with a spool backlog said nothing. Now one line says how many and where."""
+    from pipeline.config import RedisConfig
+    from pipeline.publisher import Publisher
+
+    cfg = RedisConfig(spool_path=str(tmp_path / "spool.sqlite"))
+    first = Publisher(cfg, url="redis://127.0.0.1:1/0")  # nothing listens there: everything is spooled
+    first.start()
+    for i in range(12):
+        first.submit(Event(type="detections.frame", camera_id="c", frame_seq=i))
+    first.stop()
+    assert first.join(15)
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    second = Publisher(cfg, url=redis_server.url)
+    second.start()
+    second.stop()
+    assert second.join(15)
+    notice = [r.getMessage() for r in caplog.records if "from an earlier run" in r.getMessage()]
+    assert len(notice) == 1 and "12 events" in notice[0] and "in order" in notice[0], notice
+    client = redis.Redis.from_url(redis_server.url)
+    assert [e.frame_seq for e in stream_events(client, "detections")] == list(range(12))

@@ -31,7 +31,7 @@ class DeliveryConfig(BaseModel):
     retry_initial_s: float = Field(0.5, gt=0, description="first wait before retrying an unreachable sink")
     retry_max_s: float = Field(10.0, gt=0, description="cap of the doubling retry wait")
     enqueue_timeout_s: float = Field(
-        0.5, ge=0, description="a producer waits this long (once) for room in the queue, then spools directly"
+        0.0, ge=0, description="a producer waits this long (once) for room in the queue, then spools directly"
     )
     flush_timeout_s: float = Field(10.0, ge=0, description="at shutdown, time allowed to empty the spool")
     notice_interval_s: float = Field(60.0, gt=0, description="while spooling, say so this often")

@@ -8,8 +8,7 @@ What every sink gets, whatever its transport:
     ``retry_max_s``. Once the destination answers, the spool is replayed oldest first and newer events queue
     up behind it, so the destination sees production order.
   * A spool left by an earlier run is announced at start (how many events) and replayed first.
-  * A stage that falls behind (queue over half full, e.g. a slow webhook) parks its queue in the spool, so
-    the queue never fills and cameras never wait.
+  * A stage that falls behind (a slow webhook) fills its own queue only; once full, ``submit`` spools.
   * De-duplication after a cut-off batch is the transport's job where the destination allows it (Redis
     Streams); elsewhere delivery is at least once and consumers de-duplicate by ``event_id``.
 """
@@ -132,13 +131,7 @@ class DeliveryStage(Stage):
                 break
             if stopping and not batch:
                 break
-            records = [self.transport.record(e) for e in batch]
-            if self.queue.qsize() > self.queue.maxsize // 2:  # behind: park the rest, keep the order
-                rest = self.queue.get_batch(self.queue.maxsize, timeout=0)
-                records += [self.transport.record(e) for e in rest]
-                self._park(records)
-                records = []
-            self._handle(records)
+            self._handle([self.transport.record(e) for e in batch])
             self._notice_if_due()
         self._final_flush()
 

@@ -93,9 +93,10 @@ class RedisTransport(Transport):
         """Events in flight when Redis failed may have landed; find those that did so they are not re-sent."""
         for stream, ids in list(self._suspects.items()):
             if ids:
-                entries = self.client.xrevrange(stream, "+", "-", count=2 * len(ids) + 100)
+                entries = self.client.xrevrange(stream, "+", "-", count=2 * len(ids) + 100) or []
                 for _entry_id, fields in entries:
-                    eid = fields.get(b"event_id", b"").decode()
+                    raw = (fields or {}).get(b"event_id", b"")
+                    eid = raw.decode() if isinstance(raw, bytes) else str(raw)
                     if eid in ids:
                         self._already_sent.add(eid)
             del self._suspects[stream]
