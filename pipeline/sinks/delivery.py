@@ -156,7 +156,7 @@ class DeliveryStage(Stage):
         self._announced = True
         backlog = self.spool.count()
         if backlog:
-            self.metrics_registry.inc(f"{self.counter_prefix}_backlog_at_start", backlog)
+            self.metrics_registry.inc(f"{self.counter_prefix}_start_backlog_total", backlog)
             self.log.warning(
                 "%s: %d events from an earlier run wait in spool %s; replaying them to %s in order, "
                 "before new events",
