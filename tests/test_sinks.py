@@ -33,7 +33,7 @@ class MqttSubscriber:
     """A real subscriber with a persistent session (clean_session=False, QoS 1), as a Home Assistant would
     keep: the broker queues messages for it while it is away, and it reconnects on its own."""
 
-    def __init__(self, port: int, topic: str = "vidpipe/#") -> None:
+    def __init__(self, port: int, topic: str = "vidpipe/#", auth: tuple[str, str] | None = None) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self.lock = threading.Lock()
         self.subscribed = threading.Event()
@@ -41,6 +41,8 @@ class MqttSubscriber:
             CallbackAPIVersion.VERSION2, client_id=f"test-sub-{port}", clean_session=False
         )
         self.client.reconnect_delay_set(0.1, 0.5)
+        if auth:
+            self.client.username_pw_set(*auth)
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = self._on_message
@@ -212,6 +214,36 @@ def test_mqtt_wrong_password_is_a_clear_error_and_events_wait_in_the_spool(make_
     assert stage.join(15)
     text = caplog.text
     assert "refused the credentials" in text and "wrong-secret" not in text and "***" in text
+
+
+def test_mqtts_with_credentials_in_the_url_delivers_and_an_untrusted_certificate_is_an_outage(
+    make_mosquitto, tmp_path
+):
+    broker = make_mosquitto(users={"vidpipe": "s3cret"}, tls=True)
+    sub = MqttSubscriber(broker.port, auth=("vidpipe", "s3cret"))
+    cfg = MqttConfig(
+        **fast_mqtt(broker.url("vidpipe", "s3cret", tls=True), tmp_path), ca_file=str(broker.ca_file)
+    )
+    stage = DeliveryStage("sink:mqtt", MqttTransport(cfg), cfg)
+    stage.start()
+    sent = [Event(type="doors.decision", camera_id="door", frame_seq=i) for i in range(20)]
+    for e in sent:
+        stage.submit(e)
+    wait_for(lambda: len(sub.events()) == 20, 15, "20 events over TLS")
+    stage.stop()
+    assert stage.join(15)
+    sub.close()
+    assert [e for _, e in sub.events()] == sent
+
+    untrusted = MqttConfig(**fast_mqtt(broker.url("vidpipe", "s3cret", tls=True), tmp_path / "u"))
+    stage = DeliveryStage("sink:mqtt", MqttTransport(untrusted), untrusted)  # system CAs: self-signed fails
+    stage.start()
+    stage.submit(sent[0])
+    wait_for(lambda: stage.error is not None, 10, "the TLS failure")
+    assert "CERTIFICATE_VERIFY_FAILED" in stage.error or "certificate verify failed" in stage.error
+    assert stage.spool.count() == 1
+    stage.stop()
+    assert stage.join(15)
 
 
 def test_a_spool_backlog_is_announced_at_start_and_replayed_first(mosquitto, tmp_path, caplog):

@@ -27,13 +27,23 @@ BINARY = "/usr/sbin/mosquitto"
 
 
 class LocalMosquitto:
-    def __init__(self, data_dir: Path, port: int | None = None, users: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        users: dict[str, str] | None = None,
+        tls: bool = False,
+    ) -> None:
+        """tls: also listen with TLS on ``tls_port`` (a self-signed certificate for localhost/127.0.0.1,
+        made here with openssl; ``ca_file`` trusts it)."""
         if not os.access(BINARY, os.X_OK):
             pytest.skip(f"{BINARY} not installed (apt-get install mosquitto; scripts/setup.sh does)")
         self.data_dir = data_dir
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.tls_port: int | None = None
+        self.ca_file: Path | None = None
         lines = [
             f"listener {self.port} {self.host}",
             f"allow_anonymous {'false' if users else 'true'}",
@@ -49,11 +59,24 @@ class LocalMosquitto:
             for user, password in users.items():
                 subprocess.run(["mosquitto_passwd", "-b", str(pw_file), user, password], check=True)
             lines.append(f"password_file {pw_file}")
+        if tls:
+            key, cert = data_dir / "key.pem", data_dir / "cert.pem"
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", str(key),
+                 "-out", str(cert), "-subj", "/CN=localhost",
+                 "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            self.tls_port = free_port()
+            self.ca_file = cert
+            lines += [f"listener {self.tls_port} {self.host}", f"certfile {cert}", f"keyfile {key}"]
         self.conf = data_dir / "mosquitto.conf"
         self.conf.write_text("\n".join(lines) + "\n")
 
-    def url(self, user: str | None = None, password: str | None = None) -> str:
+    def url(self, user: str | None = None, password: str | None = None, tls: bool = False) -> str:
         cred = f"{user}:{password}@" if user else ""
+        if tls:
+            return f"mqtts://{cred}localhost:{self.tls_port}"
         return f"mqtt://{cred}{self.host}:{self.port}"
 
     def start(self) -> LocalMosquitto:
