@@ -7,6 +7,8 @@ import http.server
 import json
 import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +40,7 @@ class MqttSubscriber:
         self.lock = threading.Lock()
         self.subscribed = threading.Event()
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"test-sub-{port}", clean_session=False
+            CallbackAPIVersion.VERSION2, client_id=f"test-sub-{port}-{topic}", clean_session=False
         )
         self.client.reconnect_delay_set(0.1, 0.5)
         if auth:
@@ -143,6 +145,7 @@ def test_mqtt_subscriber_and_redis_stream_reader_get_the_same_events(
         seqs = [e.frame_seq for t, e in got if t == f"vidpipe/{cam}/detections/frame"]
         assert seqs == list(range(demo_mp4.frames))  # per topic, production order
     assert sub.availability()[:1] == ["online"] and sub.availability()[-1] == "offline"
+    assert pipe.health()["sinks"]["sink:mqtt"]["spooled"] == 0
 
 
 @pytest.mark.slow
@@ -199,6 +202,30 @@ def test_mosquitto_killed_for_60s_loses_no_event_and_redis_and_cameras_keep_goin
         == 1
     )
     assert any("is back" in r.getMessage() for r in caplog.records)
+
+
+def test_availability_is_retained_and_the_last_will_says_offline_when_the_process_dies(mosquitto, tmp_path):
+    code = f"""
+import os, signal
+from pipeline.events import Event
+from pipeline.sinks.config import MqttConfig
+from pipeline.sinks.mqtt import MqttTransport
+t = MqttTransport(MqttConfig(url={mosquitto.url()!r}))
+t.send([t.record(Event(type="status.camera", camera_id="c"))], replay=False)
+os.kill(os.getpid(), signal.SIGKILL)  # no clean disconnect: only the broker's last will can say offline
+"""
+    sub = MqttSubscriber(mosquitto.port)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], timeout=60)
+    assert proc.returncode == -9
+    wait_for(lambda: sub.availability()[-1:] == ["offline"], 10, "the last will")
+    assert sub.availability() == ["online", "offline"] and len(sub.events()) == 1
+    sub.close()
+    late = MqttSubscriber(
+        mosquitto.port, topic="vidpipe/available"
+    )  # joins afterwards: gets the retained value
+    wait_for(lambda: late.availability() == ["offline"], 5, "the retained availability")
+    assert late.messages[0][2] is True  # flagged as retained
+    late.close()
 
 
 def test_mqtt_wrong_password_is_a_clear_error_and_events_wait_in_the_spool(make_mosquitto, tmp_path, caplog):
