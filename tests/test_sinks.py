@@ -444,3 +444,37 @@ def test_redis_restart_with_a_spool_backlog_says_how_many_events_wait(redis_serv
     assert len(notice) == 1 and "12 events" in notice[0] and "in order" in notice[0], notice
     client = redis.Redis.from_url(redis_server.url)
     assert [e.frame_seq for e in stream_events(client, "detections")] == list(range(12))
+
+
+def test_cli_with_an_mqtt_sink_prints_delivers_and_keeps_its_spool_under_var_dir(
+    demo_mp4, redis_server, make_mosquitto, tmp_path
+):
+    import yaml
+
+    broker = make_mosquitto(users={"vidpipe": "top-secret"})
+    sub = MqttSubscriber(broker.port, auth=("vidpipe", "top-secret"))
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                "cameras": [{"id": "cli", "source": str(demo_mp4.path)}],
+                "detector": {"model": "none"},
+                "redis": {"url": redis_server.url, "spool_path": str(tmp_path / "spool.sqlite")},
+                "sinks": {"mqtt": {"url": broker.url("vidpipe", "top-secret")}},
+            }
+        )
+    )
+    var_dir = tmp_path / "var"
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "run_pipeline.py"), "--config", str(cfg_path),
+         "--print-events", "--var-dir", str(var_dir)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = [Event.from_json(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    wait_for(lambda: len(sub.events()) >= len(printed), 10, "MQTT events")
+    sub.close()
+    assert {e.event_id for e in printed} == {e.event_id for _, e in sub.events()}
+    assert len([e for e in printed if e.type == "detections.frame"]) == demo_mp4.frames
+    assert "mosquitto_sub" in proc.stderr and "top-secret" not in proc.stderr + proc.stdout
+    assert (var_dir / "spool-mqtt.sqlite").exists()  # --var-dir moved the default spool path

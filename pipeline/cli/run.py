@@ -120,6 +120,8 @@ def main(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    for hint in cfg.sinks.subscribe_hints():
+        print(f"  {hint}", file=sys.stderr, flush=True)
 
     metrics_server = None
     if cfg.metrics.http_port is not None:

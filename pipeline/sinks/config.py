@@ -114,6 +114,18 @@ class SinksConfig(BaseModel):
             if sink.spool_path.startswith("var/"):
                 sink.spool_path = f"{var_dir.rstrip('/')}/{sink.spool_path[len('var/') :]}"
 
+    def subscribe_hints(self) -> list[str]:
+        """Shell lines a user can paste to watch these sinks (printed at start beside the Redis ones)."""
+        if self.mqtt is None:
+            return []
+        parts = urlsplit(self.mqtt.url)
+        tls = " --cafile CA.pem" if parts.scheme == "mqtts" else ""
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        user = f" -u {parts.username} -P '…'" if parts.username else ""
+        return [
+            f"mosquitto_sub -h {parts.hostname} -p {port}{user}{tls} -t '{self.mqtt.topic_prefix}/#' -v   # MQTT"
+        ]
+
     def spool_owners(self) -> dict[str, str]:
         """spool path -> config key, for every sink here (to check against ``redis.spool_path``)."""
         out = {self.mqtt.spool_path: "sinks.mqtt.spool_path"} if self.mqtt else {}
