@@ -79,7 +79,10 @@ class Pipeline:
         self.deliveries: list[DeliveryStage] = [self.publisher]
         try:
             self.deliveries += build_sinks(
-                cfg.sinks, self.metrics, callables=self.sinks, redis_spool_path=cfg.redis.spool_path
+                cfg.sinks.with_spools_under(self.var_dir),
+                self.metrics,
+                callables=self.sinks,
+                redis_spool_path=cfg.redis.spool_path,
             )
         except Exception:
             self.publisher.spool.close()
@@ -208,7 +211,7 @@ class Pipeline:
             dec.stop()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until every sink has flushed (all sources ended or stop() was called)."""
+        """Block until the publisher has flushed (all sources ended or stop() was called)."""
         return self._done.wait(timeout)
 
     def join(self, timeout: float = 30.0) -> bool:
@@ -224,8 +227,8 @@ class Pipeline:
             for cid, d in self.decoders.items()
         }
         ok = self.detect.state != "failed" and self.publisher.state != "failed"
-        sinks = {d.name: {"state": d.state, **d.status()} for d in self.deliveries[1:]}
-        out = {"ok": ok, "detect": self.detect.state, "publisher": self.publisher.state, "cameras": cams}
-        if sinks:
-            out["sinks"] = sinks
-        return out
+        return {"ok": ok, "detect": self.detect.state, "publisher": self.publisher.state, "cameras": cams}
+
+    def sink_status(self) -> dict[str, dict]:
+        """State, connection, error, spool and queue of every sink other than Redis (see ``publisher``)."""
+        return {d.name: {"state": d.state, **d.status()} for d in self.deliveries[1:]}

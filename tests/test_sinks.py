@@ -145,7 +145,7 @@ def test_mqtt_subscriber_and_redis_stream_reader_get_the_same_events(
         seqs = [e.frame_seq for t, e in got if t == f"vidpipe/{cam}/detections/frame"]
         assert seqs == list(range(demo_mp4.frames))  # per topic, production order
     assert sub.availability()[:1] == ["online"] and sub.availability()[-1] == "offline"
-    assert pipe.health()["sinks"]["sink:mqtt"]["spooled"] == 0
+    assert pipe.sink_status()["sink:mqtt"]["spooled"] == 0
 
 
 @pytest.mark.slow

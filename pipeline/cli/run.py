@@ -82,7 +82,6 @@ def main(args: argparse.Namespace) -> int:
     _resolve_demo_sources(cfg, var_dir)
     if not Path(cfg.redis.spool_path).is_absolute() and cfg.redis.spool_path.startswith("var/"):
         cfg.redis.spool_path = str(var_dir / cfg.redis.spool_path[len("var/") :])
-    cfg.sinks.relocate_spools(str(var_dir))
 
     local_redis = None
     if cfg.redis.url is None:
@@ -120,8 +119,6 @@ def main(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    for hint in cfg.sinks.subscribe_hints():
-        print(f"  {hint}", file=sys.stderr, flush=True)
 
     metrics_server = None
     if cfg.metrics.http_port is not None:

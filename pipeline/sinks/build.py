@@ -9,6 +9,8 @@ from pipeline.sinks.callback import CallbackSettings, CallbackTransport, EventSi
 from pipeline.sinks.config import SinksConfig
 from pipeline.sinks.delivery import DeliveryStage
 
+log = logging.getLogger(__name__)
+
 
 class SinkConfigError(ValueError):
     """Two sinks would share a spool file. The message names both config keys."""
@@ -43,6 +45,8 @@ def build_sinks(
                     notice_interval_s=cfg.mqtt.notice_interval_s,
                 )
             )
+            for hint in cfg.subscribe_hints():
+                log.info("events also go to MQTT %s; watch them with: %s", stages[-1].transport.target, hint)
         for i, hook in enumerate(cfg.webhooks):
             from pipeline.sinks.webhook import WebhookTransport
 

@@ -13,6 +13,7 @@ Every sink has its own queue and spool (``spool_path``), so a slow or down sink 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -108,11 +109,14 @@ class SinksConfig(BaseModel):
             spools[hook.spool_path] = f"sinks.webhooks[{i}]"
         return self
 
-    def relocate_spools(self, var_dir: str) -> None:
-        """Default spool paths start with ``var/``; ``--var-dir`` moves them, as it moves ``redis.spool_path``."""
-        for sink in [*([self.mqtt] if self.mqtt else []), *self.webhooks]:
+    def with_spools_under(self, var_dir: str | Path) -> SinksConfig:
+        """A copy whose default ``var/...`` spool paths live under ``var_dir`` (``--var-dir``), as
+        ``redis.spool_path`` does; paths written without the ``var/`` prefix stay as they are."""
+        out = self.model_copy(deep=True)
+        for sink in [*([out.mqtt] if out.mqtt else []), *out.webhooks]:
             if sink.spool_path.startswith("var/"):
-                sink.spool_path = f"{var_dir.rstrip('/')}/{sink.spool_path[len('var/') :]}"
+                sink.spool_path = str(Path(var_dir) / sink.spool_path[len("var/") :])
+        return out
 
     def subscribe_hints(self) -> list[str]:
         """Shell lines a user can paste to watch these sinks (printed at start beside the Redis ones)."""
@@ -122,9 +126,7 @@ class SinksConfig(BaseModel):
         tls = " --cafile CA.pem" if parts.scheme == "mqtts" else ""
         port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         user = f" -u {parts.username} -P '…'" if parts.username else ""
-        return [
-            f"mosquitto_sub -h {parts.hostname} -p {port}{user}{tls} -t '{self.mqtt.topic_prefix}/#' -v   # MQTT"
-        ]
+        return [f"mosquitto_sub -h {parts.hostname} -p {port}{user}{tls} -t '{self.mqtt.topic_prefix}/#' -v"]
 
     def spool_owners(self) -> dict[str, str]:
         """spool path -> config key, for every sink here (to check against ``redis.spool_path``)."""
