@@ -36,8 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("serve", help="run the gallery HTTP API")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p = sub.add_parser("verify-audit", help="check a door audit log's hash chain")
+    p = sub.add_parser(
+        "verify-audit",
+        help="check a door audit log's keyed chain and its checkpoints (key: $VIDPIPE_AUDIT_KEY[_FILE])",
+    )
     p.add_argument("file")
+    p.add_argument("--redis", help="also check the checkpoints published to this Redis (redis:// URL)")
+    p.add_argument("--prefix", default="vidpipe", help="Redis key prefix of the pipeline (default vidpipe)")
 
 
 def _faces_config(args: argparse.Namespace) -> FacesConfig:
@@ -57,11 +62,9 @@ def main(args: argparse.Namespace) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     if args.action == "verify-audit":
-        from pipeline.doors.audit import verify_log
+        from pipeline.cli.verify_audit import verify_audit
 
-        ok, n, _, problem = verify_log(args.file)
-        print(f"{args.file}: {n} entries, chain {'intact' if ok else 'BROKEN: ' + problem}")
-        return 0 if ok else 1
+        return verify_audit(args.file, args.redis, args.prefix)
 
     from pipeline.faces.gallery import Gallery
 
