@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -37,7 +37,9 @@ def redis_checkpoints(url: str, prefix: str, log_name: str, limit: int = 100_000
     end, seen = "+", 0
     try:
         while seen < limit:
-            rows = client.xrevrange(stream, max=end, min="-", count=_SCAN)
+            rows = cast(
+                "list[tuple[str, dict[str, str]]]", client.xrevrange(stream, max=end, min="-", count=_SCAN)
+            )
             for _entry_id, fields in rows:
                 try:
                     event = Event.from_json(fields["event"])

@@ -147,7 +147,7 @@ def verify_log(
     (default: the ones kept beside the log) must each carry a valid MAC and match the file at the line
     count they cover. A missing file fails unless ``missing_ok`` (a writer starting a new log)."""
     key = audit_key() if key is None else key
-    cps = read_checkpoints(path) if checkpoints is None else list(checkpoints)
+    cps: list[Mapping[str, Any]] = list(read_checkpoints(path) if checkpoints is None else checkpoints)
     want: dict[int, list[Mapping[str, Any]]] = {}
     for i, cp in enumerate(cps, 1):
         if "malformed" in cp:
@@ -197,23 +197,23 @@ def verify_log(
                     f"line {lineno}: MAC does not match (edited or forged entry, or a wrong audit key)",
                 )
             prev, n = h, seq
-            for cp in want.pop(n, []):
-                if cp.get("head") != h:
+            for due in want.pop(n, []):
+                if due.get("head") != h:
                     return (
                         False,
                         n,
                         prev,
-                        f"line {n}: differs from the checkpoint signed at {_when(cp)} (rewritten log)",
+                        f"line {n}: differs from the checkpoint signed at {_when(due)} (rewritten log)",
                     )
     if want:
         lines = max(want)
-        cp = want[lines][0]
+        newest = want[lines][0]
         return (
             False,
             n,
             prev,
             f"line {n + 1}: missing; the log ends after {n} entries but the checkpoint signed at "
-            f"{_when(cp)} covers {lines} (truncated log)",
+            f"{_when(newest)} covers {lines} (truncated log)",
         )
     return True, n, prev, ""
 
