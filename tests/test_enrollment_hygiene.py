@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import cv2
@@ -18,6 +16,7 @@ import numpy as np
 import pytest
 from skimage import data
 
+from pipeline.demo_media import write_png_bomb
 from pipeline.doors.audit import AuditLog, verify_log
 from pipeline.faces.config import FacesConfig
 from pipeline.faces.enroll import decode_image, enroll_images, read_photo
@@ -26,30 +25,9 @@ from pipeline.faces.gallery import Gallery, GalleryError, check_name, display_na
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_huge_png(path: Path, side: int = 20000) -> Path:
-    """A valid side x side 8-bit grey PNG of about 1 MB (all zeros compress well), written in a stream so
-    making it costs no memory. Decoded as BGR it would be side*side*3 bytes (1.2 GB at 20000)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    comp = zlib.compressobj(9)
-    row = b"\0" * (side + 1)  # filter byte + pixels
-    idat = bytearray()
-    for _ in range(side):
-        idat += comp.compress(row)
-    idat += comp.flush()
-    with open(path, "wb") as fh:
-        fh.write(b"\x89PNG\r\n\x1a\n")
-        fh.write(chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)))
-        fh.write(chunk(b"IDAT", bytes(idat)))
-        fh.write(chunk(b"IEND", b""))
-    return path
-
-
 @pytest.fixture(scope="module")
 def huge_png(tmp_path_factory) -> Path:
-    return write_huge_png(tmp_path_factory.mktemp("png") / "huge.png")
+    return write_png_bomb(tmp_path_factory.mktemp("png") / "huge.png")
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +159,7 @@ def test_huge_png_and_dev_zero_fail_fast_in_bounded_memory(tmp_path, huge_png):
 def test_size_limits_in_process(tmp_path, huge_png):
     with pytest.raises(ValueError, match="400 MP, more than faces.max_photo_pixels"):
         decode_image(huge_png.read_bytes(), "huge.png")
-    medium = write_huge_png(tmp_path / "medium.png", side=8000)  # under Pillow's own bomb limit
+    medium = write_png_bomb(tmp_path / "medium.png", side=8000)  # under Pillow's own bomb limit
     with pytest.raises(ValueError, match="8000x8000 = 64 MP, more than faces.max_photo_pixels"):
         decode_image(medium.read_bytes(), "medium.png")
     big = tmp_path / "big.jpg"
