@@ -173,6 +173,10 @@ def test_enrolled_person_opens_the_door_once(setup, videos, redis_server, redis_
         assert redis_client.xlen(stream_for(PREFIX, "doors")) == 2
         ok, n, _, _ = verify_log(tmp / "audit.jsonl")
         assert ok and n == 2
+        # the analyzer's audit.checkpoint events reached Redis: verify-audit checks the log against them
+        from pipeline.cli.verify_audit import redis_checkpoints
+
+        assert redis_checkpoints(redis_server.url, PREFIX, "audit.jsonl")[0]["lines"] == 2
         assert "door front: granted eileen" in caplog.text and KEY not in caplog.text  # secrets never logged
         assert KEY not in (tmp / "audit.jsonl").read_text()
     finally:
