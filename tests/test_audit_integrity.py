@@ -161,3 +161,24 @@ def test_forged_checkpoint_fails(audit):
     side.write_text(json.dumps(fake) + "\n")
     r = verify(path)
     assert r.returncode == 1 and "checkpoint 1: bad MAC" in r.stdout, r.stdout
+
+
+def test_log_rewritten_with_the_key_still_disagrees_with_its_checkpoints(audit):
+    """Even someone holding the audit key who edits and re-chains the log cannot match the checkpoints
+    already signed (and published) over the original lines."""
+    import hmac as _hmac
+
+    path, _ = audit
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    rows[1]["record"]["data"]["decision"] = "denied"
+    prev, lines = "0" * 64, []
+    for seq, row in enumerate(rows, 1):
+        msg = prev.encode() + canonical(row["record"]) + str(seq).encode()
+        h = _hmac.new(AUDIT_KEY.encode(), msg, hashlib.sha256).hexdigest()
+        lines.append(
+            json.dumps({"seq": seq, "prev": prev, "record": row["record"], "hash": h}, sort_keys=True)
+        )
+        prev = h
+    path.write_text("\n".join(lines) + "\n")
+    r = verify(path)
+    assert r.returncode == 1 and "line 4: differs from the checkpoint" in r.stdout, r.stdout

@@ -9,6 +9,7 @@ a failure too (the writer signs one after every append, so they were removed).
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,7 +20,7 @@ from pipeline.doors.audit import (
     AuditError,
     audit_key,
     checkpoints_path,
-    read_checkpoints,
+    iter_checkpoints,
     verify_log,
 )
 from pipeline.events import Event
@@ -64,22 +65,43 @@ def verify_audit(path: str, redis_url: str | None, prefix: str) -> int:
     except AuditError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    cps = read_checkpoints(path)
-    sources = [f"{len(cps)} in {checkpoints_path(path)}"]
+    remote: list[dict[str, Any]] = []
     if redis_url:
         try:
             remote = redis_checkpoints(redis_url, prefix, Path(path).name)
         except redis.RedisError as exc:
             print(f"error: cannot read checkpoints from {redact_url(redis_url)}: {exc}", file=sys.stderr)
             return 2
-        cps += remote
+    seen = {"side": 0, "newest": 0}
+    ok, n, _, problem = verify_log(path, key, _tally(iter_checkpoints(path), remote, seen))
+    sources = [f"{seen['side']} in {checkpoints_path(path)}"]
+    if redis_url:
         sources.append(f"{len(remote)} in Redis {stream_for(prefix, 'audit')}")
-    ok, n, _, problem = verify_log(path, key, cps)
-    if ok and n and not cps:
+    if ok and n and not seen["side"] + len(remote):
         ok, problem = False, f"no checkpoint found ({', '.join(sources)}) although the log has {n} entries"
     if ok:
-        newest = max((int(c["lines"]) for c in cps), default=0)
-        print(f"{path}: {n} entries, chain intact; checkpoints {', '.join(sources)}, newest covers {newest}")
+        print(
+            f"{path}: {n} entries, chain intact; checkpoints {', '.join(sources)}, newest covers {seen['newest']}"
+        )
         return 0
     print(f"{path}: BROKEN: {problem}")
     return 1
+
+
+def _tally(
+    side: Iterable[dict[str, Any]], remote: list[dict[str, Any]], seen: dict[str, int]
+) -> Iterator[dict[str, Any]]:
+    """The side file's checkpoints then Redis's, counting the former and the most lines any covers."""
+    for cp in side:
+        seen["side"] += 1
+        _newest(cp, seen)
+        yield cp
+    for cp in remote:
+        _newest(cp, seen)
+        yield cp
+
+
+def _newest(cp: dict[str, Any], seen: dict[str, int]) -> None:
+    lines = cp.get("lines")
+    if isinstance(lines, int):
+        seen["newest"] = max(seen["newest"], lines)

@@ -24,7 +24,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,22 +77,24 @@ def checkpoints_path(path: str | Path) -> Path:
     return p.with_name(p.name + ".checkpoints")
 
 
-def read_checkpoints(path: str | Path) -> list[dict[str, Any]]:
-    """The checkpoints kept beside a log (empty if the side file does not exist). A line that is not a
-    JSON object is returned as ``{"malformed": line number}`` so verification reports it."""
-    out: list[dict[str, Any]] = []
+def iter_checkpoints(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The checkpoints kept beside a log, streamed (none if the side file does not exist). A line that is
+    not a JSON object comes out as ``{"malformed": line number}`` so verification reports it."""
     try:
         fh = open(checkpoints_path(path), encoding="utf-8")  # noqa: SIM115
     except FileNotFoundError:
-        return out
+        return
     with fh:
         for i, line in enumerate(fh, 1):
             try:
                 cp = json.loads(line)
             except ValueError:
                 cp = None
-            out.append(cp if isinstance(cp, dict) else {"malformed": i})
-    return out
+            yield cp if isinstance(cp, dict) else {"malformed": i}
+
+
+def read_checkpoints(path: str | Path) -> list[dict[str, Any]]:
+    return list(iter_checkpoints(path))
 
 
 class AuditLog:
@@ -101,7 +103,7 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._key = audit_key() if key is None else key
         self._lock = threading.Lock()
-        ok, n, last, problem = verify_log(self.path, self._key, read_checkpoints(self.path), missing_ok=True)
+        ok, n, last, problem = verify_log(self.path, self._key, missing_ok=True)
         if not ok:
             raise AuditError(
                 f"audit log {self.path} is damaged ({problem}); move it (and its .checkpoints) aside "
@@ -147,9 +149,10 @@ def verify_log(
     (default: the ones kept beside the log) must each carry a valid MAC and match the file at the line
     count they cover. A missing file fails unless ``missing_ok`` (a writer starting a new log)."""
     key = audit_key() if key is None else key
-    cps: list[Mapping[str, Any]] = list(read_checkpoints(path) if checkpoints is None else checkpoints)
-    want: dict[int, list[Mapping[str, Any]]] = {}
-    for i, cp in enumerate(cps, 1):
+    # Only the checkpoint covering the most lines is compared with the file (the chain vouches for the
+    # lines below it), but every one must carry a valid MAC. Streamed: memory does not grow with the log.
+    newest: Mapping[str, Any] | None = None
+    for i, cp in enumerate(iter_checkpoints(path) if checkpoints is None else checkpoints, 1):
         if "malformed" in cp:
             return False, 0, GENESIS, f"checkpoint {cp['malformed']}: not a valid checkpoint"
         mac = cp.get("mac")
@@ -158,14 +161,15 @@ def verify_log(
         if cp.get("log") != Path(path).name:
             return False, 0, GENESIS, f"checkpoint {i}: it is for log {cp.get('log')!r}"
         lines = cp.get("lines")
-        if not isinstance(lines, int) or lines < 1:
+        if not isinstance(lines, int) or isinstance(lines, bool) or lines < 1:
             return False, 0, GENESIS, f"checkpoint {i}: bad line count {lines!r}"
-        want.setdefault(lines, []).append(cp)
+        if newest is None or lines > newest["lines"]:
+            newest = cp
     prev, n = GENESIS, 0
     try:
         fh = open(path, encoding="utf-8")  # noqa: SIM115
     except FileNotFoundError:
-        if missing_ok and not want:
+        if missing_ok and newest is None:
             return True, 0, GENESIS, ""
         return False, 0, GENESIS, f"{path}: no such file"
     with fh:
@@ -197,23 +201,20 @@ def verify_log(
                     f"line {lineno}: MAC does not match (edited or forged entry, or a wrong audit key)",
                 )
             prev, n = h, seq
-            for due in want.pop(n, []):
-                if due.get("head") != h:
-                    return (
-                        False,
-                        n,
-                        prev,
-                        f"line {n}: differs from the checkpoint signed at {_when(due)} (rewritten log)",
-                    )
-    if want:
-        lines = max(want)
-        newest = want[lines][0]
+            if newest is not None and n == newest["lines"] and newest.get("head") != h:
+                return (
+                    False,
+                    n,
+                    prev,
+                    f"line {n}: differs from the checkpoint signed at {_when(newest)} (rewritten log)",
+                )
+    if newest is not None and n < newest["lines"]:
         return (
             False,
             n,
             prev,
             f"line {n + 1}: missing; the log ends after {n} entries but the checkpoint signed at "
-            f"{_when(newest)} covers {lines} (truncated log)",
+            f"{_when(newest)} covers {newest['lines']} (truncated log)",
         )
     return True, n, prev, ""
 

@@ -195,5 +195,8 @@ class Verifier:
                 raise VerifyError("nonce cache full; refusing until it drains (flood?)")
             self._nonces[sig["nonce"]] = max(signed_at, horizon)
             if self.counters is not None:
-                self.counters.advance(counter)  # persisted before the caller may act on the event
+                try:
+                    self.counters.advance(counter)  # persisted before the caller may act on the event
+                except OSError as exc:  # a replay could pass after a restart: do not act on it
+                    raise VerifyError(f"cannot persist replay state {self.counters.path}: {exc}") from None
         return event
