@@ -46,12 +46,15 @@ class RuntimePaths:
 
 
 def resolve_runtime_paths(cfg: PipelineConfig, var_dir: str | Path) -> PipelineConfig:
-    """A copy of ``cfg`` whose runtime file paths (spool, gallery, face crops, door audit logs) are resolved."""
+    """A copy of ``cfg`` whose runtime file paths (spools, gallery, face crops, audit logs) are resolved."""
     paths = RuntimePaths(var_dir)
     out = cfg.model_copy(deep=True)
     out.redis.spool_path = str(paths.resolve(out.redis.spool_path))
     out.faces.gallery_path = str(paths.resolve(out.faces.gallery_path))
     out.faces.unknown_crops.dir = str(paths.resolve(out.faces.unknown_crops.dir))
+    if out.faces.enroll_audit_log:
+        out.faces.enroll_audit_log = str(paths.resolve(out.faces.enroll_audit_log))
     for door in out.doors:
         door.audit_log = str(paths.resolve(door.audit_log))
+    out.sinks = out.sinks.with_spools_under(paths.var_dir)
     return out
