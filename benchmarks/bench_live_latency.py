@@ -46,6 +46,16 @@ def _rss_mib() -> float:
 
 def worker(tree: Path, url: str, redis_url: str, seconds: float, tmp: Path) -> dict:
     sys.path.insert(0, str(tree))
+    frames_q = int(os.environ.get("VIDPIPE_BENCH_FRAMES_Q", "0"))
+    if frames_q:  # a diagnostic variant: the new code with the old 8-frame live queue
+        from pipeline import queues
+
+        init = queues.BoundedQueue.__init__
+
+        def patched(self, maxsize, policy="block", name="", wakeup=None):  # type: ignore[no-untyped-def]
+            init(self, frames_q if name.startswith("frames[") else maxsize, policy, name, wakeup)
+
+        queues.BoundedQueue.__init__ = patched  # type: ignore[method-assign]
     from pipeline.config import parse_config
     from pipeline.detect_stage import DetectStage
     from pipeline.runner import Pipeline
@@ -117,6 +127,9 @@ def main() -> int:
     ap.add_argument("--before", type=Path, help="source tree of the old code (git archive export)")
     ap.add_argument("--seconds", type=float, default=50.0)
     ap.add_argument("--after-first", action="store_true", help="run this tree first (order check)")
+    ap.add_argument(
+        "--with-q8", action="store_true", help="also run this tree with an 8-frame live queue (diagnostic)"
+    )
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--redis-url", help=argparse.SUPPRESS)
@@ -134,6 +147,8 @@ def main() -> int:
     trees = ([("before", args.before)] if args.before else []) + [("after", REPO)]
     if args.after_first:
         trees.reverse()
+    if args.with_q8:
+        trees.append(("after, frames queue 8", REPO))
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         clip = write_demo_video(tmp / "720p.h264", width=1280, height=720, fps=25, seconds=8)
@@ -143,10 +158,11 @@ def main() -> int:
         try:
             with LocalRedis(data_dir=tmp / "redis") as redis_server:
                 for name, tree in trees:
+                    env = {**os.environ, "VIDPIPE_BENCH_FRAMES_Q": "8" if "queue 8" in name else "0"}
                     r = subprocess.run(
                         [sys.executable, str(HERE), "--worker", str(tree), "--url", server.url,
                          "--redis-url", redis_server.url, "--seconds", str(args.seconds), "--tmp", str(tmp)],
-                        capture_output=True, text=True, cwd=tree, timeout=args.seconds + 300,
+                        capture_output=True, text=True, cwd=tree, timeout=args.seconds + 300, env=env,
                     )  # fmt: skip
                     line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
                     if line is None:
