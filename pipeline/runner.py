@@ -118,6 +118,8 @@ class Pipeline:
             cfg.detector.batch,
             self.metrics,
             on_all_inputs_closed=self._close_inboxes,
+            camera_detect={c.id: c.detect for c in cameras},
+            nms_iou=cfg.detector.nms_iou,
         )
         self._stopping = threading.Event()
         self._done = threading.Event()
