@@ -42,7 +42,11 @@ def build_analyzers(cfg: PipelineConfig, camera_id: str, var_dir: Path) -> list[
     if cfg.tracking.enabled:
         from pipeline.tracking.analyzer import TrackingAnalyzer
 
-        analyzers.append(TrackingAnalyzer(camera_id, cfg.tracking, cam.analytics, var_dir / "snapshots"))
+        analyzers.append(
+            TrackingAnalyzer(
+                camera_id, cfg.tracking, cam.analytics, var_dir / "snapshots", video_time=not cam.is_live
+            )
+        )
     return analyzers
 
 
