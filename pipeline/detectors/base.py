@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.types import Detections
+
+if TYPE_CHECKING:
+    from pipeline.config import DetectorConfig
 
 
 class Detector(ABC):
@@ -30,3 +34,8 @@ class NullDetector(Detector):
 
     def detect(self, images: list[np.ndarray]) -> list[Detections]:
         return [Detections.empty() for _ in images]
+
+
+def build_null(cfg: DetectorConfig) -> Detector:
+    """Family ``none``: no model, no settings."""
+    return NullDetector()
