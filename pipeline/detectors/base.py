@@ -26,6 +26,10 @@ class Detector(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
+    def preprocessing(self) -> str:
+        """How frames are resized and scaled for the network, in words (printed by ``evaluate``)."""
+        return "none"
+
 
 class NullDetector(Detector):
     """Finds nothing. Used to measure the spine's own overhead and to run the pipeline without a model."""

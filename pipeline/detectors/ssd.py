@@ -81,6 +81,10 @@ class SsdDetector(Detector):
         self.max_candidates = max_candidates
         self._input = engine.input_names[0]
 
+    def preprocessing(self) -> str:
+        how = "TF1 bilinear" if self.resize == "stretch" else "pad 128 centred"
+        return f"{self.resize} to {self.input_size}x{self.input_size} ({how}), RGB x 2/255 - 1"
+
     def prepare(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[Transform]]:
         """(N, 3, S, S) float32 blob in [-1, 1], RGB, and each image's transform to input pixels."""
         s = self.input_size

@@ -135,6 +135,13 @@ class YoloDetector(Detector):
         #: largest batch the engine accepts (ONNX files exported with a fixed batch of 1); None = any
         self.batch_limit = batch_limit
 
+    def preprocessing(self) -> str:
+        p = self.preprocess
+        pad = (
+            f", pad {p.pad_value} {'centred' if p.center else 'top-left'}" if p.resize == "letterbox" else ""
+        )
+        return f"{p.resize} to {self.input_hw[1]}x{self.input_hw[0]}{pad}, {'RGB' if p.rgb else 'BGR'} x {p.scale:.6g}"
+
     def prepare(self, images: list[np.ndarray]) -> tuple[np.ndarray, list]:
         p = self.preprocess
         resized, transforms = [], []
