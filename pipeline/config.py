@@ -124,6 +124,11 @@ class DetectorConfig(_Strict):
     precision: Literal["fp32", "int8"] = Field(
         "fp32", description="int8 = static int8 quantization on ONNX Runtime (engines/quantize.py)"
     )
+    family: str = Field(
+        "auto",
+        description="detector family (pipeline/detectors/registry.py: darknet, onnx-yolo, ssd, mtcnn, none); "
+        "auto = inferred from detector.model and logged",
+    )
     calibration_images: str | None = Field(
         None,
         description="int8 calibration: a folder of images or a video file, ideally this camera's own frames; "

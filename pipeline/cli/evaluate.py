@@ -1,7 +1,8 @@
 """evaluate subcommand: run a detector over COCO-annotated images and print COCO mAP and VOC AP.
 
     python run_pipeline.py evaluate --annotations instances.json --images DIR [--model yolov3-tiny]
-        [--backend onnxruntime|torch|tensorrt] [--classes person,vehicle] [--limit N] [--output dets.json]
+        [--backend onnxruntime|torch|tensorrt] [--precision fp32|int8] [--preprocess auto|letterbox|stretch]
+        [--classes person,vehicle] [--limit N] [--output dets.json]
     python run_pipeline.py evaluate --annotations instances.json --detections dets.json   (score a results file)
 
 The numbers are pycocotools' (same algorithm, checked to agree); ``--classes`` evaluates only those
@@ -31,18 +32,65 @@ from pipeline.evaluation import (
 )
 
 
+class _ShowDefaults(argparse.HelpFormatter):
+    """Append "(default: X)" to every option that has a default other than None."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, argparse.SUPPRESS, False):
+            text += " (default: %(default)s)"
+        return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = _ShowDefaults  # --help shows every default
     parser.add_argument("--annotations", required=True, help="COCO instances JSON")
     parser.add_argument("--images", help="folder with the images named in the annotations")
     parser.add_argument("--detections", help="score this COCO results JSON instead of running a detector")
-    parser.add_argument("--model", default="yolov3-tiny", help="model-store name, .cfg or .onnx path")
-    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--input-size", type=int, default=416)
-    parser.add_argument("--score-threshold", type=float, default=0.001)
-    parser.add_argument("--nms-iou", type=float, default=0.45)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--classes", help="comma-separated class names to evaluate (default: all)")
+    parser.add_argument("--model", default="yolov3-tiny", help="model-store name, .cfg, .onnx or .pb path")
+    parser.add_argument(
+        "--family",
+        default="auto",
+        help="detector family (darknet, onnx-yolo, ssd, mtcnn, none); auto = inferred from --model",
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "int8"],
+        help="int8 = static int8 quantization on ONNX Runtime (YOLO families)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        default=None,
+        help="int8: folder or video to calibrate on; unset = a built-in set",
+    )
+    parser.add_argument(
+        "--preprocess",
+        default="auto",
+        choices=["auto", "letterbox", "stretch"],
+        help="resize mode; auto = what the model family was trained with (printed with the results)",
+    )
+    parser.add_argument(
+        "--backend",
+        default="onnxruntime",
+        choices=["onnxruntime", "torch", "tensorrt"],
+        help="inference backend",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=416,
+        help="network input (YOLO; a fixed-size ONNX or SSD uses its own)",
+    )
+    parser.add_argument(
+        "--score-threshold", type=float, default=0.001, help="keep detections down to this score"
+    )
+    parser.add_argument("--nms-iou", type=float, default=0.45, help="YOLO NMS IoU (SSD uses its graph's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads; unset = the backend's default"
+    )
+    parser.add_argument("--classes", help="comma-separated class names to evaluate; unset = all")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (by image id)")
     parser.add_argument("--output", help="write the detections here (COCO results JSON)")
 
@@ -90,10 +138,10 @@ def main(args: argparse.Namespace) -> int:
                 f"{len(missing)} image(s) named in {args.annotations} are not in {folder}: {missing[:5]}"
             )
         try:
-            detections, t_model = _run_detector(args, gt, images, folder)
+            detections, t_model, preprocessing = _run_detector(args, gt, images, folder)
         except EvaluationError as exc:
             return _fail(str(exc))
-        model_name = args.model
+        model_name = f"{args.model} ({args.precision}, preprocessing: {preprocessing})"
 
     if args.output:
         Path(args.output).write_text(json.dumps(detections))
@@ -118,7 +166,8 @@ def main(args: argparse.Namespace) -> int:
 
 def _run_detector(
     args: argparse.Namespace, gt: dict, images: list[dict], folder: Path
-) -> tuple[list[dict], float]:
+) -> tuple[list[dict], float, str]:
+    """(COCO results, seconds in ``detect``, the detector's preprocessing as it describes it)."""
     from pipeline.config import DetectorConfig
     from pipeline.detectors.factory import build_detector
 
@@ -132,6 +181,10 @@ def _run_detector(
             nms_iou=args.nms_iou,
             classes=None,  # keep every class; the category filter applies at scoring time
             threads=args.threads,
+            family=args.family,
+            precision=args.precision,
+            calibration_images=args.calibration_images,
+            resize=args.preprocess,
         )
     except ValueError as exc:
         raise EvaluationError(f"detector options: {exc}") from None
@@ -166,4 +219,4 @@ def _run_detector(
                 )
     finally:
         detector.close()
-    return detections, elapsed
+    return detections, elapsed, detector.preprocessing()
