@@ -38,7 +38,7 @@ from pipeline.config import DetectorConfig  # noqa: E402
 from pipeline.detectors.factory import build_detector  # noqa: E402
 from pipeline.evaluation import evaluate_coco, label_to_category_id  # noqa: E402
 from pipeline.regions.config import CameraDetectConfig  # noqa: E402
-from pipeline.regions.planner import RegionPlanner  # noqa: E402
+from pipeline.regions.planner import RegionPlanner, detector_input_size  # noqa: E402
 
 
 def _shared_data() -> Path:
@@ -105,7 +105,7 @@ def load_detrac(root: Path) -> Sequence:
 
 def run_setting(detector, setting: dict, seq: Sequence, images: list[np.ndarray], score: float):
     """Detections (COCO result rows), per-frame ms, crops per frame, for one ordered pass."""
-    size = int(max(getattr(detector, "input_hw", (416, 416))))
+    size = detector_input_size(detector)
     planner = RegionPlanner(
         CameraDetectConfig.model_validate(setting), size, detector.nms_iou, object_score=score
     )

@@ -25,7 +25,7 @@ from pipeline.detectors.base import Detector
 from pipeline.metrics import MetricsRegistry
 from pipeline.queues import BoundedQueue, QueueClosed
 from pipeline.regions.config import CameraDetectConfig
-from pipeline.regions.planner import RegionPlanner, ScanPlan
+from pipeline.regions.planner import RegionPlanner, ScanPlan, detector_input_size
 from pipeline.stage import Stage
 from pipeline.types import Frame, FrameResult, ScanInfo
 
@@ -58,8 +58,7 @@ class DetectStage(Stage):
         self._on_all_closed = on_all_inputs_closed
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent batch sizes, for metrics/tests
         self.inference_metrics = metrics.stage("inference", detector.name)
-        hw = getattr(detector, "input_hw", None)
-        size = int(max(hw)) if hw else 416
+        size = detector_input_size(detector)
         #: per camera with regions or tiling on; cameras without one get the whole frame as before
         self.planners: dict[str, RegionPlanner] = {
             cam: RegionPlanner(dc, size, nms_iou)

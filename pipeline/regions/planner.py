@@ -45,6 +45,15 @@ class ScanPlan:
     motion_boxes: int = 0
 
 
+def detector_input_size(detector: Detector, default: int = 416) -> int:
+    """Side of the detector's square input (YOLO ``input_hw``, SSD ``input_size``): the native crop size."""
+    hw = getattr(detector, "input_hw", None)
+    if hw:
+        return int(max(hw))
+    size = getattr(detector, "input_size", None)
+    return int(size) if isinstance(size, int) and size > 0 else default
+
+
 def tile_grid(width: int, height: int, size: int, overlap: float) -> list[Crop]:
     """Tiles of ``size`` x ``size`` (smaller where the frame is) covering the frame, neighbours sharing
     at least ``overlap`` of a tile, spread evenly so the last tile ends on the frame edge."""
