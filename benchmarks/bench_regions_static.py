@@ -40,7 +40,9 @@ def main() -> int:
     det = build_detector(DetectorConfig(model=model, threads=1))
     frames, truth = walk_in_clip(det, static_frames=args.static, walk_frames=12)
     size = detector_input_size(det)
-    cfg = CameraDetectConfig.model_validate({"regions": {"enabled": True, "full_scan_every": args.full_scan_every}})
+    cfg = CameraDetectConfig.model_validate(
+        {"regions": {"enabled": True, "full_scan_every": args.full_scan_every}}
+    )
     region_ms: list[list[float]] = []
     full_ms: list[list[float]] = []
     found_after: int | None = None
@@ -66,7 +68,9 @@ def main() -> int:
     print(f"machine: {platform.node()} {platform.machine()}, shared 2-core CPU, 1 ORT thread; model {det.name}; "
           f"{s} static frames (480x360) x {args.rounds} rounds, full scan every {args.full_scan_every}")  # fmt: skip
     print()
-    print("| setting | ms/frame on the static scene | x full frame | person found (detected frames after entry) |")
+    print(
+        "| setting | ms/frame on the static scene | x full frame | person found (detected frames after entry) |"
+    )
     print("|---|---|---|---|")
     print(f"| full frame (peer) | {full:.2f} | 1.00 | - |")
     print(f"| motion regions | {reg:.2f} | {reg / full:.3f} | {found_after} |")

@@ -201,3 +201,71 @@ def test_tiles_find_the_small_people_that_the_whole_frame_misses(yolox):
     assert len(people) >= 20
     assert recall(full) < 0.7
     assert recall(tiles) >= 0.85
+
+
+@needs_shared
+def test_batched_stage_gives_each_camera_what_its_own_planner_gives_and_reports_the_scan(yolox):
+    """Two cameras in one batch, one tiled (9 crops) and one whole-frame: the crops of both go through one
+    detector call, each camera gets its own frame's boxes back, events and metrics say what ran."""
+    import cv2
+
+    from pipeline.analyzers import detections_event
+
+    image = cv2.imread(str(SHARED / "tracks" / "MOT17-04-FRCNN" / "img1" / "000001.jpg"))
+    tiled = CameraDetectConfig.model_validate({"tiling": {"enabled": True, "size": 640}})
+    expected, _ = RegionPlanner(tiled, 416, yolox.nms_iou).detect(yolox, image)
+    whole = yolox.detect([image])[0]
+
+    calls: list[int] = []
+    real_detect = yolox.detect
+
+    def counting(images):
+        calls.append(len(images))
+        return real_detect(images)
+
+    wake = threading.Event()
+    queues = {c: BoundedQueue(4, "block", c, wake) for c in ("tiled", "plain")}
+    results: list[FrameResult] = []
+    registry = MetricsRegistry()
+    yolox.detect = counting
+    try:
+        stage = DetectStage(
+            yolox, queues, wake, results.append, BatchConfig(max_batch=2, max_wait_ms=500), registry,
+            camera_detect={"tiled": tiled, "plain": CameraDetectConfig()}, nms_iou=yolox.nms_iou,
+        )  # fmt: skip
+        for cam in queues:
+            queues[cam].put(Frame(cam, 0, 0.0, time.time(), image))
+            queues[cam].close()
+        stage.start()
+        assert stage.join(120)
+    finally:
+        del yolox.detect
+    assert (
+        calls[0] == 10
+    )  # 9 tiles + 1 whole frame in one call (YOLOX-Nano's fixed batch of 1 then splits it)
+    by_cam = {r.frame.camera_id: r for r in results}
+    np.testing.assert_allclose(by_cam["tiled"].detections.boxes, expected.boxes, atol=1e-3)
+    np.testing.assert_allclose(by_cam["plain"].detections.boxes, whole.boxes, atol=1e-3)
+    assert by_cam["tiled"].scan is not None and by_cam["tiled"].scan.kind == "tiles"
+    assert by_cam["tiled"].scan.crops == 9 and by_cam["plain"].scan is None
+    assert detections_event(by_cam["tiled"]).data["scan"] == {
+        "kind": "tiles",
+        "crops": 9,
+        "carried": 0,
+        "motion_boxes": 0,
+    }
+    assert "scan" not in detections_event(by_cam["plain"]).data
+    text = registry.prometheus_text()
+    assert "vidpipe_detect_crops_total{} 9.0" in text and "vidpipe_detect_scans_tiles_total{} 1.0" in text
+
+
+def test_a_camera_coming_back_at_another_resolution_starts_over_with_a_full_scan():
+    from pipeline.detectors.base import NullDetector
+
+    planner = RegionPlanner(CameraDetectConfig.model_validate({"regions": {"enabled": True}}), 416)
+    rng = np.random.default_rng(1)
+    big = rng.integers(0, 255, (720, 1280, 3), np.uint8)
+    assert planner.detect(NullDetector(), big)[1].kind == "full"
+    assert planner.detect(NullDetector(), big)[1].kind == "skip"
+    small = rng.integers(0, 255, (360, 640, 3), np.uint8)
+    assert planner.detect(NullDetector(), small)[1].kind == "full"

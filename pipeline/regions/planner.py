@@ -140,6 +140,7 @@ class RegionPlanner:
         self.nms_iou = nms_iou
         self.motion = MotionDetector(cfg.regions.motion) if cfg.regions.enabled else None
         self._since_full = 0
+        self._size: tuple[int, int] = (0, 0)
         self._objects = Detections.empty()
         self._still = np.zeros((0,), np.int64)
 
@@ -155,6 +156,10 @@ class RegionPlanner:
 
     def plan(self, image: np.ndarray) -> ScanPlan:
         h, w = image.shape[:2]
+        if (w, h) != self._size:  # first frame, or the camera came back at another resolution
+            self._size = (w, h)
+            self._objects = Detections.empty()
+            self._still = np.zeros((0,), np.int64)
         if self.motion is None:
             return self.full_scan(w, h)
         motion = self.motion.detect(image)
