@@ -63,6 +63,7 @@ SETTINGS: dict[str, dict] = {
     "tiles": {"tiling": {"enabled": True}},
     "tiles640": {"tiling": {"enabled": True, "size": 640}},
     "regions+tiles": {"regions": {"enabled": True, "max_regions": 24}, "tiling": {"enabled": True}},
+    "regions+tiles640": {"regions": {"enabled": True}, "tiling": {"enabled": True, "size": 640}},
 }
 
 
