@@ -58,7 +58,8 @@ class DetectStage(Stage):
         self._on_all_closed = on_all_inputs_closed
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent batch sizes, for metrics/tests
         self.inference_metrics = metrics.stage("inference", detector.name)
-        size = detector_input_size(detector)
+        size = self._crop_size = detector_input_size(detector)
+        self._nms_iou = nms_iou
         #: per camera with regions or tiling on; cameras without one get the whole frame as before
         self.planners: dict[str, RegionPlanner] = {
             cam: RegionPlanner(dc, size, nms_iou)
@@ -137,14 +138,15 @@ class DetectStage(Stage):
         now = time.time()
         for i, frame in enumerate(batch):
             a, b = spans[i]
-            plan = plans[i]
+            planned = plans[i]
             scan: ScanInfo | None = None
             ms = plan_ms[i] + per_input * (b - a)
-            if plan is None:
+            if planned is None:
                 dets = results[a]
             else:
                 tm = time.perf_counter()
-                dets, scan = self.planners[frame.camera_id].finish(plan, results[a:b])
+                planner, plan = planned
+                dets, scan = planner.finish(plan, results[a:b])
                 ms += (time.perf_counter() - tm) * 1000.0
                 self._count_scan(scan)
             self.metrics.observe((now - frame.capture_time) * 1000.0)
@@ -156,9 +158,9 @@ class DetectStage(Stage):
 
     def _plan(
         self, batch: list[Frame]
-    ) -> tuple[list[ScanPlan | None], list[tuple[int, int]], list, list[float]]:
+    ) -> tuple[list[tuple[RegionPlanner, ScanPlan] | None], list[tuple[int, int]], list, list[float]]:
         """Per frame: its plan (None = whole frame), its slice of the detector inputs, planning time."""
-        plans: list[ScanPlan | None] = []
+        plans: list[tuple[RegionPlanner, ScanPlan] | None] = []
         spans: list[tuple[int, int]] = []
         inputs: list = []
         plan_ms: list[float] = []
@@ -171,11 +173,20 @@ class DetectStage(Stage):
                 inputs.append(frame.image)
             else:
                 plan = planner.plan(frame.image)
-                plans.append(plan)
+                plans.append((planner, plan))
                 inputs.extend(frame.image[y1:y2, x1:x2] for x1, y1, x2, y2 in plan.crops)
             plan_ms.append((time.perf_counter() - tp) * 1000.0)
             spans.append((start, len(inputs)))
         return plans, spans, inputs, plan_ms
+
+    def configure_camera(self, camera_id: str, detect: CameraDetectConfig | None) -> None:
+        """Set (or with None / both off, drop) a camera's regions/tiling while running, e.g. a camera added
+        or edited at run time. A new planner starts with a full scan; frames already planned finish with
+        the planner that planned them."""
+        if detect is None or not detect.active:
+            self.planners.pop(camera_id, None)
+        else:
+            self.planners[camera_id] = RegionPlanner(detect, self._crop_size, self._nms_iou)
 
     def _count_scan(self, scan: ScanInfo) -> None:
         """Process counters: detector inputs run for region/tile cameras, and scans by kind."""

@@ -269,3 +269,36 @@ def test_a_camera_coming_back_at_another_resolution_starts_over_with_a_full_scan
     assert planner.detect(NullDetector(), big)[1].kind == "skip"
     small = rng.integers(0, 255, (360, 640, 3), np.uint8)
     assert planner.detect(NullDetector(), small)[1].kind == "full"
+
+
+def test_regions_can_be_switched_on_and_off_for_a_running_camera():
+    """configure_camera: what a camera added or edited at run time uses; the next frame follows it."""
+    from pipeline.detectors.base import NullDetector
+
+    wake = threading.Event()
+    q: BoundedQueue[Frame] = BoundedQueue(10, "block", "cam", wake)
+    results: list[FrameResult] = []
+    got = threading.Event()
+
+    def sink(r: FrameResult) -> None:
+        results.append(r)
+        got.set()
+
+    stage = DetectStage(NullDetector(), {"cam": q}, wake, sink, BatchConfig(), MetricsRegistry())
+    stage.start()
+    img = np.random.default_rng(0).integers(0, 255, (480, 900, 3), np.uint8)
+
+    def one(seq: int) -> FrameResult:
+        got.clear()
+        q.put(Frame("cam", seq, seq / 10, time.time(), img))
+        assert got.wait(10)
+        return results[-1]
+
+    assert one(0).scan is None
+    stage.configure_camera("cam", CameraDetectConfig.model_validate({"tiling": {"enabled": True}}))
+    scan = one(1).scan
+    assert scan is not None and scan.kind == "tiles" and scan.crops == 3 * 2 + 1  # 3 x 2 tiles of 416 + the frame
+    stage.configure_camera("cam", None)
+    assert one(2).scan is None
+    q.close()
+    assert stage.join(10)
