@@ -297,7 +297,9 @@ def test_regions_can_be_switched_on_and_off_for_a_running_camera():
     assert one(0).scan is None
     stage.configure_camera("cam", CameraDetectConfig.model_validate({"tiling": {"enabled": True}}))
     scan = one(1).scan
-    assert scan is not None and scan.kind == "tiles" and scan.crops == 3 * 2 + 1  # 3 x 2 tiles of 416 + the frame
+    assert (
+        scan is not None and scan.kind == "tiles" and scan.crops == 3 * 2 + 1
+    )  # 3 x 2 tiles of 416 + the frame
     stage.configure_camera("cam", None)
     assert one(2).scan is None
     q.close()
