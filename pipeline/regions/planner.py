@@ -9,7 +9,8 @@
   it, it is *carried* (its last box is reported again) until the next full scan re-checks it.
 - **Skip**: no motion and no moving object: no inference at all; carried objects are reported as they were.
 - A full scan happens on the first frame, every ``full_scan_every`` detected frames, when the motion
-  detector recalibrates, and when regions would cost more than the frame (too many, or more pixels).
+  detector recalibrates, and when regions would cost more than the frame (too many, more pixels, or a
+  frame under ``MIN_REGION_GAIN`` times the region size, where a region is about the whole frame anyway).
 
 ``plan`` runs before the detector and ``finish`` after it, so the detect stage can put the crops of
 every camera's frames into one batch (one forward pass).
@@ -34,6 +35,11 @@ ScanKind = Literal["full", "tiles", "regions", "skip"]
 
 #: an object whose box moved less than this (IoU with its previous box >= this) counts as standing still
 STILL_IOU = 0.9
+
+#: regions are cut only from frames at least this many times the region size (without tiling): below it,
+#: one region costs a whole detector input yet sees barely more pixels than the downscaled frame, so a
+#: frame with motion is scanned whole instead (static frames are still skipped)
+MIN_REGION_GAIN = 2.0
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,8 @@ class RegionPlanner:
         tiling it is one downscaled frame: regions cost more once they hold as many pixels as the frame."""
         if self.cfg.tiling.enabled:
             return len(crops) >= len(self.full_scan(w, h).crops)
+        if max(w, h) < MIN_REGION_GAIN * self.region_size:
+            return True
         return sum((c[2] - c[0]) * (c[3] - c[1]) for c in crops) >= w * h
 
     def _full(self, w: int, h: int, motion_boxes: int) -> ScanPlan:

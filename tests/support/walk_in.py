@@ -45,9 +45,10 @@ def read_frames(path: Path, limit: int | None = None) -> list[np.ndarray]:
 
 
 def walk_in_clip(
-    detector: Detector, static_frames: int = 40, walk_frames: int = 12, seed: int = 0
+    detector: Detector, static_frames: int = 40, walk_frames: int = 12, seed: int = 0, scale: float = 1.0
 ) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
-    """(frames, person box per frame or None while the scene is static)."""
+    """(frames, person box per frame or None while the scene is static). ``scale`` > 1 enlarges the clip
+    (bilinear) so that it is bigger than a detector input and regions are cut from it."""
     assert VTEST is not None
     frames = read_frames(VTEST)
     background = np.median(np.stack(frames[::10]), axis=0).astype(np.uint8)
@@ -77,14 +78,19 @@ def walk_in_clip(
             img.astype(np.int16) + rng.normal(0, 2.0, img.shape).round().astype(np.int16), 0, 255
         ).astype(np.uint8)
 
+    def sized(img: np.ndarray) -> np.ndarray:
+        if scale == 1.0:
+            return img
+        return cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_LINEAR)
+
     for _ in range(static_frames):
-        out.append(noisy(background))
+        out.append(noisy(sized(background)))
         boxes.append(None)
     for i, b in track:
         img = background.copy()
         x1, y1 = max(0, int(b[0]) - 3), max(0, int(b[1]) - 3)
         x2, y2 = min(w, int(np.ceil(b[2])) + 3), min(h, int(np.ceil(b[3])) + 3)
         img[y1:y2, x1:x2] = frames[i][y1:y2, x1:x2]
-        out.append(noisy(img))
-        boxes.append(b)
+        out.append(noisy(sized(img)))
+        boxes.append(b * np.float32(scale))
     return out, boxes
