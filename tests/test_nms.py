@@ -9,7 +9,7 @@ import torchvision
 from torchvision.ops.boxes import _batched_nms_vanilla
 
 from engines.cuda.synthetic import clustered_detections
-from pipeline.nms import SMALL_GROUP, batched_nms, iou_matrix, nms
+from pipeline.nms import BLOCK, SMALL_GROUP, batched_nms, iou_matrix, nms
 from pipeline.tracking.geometry import iou_matrix as tracking_iou
 
 
@@ -70,6 +70,13 @@ def test_threshold_is_compared_in_double_like_torchvision(thr, inner, outer, kep
     assert ref == kept
     assert nms(boxes, scores, thr).tolist() == kept
     assert batched_nms(boxes, scores, np.zeros(2, np.int64), thr).tolist() == kept
+    # the same pair split across blocks: the first box settled by the kernel, the second by the vectorised pass
+    pad = np.array([[10 * i, 100, 10 * i + 5, 105] for i in range(BLOCK + 20)], np.float32)
+    big = np.concatenate([boxes[:1], pad, boxes[1:]])
+    big_scores = np.concatenate([[0.99], np.full(len(pad), 0.9), [0.1]]).astype(np.float32)
+    want = torchvision.ops.nms(torch.from_numpy(big), torch.from_numpy(big_scores), thr).numpy()
+    assert (len(big) - 1 in want) == (len(kept) == 2)
+    assert np.array_equal(nms(big, big_scores, thr), want)
 
 
 def test_equal_scores_keep_the_lower_index():
