@@ -28,6 +28,8 @@ import torchvision  # noqa: F401 - registers torch.ops.torchvision.nms
 SMALL_GROUP = 64
 #: boxes the C++ kernel settles at a time in the blocked walk (128 was fastest at 1k-100k boxes here)
 BLOCK = 128
+#: a class with up to this many boxes goes to the kernel in one call (no blocked walk)
+GROUP_DIRECT = 512
 #: columns per vectorised IoU pass of the blocked walk (bounds its memory to BLOCK x CHUNK floats)
 CHUNK = 1 << 14
 
@@ -76,10 +78,14 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return _greedy(b, s, iou_threshold).numpy()
 
 
-def _greedy(b: torch.Tensor, s: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Kept indices of greedy NMS over float32 tensors, in score order (see the module docstring)."""
+def _greedy(b: torch.Tensor, s: torch.Tensor, iou_threshold: float, direct: int = BLOCK) -> torch.Tensor:
+    """Kept indices of greedy NMS over float32 tensors, in score order (see the module docstring).
+
+    Up to ``direct`` boxes go to the kernel in one call: below a few hundred boxes the blocked walk's fixed
+    cost outweighs what it saves.
+    """
     n = b.shape[0]
-    if n <= BLOCK:
+    if n <= max(direct, BLOCK):
         return torch.ops.torchvision.nms(b, s, float(iou_threshold))
     order = torch.sort(s, descending=True, stable=True).indices
     bs, ss = b[order], s[order]
@@ -151,6 +157,19 @@ def _small_groups_nms(
         keep = new_keep
 
 
+def _class_score_order(cls: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Row order grouped by class, each group in the kernel's order: score descending, index ascending.
+
+    One stable sort of a 64-bit key (class in the high half, the score's bits flipped to sort descending in
+    the low half) instead of two sorts.
+    """
+    bits = (scores.astype(np.float32) + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into +0.0
+    ascending = np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))  # IEEE order as unsigned ints
+    cls = cls.astype(np.int64)
+    key = ((cls - cls.min()).astype(np.uint64) << np.uint64(32)) | (~ascending).astype(np.uint64)
+    return np.argsort(key, kind="stable")
+
+
 def batched_nms(
     boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float
 ) -> np.ndarray:
@@ -167,9 +186,7 @@ def batched_nms(
     if cls.shape[0] != n:
         raise ValueError(f"batched_nms: {n} boxes but {cls.shape[0]} class ids")
     sc = s.numpy()
-    # rows grouped by class, each group in the kernel's order: score descending, then index ascending
-    order = np.argsort(-sc, kind="stable")
-    order = order[np.argsort(cls[order], kind="stable")]
+    order = _class_score_order(cls, sc)
     sorted_cls = cls[order]
     cuts = np.flatnonzero(sorted_cls[1:] != sorted_cls[:-1]) + 1
     starts = np.concatenate([[0], cuts])
@@ -186,7 +203,7 @@ def batched_nms(
     if not small.all():
         sorted_b, sorted_s = b[torch.from_numpy(order)], s[torch.from_numpy(order)]
         for a, k in zip(starts[~small].tolist(), lengths[~small].tolist(), strict=True):
-            kept = _greedy(sorted_b[a : a + k], sorted_s[a : a + k], iou_threshold)
+            kept = _greedy(sorted_b[a : a + k], sorted_s[a : a + k], iou_threshold, GROUP_DIRECT)
             kept_parts.append(order[kept.numpy() + a])
     keep = np.concatenate(kept_parts)
     return keep[np.lexsort((keep, -sc[keep]))]

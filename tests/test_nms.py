@@ -115,3 +115,13 @@ def test_one_iou_function_serves_tracking_in_float64():
     ref = torchvision.ops.box_iou(torch.from_numpy(a), torch.from_numpy(a[::-1].copy())).numpy()
     np.testing.assert_allclose(t, ref, rtol=1e-12)
     assert tracking_iou(np.zeros((0, 4)), a).shape == (0, 20)
+
+
+def test_negative_and_signed_zero_scores_sort_like_torch():
+    rng = np.random.default_rng(4)
+    b, _, c = _inputs(500, 5, 4)
+    s = rng.choice(np.array([-0.5, -0.0, 0.0, 0.25, -1e-30, 1e-30], np.float32), 500)
+    keep = batched_nms(b, s, c, 0.5)
+    ref = _batched_nms_vanilla(torch.from_numpy(b), torch.from_numpy(s), torch.from_numpy(c), 0.5)
+    assert set(keep.tolist()) == set(ref.tolist())
+    assert _is_score_order(keep, s)
