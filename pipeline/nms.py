@@ -1,16 +1,19 @@
 """Non-maximum suppression and box IoU on the CPU. The one place NMS and IoU live for CPU paths.
 
-Boxes are (N, 4) x1 y1 x2 y2. Hard NMS keeps exactly what ``torchvision.ops.nms`` keeps, ties included:
+Boxes are (N, 4) x1 y1 x2 y2. Hard NMS keeps exactly what ``torchvision.ops.nms`` keeps, ties included,
+because every IoU is computed with the float32 operations of torchvision's C++ kernel, in its order, and
+compared with the threshold as the kernel does (in double precision):
 
-- :func:`nms` (class-agnostic) calls torchvision's C++ kernel itself (``torch.ops.torchvision.nms``, without
-  the Python wrapper's per-call logging): a well-kept O(N·K) loop in float32, sorting by score with a stable
-  sort, so equal scores go lower index first.
+- :func:`nms` (class-agnostic) walks the boxes in score order (stable sort: equal scores go lower index
+  first) in blocks of :data:`BLOCK`: torchvision's kernel (``torch.ops.torchvision.nms``) settles a block,
+  then one vectorised IoU pass drops every later box that a newly kept box suppresses. Greedy NMS decides a
+  box from the boxes before it alone, so this is exactly the kernel's result; it skips the kernel's scan of
+  each kept box against every later box one at a time, which made it O(N·K) scalar work.
 - :func:`batched_nms` (class-aware) runs NMS per class. Classes are grouped with one stable sort, never by
   shifting boxes apart by class: the shift (torchvision's "coordinate trick", and this module's until
   2026-11) rounds float32 coordinates at large offsets and changed the kept set (12415 vs 12416 of 100k
-  boxes, 80 classes). Small classes (the common case: a few boxes each) are done all at once with NumPy
-  (:func:`_small_groups_nms`): every same-class pair's IoU with the kernel's exact float32 arithmetic, then
-  the greedy order resolved by fixed-point iteration; large classes go to the kernel one call each.
+  boxes, 80 classes). Classes of at most :data:`SMALL_GROUP` boxes (the common case) are done all at once in
+  NumPy (:func:`_small_groups_nms`); larger ones go through the blocked walk one class at a time.
 
 benchmarks/bench_nms.py times both against torchvision in the same run and checks the kept sets.
 """
@@ -21,8 +24,22 @@ import numpy as np
 import torch
 import torchvision  # noqa: F401 - registers torch.ops.torchvision.nms
 
-#: classes with at most this many boxes are suppressed together in NumPy; larger ones by the C++ kernel
-SMALL_GROUP = 48
+#: classes with at most this many boxes are suppressed together in NumPy; larger ones by the blocked walk
+SMALL_GROUP = 64
+#: boxes the C++ kernel settles at a time in the blocked walk (128 was fastest at 1k-100k boxes here)
+BLOCK = 128
+#: a class with up to this many boxes goes to the kernel in one call (no blocked walk)
+GROUP_DIRECT = 512
+#: columns per vectorised IoU pass of the blocked walk (bounds its memory to BLOCK x CHUNK floats)
+CHUNK = 1 << 14
+
+
+def _float32_threshold(iou_threshold: float) -> np.float32:
+    """The largest float32 <= ``iou_threshold``: for a float32 IoU x, ``x > it`` is the kernel's
+    ``(double) x > iou_threshold`` (float32(0.6) = 0.60000002 rounds up; comparing with it would keep
+    a box whose IoU is exactly 0.60000002)."""
+    f = np.float32(iou_threshold)
+    return np.nextafter(f, np.float32(-np.inf)) if float(f) > iou_threshold else f
 
 
 def box_area(boxes: np.ndarray) -> np.ndarray:
@@ -58,7 +75,42 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     b, s = _as_tensors(boxes, scores)
     if b.shape[0] == 0:
         return np.zeros((0,), np.int64)
-    return torch.ops.torchvision.nms(b, s, float(iou_threshold)).numpy()
+    return _greedy(b, s, iou_threshold).numpy()
+
+
+def _greedy(b: torch.Tensor, s: torch.Tensor, iou_threshold: float, direct: int = BLOCK) -> torch.Tensor:
+    """Kept indices of greedy NMS over float32 tensors, in score order (see the module docstring).
+
+    Up to ``direct`` boxes go to the kernel in one call: below a few hundred boxes the blocked walk's fixed
+    cost outweighs what it saves.
+    """
+    n = b.shape[0]
+    if n <= max(direct, BLOCK):
+        return torch.ops.torchvision.nms(b, s, float(iou_threshold))
+    order = torch.sort(s, descending=True, stable=True).indices
+    bs, ss = b[order], s[order]
+    x1, y1, x2, y2 = (bs[:, k].contiguous() for k in range(4))
+    areas = (x2 - x1) * (y2 - y1)
+    thr = torch.tensor(_float32_threshold(iou_threshold))
+    alive = torch.arange(n)
+    kept = []
+    while alive.numel():
+        head, rest = alive[:BLOCK], alive[BLOCK:]
+        new = head[torch.ops.torchvision.nms(bs[head], ss[head], float(iou_threshold))]
+        kept.append(new)
+        if rest.numel() == 0:
+            break
+        kx1, ky1, kx2, ky2, ka = (v[new][:, None] for v in (x1, y1, x2, y2, areas))
+        survivors = []
+        for start in range(0, rest.numel(), CHUNK):
+            r = rest[start : start + CHUNK]
+            w = (torch.minimum(kx2, x2[r]) - torch.maximum(kx1, x1[r])).clamp_(min=0)
+            h = (torch.minimum(ky2, y2[r]) - torch.maximum(ky1, y1[r])).clamp_(min=0)
+            inter = w.mul_(h)
+            ovr = inter / ((ka + areas[r]) - inter)  # the kernel's (area_i + area_j) - inter
+            survivors.append(r[~(ovr > thr).any(0)])
+        alive = torch.cat(survivors)
+    return order[torch.cat(kept)]
 
 
 def _small_groups_nms(
@@ -68,7 +120,7 @@ def _small_groups_nms(
 
     The IoU of every pair (i before j) in a group uses the same float32 operations, in the same order, as
     torchvision's kernel: areas (x2 - x1) * (y2 - y1) unclipped, intersection clamped at 0, inter /
-    (area_i + area_j - inter), compared with the threshold in double precision. Greedy NMS is the one
+    (area_i + area_j - inter), compared as the kernel compares (:func:`_float32_threshold`). Greedy NMS is the one
     solution of "j is kept iff no kept i before it overlaps it"; iterating that rule from "all kept"
     reaches it after at most (longest chain of overlaps) rounds.
     """
@@ -92,7 +144,7 @@ def _small_groups_nms(
     inter = side(x1, x2) * side(y1, y2)
     with np.errstate(invalid="ignore", divide="ignore"):
         ovr = inter / (np.take(areas, first) + np.take(areas, second) - inter)
-    hit = ovr.astype(np.float64) > float(iou_threshold)
+    hit = ovr > _float32_threshold(iou_threshold)
     src, dst = first[hit], second[hit]
     if src.size == 0:
         return keep
@@ -103,6 +155,19 @@ def _small_groups_nms(
         if np.array_equal(new_keep, keep):
             return keep
         keep = new_keep
+
+
+def _class_score_order(cls: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Row order grouped by class, each group in the kernel's order: score descending, index ascending.
+
+    One stable sort of a 64-bit key (class in the high half, the score's bits flipped to sort descending in
+    the low half) instead of two sorts.
+    """
+    bits = (scores.astype(np.float32) + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into +0.0
+    ascending = np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))  # IEEE order as unsigned ints
+    cls = cls.astype(np.int64)
+    key = ((cls - cls.min()).astype(np.uint64) << np.uint64(32)) | (~ascending).astype(np.uint64)
+    return np.argsort(key, kind="stable")
 
 
 def batched_nms(
@@ -121,9 +186,7 @@ def batched_nms(
     if cls.shape[0] != n:
         raise ValueError(f"batched_nms: {n} boxes but {cls.shape[0]} class ids")
     sc = s.numpy()
-    # rows grouped by class, each group in the kernel's order: score descending, then index ascending
-    order = np.argsort(-sc, kind="stable")
-    order = order[np.argsort(cls[order], kind="stable")]
+    order = _class_score_order(cls, sc)
     sorted_cls = cls[order]
     cuts = np.flatnonzero(sorted_cls[1:] != sorted_cls[:-1]) + 1
     starts = np.concatenate([[0], cuts])
@@ -140,7 +203,7 @@ def batched_nms(
     if not small.all():
         sorted_b, sorted_s = b[torch.from_numpy(order)], s[torch.from_numpy(order)]
         for a, k in zip(starts[~small].tolist(), lengths[~small].tolist(), strict=True):
-            kept = torch.ops.torchvision.nms(sorted_b[a : a + k], sorted_s[a : a + k], float(iou_threshold))
+            kept = _greedy(sorted_b[a : a + k], sorted_s[a : a + k], iou_threshold, GROUP_DIRECT)
             kept_parts.append(order[kept.numpy() + a])
     keep = np.concatenate(kept_parts)
     return keep[np.lexsort((keep, -sc[keep]))]

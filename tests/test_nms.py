@@ -9,7 +9,7 @@ import torchvision
 from torchvision.ops.boxes import _batched_nms_vanilla
 
 from engines.cuda.synthetic import clustered_detections
-from pipeline.nms import SMALL_GROUP, batched_nms, iou_matrix, nms
+from pipeline.nms import BLOCK, SMALL_GROUP, batched_nms, iou_matrix, nms
 from pipeline.tracking.geometry import iou_matrix as tracking_iou
 
 
@@ -70,6 +70,13 @@ def test_threshold_is_compared_in_double_like_torchvision(thr, inner, outer, kep
     assert ref == kept
     assert nms(boxes, scores, thr).tolist() == kept
     assert batched_nms(boxes, scores, np.zeros(2, np.int64), thr).tolist() == kept
+    # the same pair split across blocks: the first box settled by the kernel, the second by the vectorised pass
+    pad = np.array([[10 * i, 100, 10 * i + 5, 105] for i in range(BLOCK + 20)], np.float32)
+    big = np.concatenate([boxes[:1], pad, boxes[1:]])
+    big_scores = np.concatenate([[0.99], np.full(len(pad), 0.9), [0.1]]).astype(np.float32)
+    want = torchvision.ops.nms(torch.from_numpy(big), torch.from_numpy(big_scores), thr).numpy()
+    assert (len(big) - 1 in want) == (len(kept) == 2)
+    assert np.array_equal(nms(big, big_scores, thr), want)
 
 
 def test_equal_scores_keep_the_lower_index():
@@ -108,3 +115,13 @@ def test_one_iou_function_serves_tracking_in_float64():
     ref = torchvision.ops.box_iou(torch.from_numpy(a), torch.from_numpy(a[::-1].copy())).numpy()
     np.testing.assert_allclose(t, ref, rtol=1e-12)
     assert tracking_iou(np.zeros((0, 4)), a).shape == (0, 20)
+
+
+def test_negative_and_signed_zero_scores_sort_like_torch():
+    rng = np.random.default_rng(4)
+    b, _, c = _inputs(500, 5, 4)
+    s = rng.choice(np.array([-0.5, -0.0, 0.0, 0.25, -1e-30, 1e-30], np.float32), 500)
+    keep = batched_nms(b, s, c, 0.5)
+    ref = _batched_nms_vanilla(torch.from_numpy(b), torch.from_numpy(s), torch.from_numpy(c), 0.5)
+    assert set(keep.tolist()) == set(ref.tolist())
+    assert _is_score_order(keep, s)

@@ -43,10 +43,15 @@ def resize_bilinear_tf1(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray
     x1 = np.minimum(x0 + 1, w - 1)
     dy = (ys - y0)[:, None, None]
     dx = (xs - x0)[None, :, None]
-    top_rows = image[y0].astype(np.float32)
-    bottom_rows = image[y1].astype(np.float32)
-    top = top_rows[:, x0] + (top_rows[:, x1] - top_rows[:, x0]) * dx
-    bottom = bottom_rows[:, x0] + (bottom_rows[:, x1] - bottom_rows[:, x0]) * dx
+    # np.take, not fancy indexing: several times faster on these (rows, cols, 3) gathers
+    rows0 = np.take(image, y0, axis=0)
+    rows1 = np.take(image, y1, axis=0)
+    tl = np.take(rows0, x0, axis=1).astype(np.float32)
+    tr = np.take(rows0, x1, axis=1).astype(np.float32)
+    bl = np.take(rows1, x0, axis=1).astype(np.float32)
+    br = np.take(rows1, x1, axis=1).astype(np.float32)
+    top = tl + (tr - tl) * dx
+    bottom = bl + (br - bl) * dx
     return top + (bottom - top) * dy
 
 
