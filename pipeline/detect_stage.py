@@ -20,6 +20,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
+import numpy as np
+
 from pipeline.config import BatchConfig
 from pipeline.detectors.base import Detector
 from pipeline.metrics import MetricsRegistry
@@ -102,7 +104,7 @@ class DetectStage(Stage):
                 break
             if took and limit > 1:
                 continue  # keep draining while frames are there
-            if batch:
+            if batch and first_at is not None:
                 remaining = max_wait - (time.monotonic() - first_at)
                 if remaining <= 0:
                     break
@@ -158,11 +160,13 @@ class DetectStage(Stage):
 
     def _plan(
         self, batch: list[Frame]
-    ) -> tuple[list[tuple[RegionPlanner, ScanPlan] | None], list[tuple[int, int]], list, list[float]]:
+    ) -> tuple[
+        list[tuple[RegionPlanner, ScanPlan] | None], list[tuple[int, int]], list[np.ndarray], list[float]
+    ]:
         """Per frame: its plan (None = whole frame), its slice of the detector inputs, planning time."""
         plans: list[tuple[RegionPlanner, ScanPlan] | None] = []
         spans: list[tuple[int, int]] = []
-        inputs: list = []
+        inputs: list[np.ndarray] = []
         plan_ms: list[float] = []
         for frame in batch:
             planner = self.planners.get(frame.camera_id)

@@ -309,7 +309,7 @@ class TrackingAnalyzer:
         for ch in changes:
             if ch.kind == "enter" and ch.zone not in obj.entered_zones:
                 obj.entered_zones.append(ch.zone)
-            data = {"zone": ch.zone}
+            data: dict[str, object] = {"zone": ch.zone}
             if ch.kind != "enter":
                 data["dwell_s"] = _r(ch.dwell_s, 3)
             kind = {"enter": "zone_enter", "exit": "zone_exit", "loitering": "loitering"}[ch.kind]
