@@ -57,6 +57,10 @@ class VideoClock:
     squeezes durations; pts does not. ``base`` is the first frame's capture time minus its pts, so the values
     still read as epoch seconds. When pts jumps back (a looping file starting over, a reconnect), the clock
     re-anchors so it keeps running forward from where it was. Frames without pts use their capture time.
+
+    Not ``pipeline.stream_clock.StreamClock``: that one maps a *live* stream's pts to when frames were
+    captured and lets its offset follow the least-delayed arrival, so for a file decoded faster than real
+    time it would track decode time again; here the anchor is fixed and only pts moves the clock.
     """
 
     def __init__(self) -> None:
