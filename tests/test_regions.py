@@ -307,3 +307,35 @@ def test_regions_can_be_switched_on_and_off_for_a_running_camera():
     assert one(2).scan is None
     q.close()
     assert stage.join(10)
+
+
+@needs_shared
+def test_evaluate_tiles_option_scores_the_small_people_on_a_1080p_frame(capsys):
+    import argparse
+    import re
+
+    from pipeline.cli import evaluate
+
+    root = SHARED / "tracks" / "MOT17-04-FRCNN"
+
+    def ap50(*extra: str) -> tuple[float, str]:
+        parser = argparse.ArgumentParser()
+        evaluate.add_arguments(parser)
+        args = parser.parse_args(
+            ["--annotations", str(root / "instances.json"), "--images", str(root), "--model", str(YOLOX_NANO),
+             "--classes", "person", "--limit", "1", "--score-threshold", "0.05", "--threads", "1", *extra]
+        )  # fmt: skip
+        assert evaluate.main(args) == 0
+        out = capsys.readouterr().out
+        return float(re.search(r"\| AP50 \| ([0-9.]+) \|", out).group(1)), out
+
+    whole, _ = ap50()
+    tiled, out = ap50("--tiles", "640")
+    assert "tiles 640 px" in out
+    assert tiled > whole + 0.1
+    parser = argparse.ArgumentParser()
+    evaluate.add_arguments(parser)
+    bad = parser.parse_args(["--annotations", str(root / "instances.json"), "--images", str(root), "--model",
+                             str(YOLOX_NANO), "--limit", "1", "--tiles", "640", "--tile-overlap", "0.95"])  # fmt: skip
+    assert evaluate.main(bad) == 2
+    assert "--tiles/--tile-overlap" in capsys.readouterr().err
