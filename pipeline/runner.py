@@ -53,7 +53,9 @@ def build_analyzers(cfg: PipelineConfig, camera_id: str, var_dir: Path) -> list[
         from pipeline.tracking.analyzer import TrackingAnalyzer
 
         snapshots = RuntimePaths(var_dir).snapshots
-        analyzers.append(TrackingAnalyzer(camera_id, cfg.tracking, cam.analytics, snapshots))
+        analyzers.append(
+            TrackingAnalyzer(camera_id, cfg.tracking, cam.analytics, snapshots, video_time=not cam.is_live)
+        )
     return analyzers
 
 
@@ -145,6 +147,8 @@ class Pipeline:
             cfg.detector.batch,
             self.metrics,
             on_all_inputs_closed=self._close_inboxes,
+            camera_detect={c.id: c.detect for c in cameras},
+            nms_iou=cfg.detector.nms_iou,
             detect_fps={c.id: c.detect_fps for c in cameras if c.detect_fps},
         )
         self._stopping = threading.Event()
