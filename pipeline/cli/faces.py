@@ -6,6 +6,8 @@
     python run_pipeline.py faces rename OLD NEW
     python run_pipeline.py faces serve                      (token: faces.api.token / $VIDPIPE_FACES_TOKEN)
     python run_pipeline.py faces verify-audit FILE          (check a door audit log's hash chain)
+    python run_pipeline.py faces calibrate [--impostors DIR]  (choose + store the match threshold)
+    python run_pipeline.py faces identify PHOTO [PHOTO ...]   (JSON line per face: name, distance, margin)
 
 Settings (gallery path, thresholds, API) come from the ``faces:`` section of ``--config`` when given,
 else the defaults; ``--gallery`` overrides the gallery path.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.cli import faces_tools
 from pipeline.config import ConfigError, load_config
 from pipeline.faces.config import FacesConfig
 
@@ -38,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int)
     p = sub.add_parser("verify-audit", help="check a door audit log's hash chain")
     p.add_argument("file")
+    faces_tools.add_arguments(sub)
 
 
 def _faces_config(args: argparse.Namespace) -> FacesConfig:
@@ -81,6 +85,8 @@ def _main(args: argparse.Namespace) -> int:
             gallery.rename(args.old, args.new)
             print(f"renamed {args.old} -> {args.new}")
             return 0
+        if args.action in ("calibrate", "identify"):
+            return faces_tools.run(args, cfg, gallery)
 
         from pipeline.faces.enroll import FaceEngine, enroll_images, read_photo
 

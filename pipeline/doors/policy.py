@@ -60,7 +60,7 @@ class DoorPolicy:
         for g in door.allow_groups:
             self.allowed.update(groups[g])
         # track key -> (capture time, identity key, distance) of the frames it voted in the window
-        self._votes: dict[object, deque[tuple[float, str, float]]] = {}
+        self._votes: dict[int | str, deque[tuple[float, str, float]]] = {}
         self._last: dict[str, float] = {}  # key -> time of its last decision (cooldown)
         self.offline = False
         self._outage_at = -float("inf")  # frames captured before the last outage never vote
@@ -85,7 +85,7 @@ class DoorPolicy:
             return []
         self.offline = False
         out: list[dict] = []
-        seen: set[object] = set()
+        seen: set[int | str] = set()
         for f in faces:
             if f.face_px < self.door.min_face_px:
                 self.why_not(
@@ -102,7 +102,7 @@ class DoorPolicy:
             if f.reason is not None:
                 self.why_not(f.reason, f"nearest distance {f.distance:.3f}", now)
             ident = f.identity or UNKNOWN
-            track: object = f.track_id if f.track_id is not None else ident
+            track: int | str = f.track_id if f.track_id is not None else ident
             if track in seen:  # one vote per track per frame
                 continue
             seen.add(track)

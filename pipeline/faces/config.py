@@ -71,7 +71,7 @@ class FacesConfig(_Strict):
         default_factory=dict, description="group name -> enrolled person names (doors may allow groups)"
     )
     unknown_crops: UnknownCropsConfig = Field(default_factory=UnknownCropsConfig)
-    liveness: LivenessConfig = Field(default_factory=lambda: LivenessConfig())
+    liveness: LivenessConfig = Field(default_factory=LivenessConfig)
     api: FaceApiConfig = Field(default_factory=FaceApiConfig)
 
     @model_validator(mode="after")

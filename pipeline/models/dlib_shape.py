@@ -200,7 +200,7 @@ class ShapePredictor:
         for level in range(m.split_thresh.shape[0]):
             cur = shape.reshape(-1, 2)
             rot = similarity_lstsq(init_pts, cur.astype(np.float64))[:, :2].astype(np.float32)
-            pts = m.deltas[level] @ rot.T + cur[m.anchor[level]]
+            pts = (m.deltas[level] @ rot.T + cur[m.anchor[level]]).astype(np.float64)  # float32, then double
             px = np.floor(left + pts[:, 0] * sx + 0.5).astype(np.int64)
             py = np.floor(top + pts[:, 1] * sy + 0.5).astype(np.int64)
             inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
@@ -213,7 +213,9 @@ class ShapePredictor:
                 go_left = (values[f[:, 0]] - values[f[:, 1]]) > thr[trees, node]
                 node = np.where(go_left, 2 * node + 1, 2 * node + 2)
             leaf = node - thr.shape[1]
-            shape += m.leaves[level][trees, leaf].sum(axis=0, dtype=np.float32)
+            # one tree after the other in float32, as dlib adds them (a pairwise sum rounds differently)
+            steps = np.concatenate([shape[None], m.leaves[level][trees, leaf]])
+            shape = np.cumsum(steps, axis=0, dtype=np.float32)[-1]
         out = shape.reshape(-1, 2).astype(np.float64)
         out[:, 0] = left + out[:, 0] * sx
         out[:, 1] = top + out[:, 1] * sy
