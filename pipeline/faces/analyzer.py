@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 # Used only when neither the config nor `faces calibrate` gives a threshold for the model: the calibrated
 # operating point of the dlib ResNet on the project's open-set evaluation (BENCHMARKS.md), rounded down.
-DEFAULT_THRESHOLD = 0.5
+DEFAULT_THRESHOLD = 0.45
 
 
 def operating_point(cfg: FacesConfig, gallery: Gallery, model_id: str) -> tuple[float, float, str]:
