@@ -86,7 +86,7 @@ class FaceAccessAnalyzer:
         self.threshold_source = ""
         self._reload_gallery(force=True)
         window = max((d.cfg.window_s for d in self.doors), default=3.0)
-        self.tracker = FaceTracker(max_gap_s=1.0)
+        self.tracker = FaceTracker(max_gap_s=window)
         self.liveness: LivenessTracker | None = None
         if any(d.cfg.liveness != "off" for d in self.doors):
             from pipeline.models.dlib_shape import ShapePredictor
