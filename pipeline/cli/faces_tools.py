@@ -45,7 +45,7 @@ def _photos(dirs: list[str]) -> list[Path]:
 
 
 def run(args: argparse.Namespace, cfg: FacesConfig, gallery: Gallery) -> int:
-    from pipeline.faces.enroll import FaceEngine, decode_image, read_photo
+    from pipeline.faces.enroll import FaceEngine, load_photo
 
     engine = FaceEngine.from_config(cfg)
     templates = gallery.templates(engine.model_id)
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace, cfg: FacesConfig, gallery: Gallery) -> int:
         bad = 0
         for photo in args.photos:
             try:
-                rows = identify_image(engine, matcher, decode_image(read_photo(photo), photo), photo)
+                rows = identify_image(engine, matcher, load_photo(photo, Path(photo), cfg), photo)
             except ValueError as exc:
                 rows = [{"photo": photo, "name": None, "decision": "error", "reason": str(exc)}]
                 bad += 1
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace, cfg: FacesConfig, gallery: Gallery) -> int:
     skipped = 0
     for photo in _photos(args.impostors):
         try:
-            emb = largest_face_embedding(engine, decode_image(read_photo(photo), str(photo)))
+            emb = largest_face_embedding(engine, load_photo(str(photo), photo, cfg))
         except ValueError:
             emb = None
         if emb is None:

@@ -67,6 +67,7 @@ class DoorPolicy:
         self._why_logged: dict[str, float] = {}
         self.why_not_counts: dict[str, int] = {}
         self.second_factor: SecondFactorCheck | None = None
+        self.stale_frames = 0  # frames older than max_frame_age_s (capture_time from the stream clock)
 
     # ---- inputs ---------------------------------------------------------------------------------------
 
@@ -74,6 +75,7 @@ class DoorPolicy:
         """One analysed frame. Returns the decisions it completes (usually none)."""
         age = now - capture_time
         if age > self.door.max_frame_age_s:
+            self.stale_frames += 1
             self._votes.clear()
             if any(f.face_px >= self.door.min_face_px for f in faces):
                 self.why_not(
