@@ -41,6 +41,8 @@ def build_darknet_detector(
     cfg_path: Path, weights_path: Path, names_path: Path | None, cfg: DetectorConfig, name: str
 ) -> YoloDetector:
     module = load_darknet(cfg_path, weights_path)
+    if module.num_classes is None:
+        raise ModelError(f"{cfg_path}: no [yolo] layer, so not a detector")
     labels = read_names(names_path) if names_path else default_labels(module.num_classes)
     if len(labels) != module.num_classes:
         raise ModelError(f"{names_path}: {len(labels)} names for a model with {module.num_classes} classes")
