@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.doors.config import DoorConfig
 from pipeline.faces.config import FacesConfig
+from pipeline.sinks.config import SinksConfig
 from pipeline.tracking.config import CameraZonesConfig, TrackingConfig
 
 
@@ -163,6 +164,7 @@ class PipelineConfig(_Strict):
     faces: FacesConfig = Field(default_factory=FacesConfig)
     doors: list[DoorConfig] = Field(default_factory=list)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    sinks: SinksConfig = Field(default_factory=SinksConfig, description="MQTT, webhooks beside redis")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")

@@ -158,7 +158,12 @@ class _Handler(BaseHTTPRequestHandler):
                 images.append((label, base64.b64decode(ph["data"], validate=True)))
             except (KeyError, TypeError, binascii.Error):
                 bad.append({"photo": label, "reason": "data is missing or not valid base64"})
-        report = enroll_images(self.server.gallery, self.server.engine, self.server.cfg, name, images)
+        append = body.get("append", False)
+        if not isinstance(append, bool):
+            raise _ApiError(400, '"append" must be true or false')
+        report = enroll_images(
+            self.server.gallery, self.server.engine, self.server.cfg, name, images, append=append
+        )
         rejected = bad + [{"photo": p, "reason": r} for p, r in report.rejected]
         return {
             "name": name,
