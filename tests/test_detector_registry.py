@@ -67,8 +67,19 @@ def test_explicit_family_and_errors_name_the_key(tmp_path):
         build_detector(DetectorConfig(model="yolov3-tiny", family="ssd"))
     with pytest.raises(ModelError, match="detector.precision: int8 applies to YOLO.*family ssd"):
         build_detector(DetectorConfig(model="ssdlite-mobilenetv2-coco", precision="int8"))
-    with pytest.raises(ModelError, match="detector.classes: 'car' not among the classes"):
+    with pytest.raises(
+        ModelError, match="detector.classes: model ssdlite-mobilenetv2-coco detects only person"
+    ):
         build_detector(DetectorConfig(model="ssdlite-mobilenetv2-coco", classes=["car"]))
+    with pytest.raises(ModelError, match="detector.classes: 'unicorn' not among the classes"):
+        build_detector(DetectorConfig(model="ssdlite-mobilenetv2-coco", classes=["person", "unicorn"]))
+
+
+def test_person_detector_with_the_default_class_list_warns_and_keeps_person(caplog):
+    with caplog.at_level(logging.WARNING):
+        det = build_detector(DetectorConfig(model="ssdlite-mobilenetv2-coco"))  # default: person + vehicles
+    assert "detects only person: detector.classes bicycle, car, motorcycle, bus, truck ignored" in caplog.text
+    assert isinstance(det, SsdDetector) and det.allowed is not None and det.allowed.tolist() == [True]
 
 
 def test_ssd_runs_on_the_torch_backend_too():
