@@ -142,3 +142,24 @@ def test_evaluate_ssd_and_preprocess_on_coco(tmp_path, capsys):
         aps[pre] = float(row.split("|")[4])
     assert aps["auto"] > 0.3, aps  # AP50 of a working person detector on images with people
     assert aps["auto"] != aps["letterbox"]
+
+
+def test_exported_darknet_onnx_keeps_stretch_by_its_metadata_not_its_name(tmp_path, caplog):
+    """The .onnx vidpipe exports from yolov3-tiny says how it was trained; copied under any name, loading it
+    by path keeps stretch (before: the v5 layout's letterbox, silently)."""
+    import shutil
+
+    darknet = build_detector(DetectorConfig(model="yolov3-tiny", classes=None))
+    assert isinstance(darknet, YoloDetector)
+    copy = tmp_path / "some_model.onnx"
+    shutil.copy(darknet.engine.model_path, copy)  # type: ignore[attr-defined]
+    with caplog.at_level(logging.INFO):
+        det = build_detector(DetectorConfig(model=str(copy), classes=None))
+    assert isinstance(det, YoloDetector) and det.layout == "v5"
+    assert det.preprocess == darknet.preprocess and det.preprocess.resize == "stretch"
+    assert "from the file's metadata (vidpipe.preprocess=darknet)" in caplog.text
+    img = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    np.testing.assert_allclose(det.raw([img]), darknet.raw([img]), atol=1e-4)
+    # detector.resize still wins over the metadata
+    again = build_detector(DetectorConfig(model=str(copy), classes=None, resize="letterbox"))
+    assert isinstance(again, YoloDetector) and again.preprocess.resize == "letterbox"

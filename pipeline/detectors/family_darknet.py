@@ -10,7 +10,7 @@ from pathlib import Path
 from engines import create_engine
 from engines.model_store import ModelStoreError, get_model_files
 from pipeline.config import DetectorConfig
-from pipeline.detectors.yolo import YoloDetector, default_labels, preprocess_for, read_names
+from pipeline.detectors.yolo import PREPROCESS_KEY, YoloDetector, default_labels, preprocess_for, read_names
 from pipeline.models.darknet import ModelError, load_darknet
 
 
@@ -55,6 +55,7 @@ def build_darknet_detector(
         threads=cfg.threads,
         fp16=cfg.device.startswith("cuda") and cfg.backend != "onnxruntime",
         name=name,
+        metadata={PREPROCESS_KEY: "darknet"},  # the exported .onnx keeps its stretch preprocessing
     )
     return YoloDetector(
         engine,
