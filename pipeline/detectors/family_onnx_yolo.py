@@ -47,7 +47,8 @@ def build(cfg: DetectorConfig) -> YoloDetector:
         raise ModelError(f"{path}: {exc}") from None
     num_classes = out_shape[1] - 4 if layout == "v8" else out_shape[2] - 5
     batch_limit = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
-    trained, source = layout, None
+    trained: str = layout  # the PREPROCESS entry: the layout's default unless the file names its own
+    source: str | None = None
     declared = _declared_preprocess(path)
     if declared is not None:
         if declared not in PREPROCESS:
