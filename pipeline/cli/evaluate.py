@@ -2,7 +2,7 @@
 
     python run_pipeline.py evaluate --annotations instances.json --images DIR [--model yolov3-tiny]
         [--backend onnxruntime|torch|tensorrt] [--precision fp32|int8] [--preprocess auto|letterbox|stretch]
-        [--classes person,vehicle] [--limit N] [--output dets.json]
+        [--tiles PX] [--classes person,vehicle] [--limit N] [--output dets.json]
     python run_pipeline.py evaluate --annotations instances.json --detections dets.json   (score a results file)
 
 The numbers are pycocotools' (same algorithm, checked to agree); ``--classes`` evaluates only those
@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -30,6 +31,10 @@ from pipeline.evaluation import (
     label_to_category_id,
     load_coco,
 )
+
+if TYPE_CHECKING:
+    from pipeline.detectors.base import Detector
+    from pipeline.regions.planner import RegionPlanner
 
 
 class _ShowDefaults(argparse.HelpFormatter):
@@ -90,6 +95,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads; unset = the backend's default"
     )
+    parser.add_argument(
+        "--tiles",
+        type=int,
+        default=0,
+        help="run overlapping tiles of this many pixels plus the whole image, as cameras[].detect.tiling "
+        "does (0 = the whole image only)",
+    )
+    parser.add_argument(
+        "--tile-overlap", type=float, default=0.25, help="with --tiles: overlap of neighbours"
+    )
     parser.add_argument("--classes", help="comma-separated class names to evaluate; unset = all")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (by image id)")
     parser.add_argument("--output", help="write the detections here (COCO results JSON)")
@@ -142,6 +157,8 @@ def main(args: argparse.Namespace) -> int:
         except EvaluationError as exc:
             return _fail(str(exc))
         model_name = f"{args.model} ({args.precision}, preprocessing: {preprocessing})"
+        if args.tiles:
+            model_name += f", tiles {args.tiles} px (overlap {args.tile_overlap}) + whole image"
 
     if args.output:
         Path(args.output).write_text(json.dumps(detections))
@@ -162,6 +179,22 @@ def main(args: argparse.Namespace) -> int:
     print()
     print(format_coco_table(result, voc))
     return 0
+
+
+def _tile_planner(args: argparse.Namespace, detector: Detector) -> RegionPlanner | None:
+    """With ``--tiles``: the tiling planner the pipeline would use for a camera (pipeline/regions/)."""
+    if not args.tiles:
+        return None
+    from pipeline.regions.config import CameraDetectConfig
+    from pipeline.regions.planner import RegionPlanner, detector_input_size
+
+    try:
+        cfg = CameraDetectConfig.model_validate(
+            {"tiling": {"enabled": True, "size": args.tiles, "overlap": args.tile_overlap}}
+        )
+    except ValueError as exc:
+        raise EvaluationError(f"--tiles/--tile-overlap: {exc}") from None
+    return RegionPlanner(cfg, detector_input_size(detector), getattr(detector, "nms_iou", args.nms_iou))
 
 
 def _run_detector(
@@ -192,6 +225,7 @@ def _run_detector(
         detector = build_detector(cfg)
     except Exception as exc:  # noqa: BLE001 - any build failure is reported with the model named
         raise EvaluationError(f"cannot build detector {args.model!r}: {exc}") from None
+    planner = _tile_planner(args, detector)
     cat_of = label_to_category_id(gt, list(detector.labels))
     detections: list[dict] = []
     elapsed = 0.0
@@ -202,7 +236,7 @@ def _run_detector(
             if img is None:
                 raise EvaluationError(f"cannot decode image {path}")
             t0 = time.perf_counter()
-            det = detector.detect([img])[0]
+            det = detector.detect([img])[0] if planner is None else planner.detect(detector, img)[0]
             elapsed += time.perf_counter() - t0
             for box, score, cls in zip(det.boxes, det.scores, det.class_ids.tolist(), strict=True):
                 cat = cat_of[cls] if 0 <= cls < len(cat_of) else None
