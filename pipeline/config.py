@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.doors.config import DoorConfig
 from pipeline.faces.config import FacesConfig
 from pipeline.tracking.config import CameraZonesConfig, TrackingConfig
+from pipeline.web.config import WebConfig
 
 
 class ConfigError(ValueError):
@@ -158,6 +159,7 @@ class PipelineConfig(_Strict):
     faces: FacesConfig = Field(default_factory=FacesConfig)
     doors: list[DoorConfig] = Field(default_factory=list)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")
