@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.support.redis_fixtures",
     "tests.support.media_fixtures",
     "tests.support.rtsp_fixtures",
+    "tests.support.web_fixtures",
 ]

@@ -161,6 +161,8 @@ def apply_change(ctx: WebContext, change: str, cam_id: str, cam: CameraConfig | 
     pipe = ctx.pipeline
     if pipe is None:
         raise HTTPException(404, "no pipeline runs in this process")
+    if change == "remove" and [c.id for c in pipe.camera_configs()] == [cam_id]:
+        raise HTTPException(409, f"camera {cam_id!r} is the last camera; pause it instead of removing it")
     saved = None
     in_file = False
     try:

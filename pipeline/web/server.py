@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from pipeline.doors.config import DoorConfig
 from pipeline.faces.config import FacesConfig
@@ -27,6 +28,39 @@ if TYPE_CHECKING:
     from pipeline.runner import Pipeline
 
 log = logging.getLogger(__name__)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol plus a request-head deadline: a connection that has no request in flight and
+    has not completed a request's head within ``timeout_keep_alive`` seconds of opening (or of its last
+    response) is closed. uvicorn's own keep-alive timer is cancelled by any received byte, so without this
+    a client that connects and sends nothing, or dribbles a header a byte at a time, holds a slot forever."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._arm_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        in_flight = self.cycle is not None and not self.cycle.response_complete
+        if not in_flight and not self.transport.is_closing():
+            self.transport.close()
 
 
 class WebServer:
@@ -47,10 +81,11 @@ class WebServer:
         self.port = int(self.sock.getsockname()[1])
         self.config = uvicorn.Config(
             self.app,
+            http=GuardedH11Protocol,
             log_level="warning",
             access_log=False,
             timeout_keep_alive=max(1, int(round(web.idle_timeout_s))),
-            limit_concurrency=web.max_connections,
+            limit_concurrency=web.max_connections + 1,  # uvicorn refuses at >= limit, counting the new one
             h11_max_incomplete_event_size=16 * 1024,
             lifespan="off",
             server_header=False,
