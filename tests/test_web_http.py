@@ -4,9 +4,12 @@ HTTP-level input bounds, cameras through the JSON API (persisted to the YAML), a
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
+from pathlib import Path
 
 import pytest
 import yaml
@@ -15,6 +18,8 @@ from pipeline.config import CameraConfig, parse_config
 from pipeline.detectors.base import NullDetector
 from pipeline.runner import Pipeline
 from tests.support.web_fixtures import PASSWORD, TOKEN
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -208,3 +213,50 @@ def test_live_frames_are_encoded_only_while_watched_and_not_on_camera_threads(st
         seq = int(headers["x-frame-seq"])
         assert 0 <= t0 - float(headers["x-capture-time"]) + (time.time() - t0) < 2.0
     assert threads and not any(n.startswith(("decoder", "analytics", "detect")) for n in threads), threads
+
+
+def _cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, str(REPO / "run_pipeline.py"), "cameras", *argv],
+        capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_cameras_cli_edits_the_yaml_atomically_and_drives_a_running_pipeline(start_web, running, tmp_path):
+    cfg_file = tmp_path / "cams.yaml"
+    cfg_file.write_text("# my cameras\ncameras:\n  - id: a\n    source: a.mp4\nredis:\n  prefix: x\n")
+    c = str(cfg_file)
+    assert (
+        _cli(
+            "--config", c, "add", "--id", "b", "--source", "rtsp://u:secret@h/s", "--detect-fps", "5"
+        ).returncode
+        == 0
+    )
+    out = _cli("--config", c, "list").stdout
+    assert "b\tenabled\trtsp://u:***@h/s" in out and "secret" not in out
+    assert _cli("--config", c, "pause", "b").returncode == 0
+    assert yaml.safe_load(cfg_file.read_text())["cameras"][1] == {
+        "id": "b", "source": "rtsp://u:secret@h/s", "detect_fps": 5.0, "enabled": False,
+    }  # fmt: skip
+    assert yaml.safe_load(cfg_file.read_text())["redis"] == {"prefix": "x"}  # other sections kept
+    bad = _cli("--config", c, "add", "--id", "c", "--source", "x", "--detect-fps", "-1")
+    assert bad.returncode == 2 and "detect_fps" in bad.stderr and "camera c" in bad.stderr
+    assert _cli("--config", c, "remove", "zz").stderr.strip() == f"error: {c}: no camera 'zz' in the file"
+    assert _cli("--config", c, "remove", "b").returncode == 0
+    assert [x["id"] for x in yaml.safe_load(cfg_file.read_text())["cameras"]] == ["a"]
+    assert not list(tmp_path.glob(".cams.yaml.*"))  # no temp files left behind
+
+    cfg, pipe = running
+    web = start_web(cfg, pipe)
+    env = {"VIDPIPE_FACES_TOKEN": TOKEN}
+    r = _cli(
+        "--url", web.url, "add", "--id", "live2", "--source", str(cfg.cameras[0].source), "--loop", env=env
+    )
+    assert r.returncode == 0, r.stderr
+    assert "live2" in [x.id for x in pipe.camera_configs()]
+    assert "live2" in _cli("--url", web.url, "list", env=env).stdout
+    assert _cli("--url", web.url, "remove", "live2", env=env).returncode == 0
+    assert "live2" not in [x.id for x in pipe.camera_configs()]
+    assert "HTTP 401" in _cli("--url", web.url, "list", env={"VIDPIPE_FACES_TOKEN": "w" * 20}).stderr
