@@ -102,6 +102,9 @@ def test_a_locked_down_door_does_not_grant_an_enrolled_face(tmp_path, engine):
 
     Lockdown(lockdown_path(audit)).set("front", False, by="test", reason="all clear", audit_log=audit)
     lifted = _decisions(tmp_path, engine, video)
-    assert [d["decision"] for d in lifted] == ["granted"], "the same face must be granted once lifted"
+    assert lifted and lifted[0]["decision"] == "granted", "the same face must be granted once lifted"
     ok, n, _, _ = verify_log(audit)
-    assert ok and n == 4  # lock, denied decision, lift, granted decision: one chain
+    kinds = [json.loads(line)["record"].get("type") for line in audit.read_text().splitlines()]
+    # one chain: the lock, the decisions while locked, the lift, the decisions after
+    assert ok and n == len(kinds) == 2 + len(locked) + len(lifted)
+    assert kinds[0] == "doors.lockdown" and kinds[1 + len(locked)] == "doors.lockdown"

@@ -204,11 +204,11 @@ async def login_submit(request: Request) -> Response:
             request, "login.html", {"error": "Wrong password.", "next": _next(request)}, status_code=401
         )
         return _secure(resp)
-    resp = RedirectResponse(_next(request), status_code=303)
-    resp.set_cookie(
+    ok = RedirectResponse(_next(request), status_code=303)
+    ok.set_cookie(
         SESSION_COOKIE, sid, max_age=int(ctx.web.session_ttl_s), httponly=True, samesite="strict", path="/"
     )
-    return _secure(resp)
+    return _secure(ok)
 
 
 async def logout(request: Request) -> Response:

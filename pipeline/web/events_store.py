@@ -61,7 +61,8 @@ def row(ev: Event, stream_id: str) -> dict[str, Any]:
 
 class EventStore:
     def __init__(self, url: str, prefix: str) -> None:
-        self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+        # Any: redis-py's stubs type replies as unions of every RESP shape
+        self.client: Any = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
         self.prefix = prefix
 
     def key(self, family: str) -> str:

@@ -63,7 +63,8 @@ async def _recent(request: Request, flt: EventFilter) -> tuple[list[dict], str]:
 async def events_page(request: Request) -> Response:
     flt = _filter(request)
     rows, problem = await _recent(request, flt)
-    cams = [c.id for c in ctx_of(request).pipeline.camera_configs()] if ctx_of(request).pipeline else []
+    pipe = ctx_of(request).pipeline
+    cams = [c.id for c in pipe.camera_configs()] if pipe is not None else []
     base = ctx_of(request).snapshots_dir.resolve()
     for r in rows:
         r["snapshot_url"] = ""
