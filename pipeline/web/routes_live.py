@@ -34,6 +34,7 @@ class LiveEncoder:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self.encoded = 0
+        self.encode_cpu_s = 0.0  # thread CPU spent drawing + encoding (for the viewer-cost benchmark)
 
     def jpeg(self, ctx: WebContext, cam_id: str, result: FrameResult) -> bytes:
         with self._guard:
@@ -47,7 +48,9 @@ class LiveEncoder:
             cam = next((c for c in pipe.camera_configs() if c.id == cam_id), None)
             stage = pipe.analytics.get(cam_id)
             tracks = track_ids_for(result, stage.analyzers if stage else [])
+            t0 = time.thread_time()
             data = encode_jpeg(annotate(result, cam.analytics if cam else None, tracks), ctx.web.jpeg_quality)
+            self.encode_cpu_s += time.thread_time() - t0
             self._cache[cam_id] = (result, data)
             self.encoded += 1
             return data
