@@ -51,7 +51,9 @@ def test_gallery_crud_and_persistence(tmp_path):
     rng = np.random.default_rng(0)
     with Gallery(path) as g:
         assert g.enroll("alice", rng.normal(size=(2, 128)), ["a1.jpg", "a2.jpg"], "m1") == 2
-        assert g.enroll("alice", rng.normal(size=(1, 128)), ["a3.jpg"], "m1") == 3
+        with pytest.raises(GalleryError, match="already enrolled"):  # merging two people needs append
+            g.enroll("alice", rng.normal(size=(1, 128)), ["a3.jpg"], "m1")
+        assert g.enroll("alice", rng.normal(size=(1, 128)), ["a3.jpg"], "m1", append=True) == 3
         g.enroll("bob", rng.normal(size=(1, 128)), ["b.jpg"], "m2")
         with pytest.raises(GalleryError, match="already enrolled"):
             g.rename("alice", "bob")
@@ -191,6 +193,12 @@ def test_http_api_requires_token_and_manages_gallery(tmp_path, engine, photos, s
             "z": "data is missing or not valid base64",
             "c.png": "no face found",
         }
+        again = {"name": "eileen", "photos": [{"filename": "b.jpg", "data": jpg}]}
+        status, body = call("POST", "/persons", again)
+        assert status == 400 and "already enrolled" in body["error"]  # adding to a person needs append
+        assert call("POST", "/persons", {**again, "append": "yes"})[0] == 400
+        status, body = call("POST", "/persons", {**again, "append": True})
+        assert status == 200 and body["templates"] == 2 and body["results"][0]["enrolled"]
         assert call("PATCH", "/persons/eileen", {"name": "collins"})[0] == 200
         status, body = call("GET", "/persons")
         assert status == 200 and [p["name"] for p in body["persons"]] == ["collins"]
