@@ -260,3 +260,64 @@ def test_cameras_cli_edits_the_yaml_atomically_and_drives_a_running_pipeline(sta
     assert _cli("--url", web.url, "remove", "live2", env=env).returncode == 0
     assert "live2" not in [x.id for x in pipe.camera_configs()]
     assert "HTTP 401" in _cli("--url", web.url, "list", env={"VIDPIPE_FACES_TOKEN": "w" * 20}).stderr
+
+
+def test_the_run_command_serves_the_web_app_and_prints_its_url_and_first_password(demo_mp4, tmp_path):
+    """`run_pipeline.py --config X` (the README's command) serves the app: the printed URL answers, the
+    password printed once on the first start logs in, the live frame of the camera comes back; the
+    password is stored only hashed."""
+    import os
+    import re
+    import signal
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "cameras": [{"id": "demo", "source": str(demo_mp4.path), "loop": True, "realtime": True}],
+                "detector": {"model": "none"},
+                "redis": {"spool_path": str(tmp_path / "spool.sqlite")},
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if k != "VIDPIPE_WEB_PASSWORD"}
+    cmd = [sys.executable, str(REPO / "run_pipeline.py"), "--config", str(cfg), "--var-dir", str(tmp_path / "var"),
+           "--web-port", "0", "--duration", "60"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    try:
+        url = password = None
+        deadline = time.time() + 60
+        assert proc.stderr is not None
+        while (url is None or password is None) and time.time() < deadline:
+            line = proc.stderr.readline()
+            if m := re.match(r"web app: (http://127\.0\.0\.1:\d+/)", line):
+                url = m.group(1)
+            if m := re.match(r"web login: first start, a password was generated: (\S+)", line):
+                password = m.group(1)
+        assert url and password, "the run did not print the web app's URL and first password"
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        import http.client
+
+        def req(method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            out = (r.status, dict((k.lower(), v) for k, v in r.getheaders()), r.read())
+            conn.close()
+            return out
+
+        assert req("GET", "/")[0] == 303
+        status, headers, _ = req("POST", "/login", urllib.parse.urlencode({"password": password}).encode(),
+                                 {"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+        assert status == 303
+        sid = headers["set-cookie"].split(";", 1)[0]
+        status, headers, body = req("GET", "/api/live/demo/frame?after=-1", headers={"Cookie": sid})
+        assert status == 200 and body[:2] == b"\xff\xd8" and headers["content-type"] == "image/jpeg"
+        stored = (tmp_path / "var" / "web" / "password.scrypt").read_text()
+        assert stored.startswith("scrypt$") and password not in stored
+        assert oct((tmp_path / "var" / "web" / "password.scrypt").stat().st_mode & 0o777) == "0o600"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
