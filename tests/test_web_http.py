@@ -321,3 +321,69 @@ def test_the_run_command_serves_the_web_app_and_prints_its_url_and_first_passwor
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+
+
+def test_events_timeline_filters_and_live_sse(start_web, running):
+    cfg, pipe = running
+    web = start_web(cfg, pipe)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        status, body = web.api("GET", "/api/events?camera=a&type=status.camera")
+        if status == 200 and body["events"]:
+            break
+        time.sleep(0.2)
+    assert body["events"] and all(e["camera"] == "a" and e["type"] == "status.camera" for e in body["events"])
+    assert web.api("GET", "/api/events?camera=nope")[1]["events"] == []
+    assert web.api("GET", "/api/events?since=yesterday")[0] == 400
+
+    with socket.create_connection(("127.0.0.1", web.port), timeout=15) as s:
+        s.sendall(
+            f"GET /api/events/stream?type=status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+        )
+        head = s.recv(65536)
+        assert b" 200 " in head.split(b"\r\n")[0] and b"text/event-stream" in head
+        assert web.api("POST", "/api/cameras/a/pause")[0] == 200  # publishes status.camera "paused"
+        got = b""
+        deadline = time.time() + 15
+        while b'"status": "paused"' not in got and b'"label": "paused"' not in got and time.time() < deadline:
+            got += s.recv(65536)
+        assert b"data: " in got and b"paused" in got, got[-500:]
+    assert web.api("POST", "/api/cameras/a/resume")[0] == 200
+
+
+def test_an_unknown_face_is_assigned_to_a_person_with_one_post(start_web, running, tmp_path):
+    import re
+
+    import cv2
+    from skimage import data
+
+    cfg, pipe = running
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    face = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)[0:300, 100:360]
+    cv2.imwrite(str(crops / "a_12_0_1700000000000.jpg"), face)
+    faces = cfg.faces.model_copy(
+        update={"unknown_crops": cfg.faces.unknown_crops.model_copy(update={"dir": str(crops)})}
+    )
+    web = start_web(cfg, pipe, faces=faces)
+    _, sid = web.login()
+    cookie = {"Cookie": f"vidpipe_session={sid}"}
+    status, _, page = web.request("GET", "/faces", headers=cookie)
+    assert status == 200 and b"/faces/unknown/a_12_0_1700000000000.jpg" in page
+    csrf = re.search(rb'name="csrf-token" content="([^"]+)"', page).group(1).decode()
+    form = urllib.parse.urlencode(
+        {"csrf_token": csrf, "file": "a_12_0_1700000000000.jpg", "name": "eileen"}
+    ).encode()
+    status, _, page = web.request(
+        "POST", "/faces/unknown/assign", form, {**cookie, "Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert status == 200 and b'data-person="eileen"' in page and b"enrolled" in page, page[-800:]
+    assert not (crops / "a_12_0_1700000000000.jpg").exists()  # assigned: gone from the unknown list
+    traversal = urllib.parse.urlencode({"csrf_token": csrf, "file": "../config.yaml", "name": "x"}).encode()
+    status, headers, _ = web.request(
+        "POST",
+        "/faces/unknown/assign",
+        traversal,
+        {**cookie, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert status == 303 and "err=" in headers["location"]
