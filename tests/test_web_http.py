@@ -387,3 +387,31 @@ def test_an_unknown_face_is_assigned_to_a_person_with_one_post(start_web, runnin
         {**cookie, "Content-Type": "application/x-www-form-urlencoded"},
     )
     assert status == 303 and "err=" in headers["location"]
+
+
+def test_camera_passwords_are_never_rendered_and_survive_an_edit_from_the_page(start_web, running):
+    import re
+
+    cfg, pipe = running
+    web = start_web(cfg, pipe)
+    secret_src = "rtsp://viewer:topsecret42@127.0.0.1:1/stream"
+    assert (
+        web.api("POST", "/api/cameras", {"id": "gate", "source": secret_src, "open_timeout_s": 1})[0] == 201
+    )
+    _, sid = web.login()
+    cookie = {"Cookie": f"vidpipe_session={sid}"}
+    status, _, page = web.request("GET", "/cameras", headers=cookie)
+    assert status == 200 and b"topsecret42" not in page and b"rtsp://viewer:***@127.0.0.1:1/stream" in page
+    assert b"topsecret42" not in web.request("GET", "/api/cameras", headers=cookie)[2]
+    csrf = re.search(rb'name="csrf-token" content="([^"]+)"', page).group(1).decode()
+    form = urllib.parse.urlencode(
+        {"csrf_token": csrf, "source": "rtsp://viewer:***@127.0.0.1:1/stream", "detect_fps": "3"}
+    ).encode()
+    status, headers, _ = web.request(
+        "POST", "/cameras/gate/edit", form, {**cookie, "Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert status == 303 and "msg=" in headers["location"], headers["location"]
+    gate = next(c for c in pipe.camera_configs() if c.id == "gate")
+    assert gate.source == secret_src and gate.detect_fps == 3
+    assert yaml.safe_load(web.config_path.read_text())["cameras"][1]["source"] == secret_src
+    assert web.api("DELETE", "/api/cameras/gate")[0] == 200

@@ -212,12 +212,17 @@ async def unknown_image(request: Request) -> Response:
 
 
 def calibrate_available() -> bool:
-    """``faces calibrate`` comes with the door decision work (issue 9); the button works once it exists."""
-    try:
-        from pipeline.faces import calibrate  # type: ignore[attr-defined]  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """``faces calibrate`` comes with the door decision work (issue 9): available once the faces CLI has it."""
+    import argparse
+
+    from pipeline.cli import faces as faces_cli
+
+    parser = argparse.ArgumentParser()
+    faces_cli.add_arguments(parser)
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public way to list subcommands
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            return "calibrate" in action.choices
+    return False
 
 
 async def form_calibrate(request: Request) -> Response:

@@ -265,6 +265,10 @@ async def form_camera_action(request: Request) -> Response:
     try:
         if action == "edit":
             cam = _form_camera(form, cam_id)
+            current = next((c for c in _pipeline(request).camera_configs() if c.id == cam_id), None)
+            if current is not None and cam.source == redact_url(current.source):
+                # the page shows the source with its password masked; sent back unchanged, keep the real one
+                cam = cam.model_copy(update={"source": current.source})
             await anyio.to_thread.run_sync(apply_change, ctx_of(request), "update", cam_id, cam)
         elif action in ("pause", "resume", "remove"):
             await anyio.to_thread.run_sync(apply_change, ctx_of(request), action, cam_id, None)
