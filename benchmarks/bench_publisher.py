@@ -120,7 +120,7 @@ def main() -> int:
 
         # 4. raw spool append/peek/ack cost, batch of args.batch
         with Spool(f"{tmp}/raw.sqlite", max_events=n) as spool:
-            recs = [pub._record(e) for e in events]
+            recs = [pub.transport.record(e) for e in events]
             t0 = time.perf_counter()
             for i in range(0, n, args.batch):
                 spool.append_many(recs[i : i + args.batch])

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.doors.config import DoorConfig
 from pipeline.faces.config import FacesConfig
+from pipeline.sinks.config import SinksConfig
 from pipeline.tracking.config import CameraZonesConfig, TrackingConfig
 from pipeline.web.config import WebConfig
 
@@ -160,6 +161,7 @@ class PipelineConfig(_Strict):
     doors: list[DoorConfig] = Field(default_factory=list)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     web: WebConfig = Field(default_factory=WebConfig)
+    sinks: SinksConfig = Field(default_factory=SinksConfig, description="MQTT, webhooks beside redis")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")

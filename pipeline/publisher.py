@@ -17,8 +17,6 @@ consumers that must not miss anything read the stream. See docs/events.md for th
 from __future__ import annotations
 
 import logging
-import random
-import time
 from typing import Any
 
 import redis
@@ -29,14 +27,12 @@ from redis.retry import Retry
 from pipeline.config import RedisConfig
 from pipeline.events import Event
 from pipeline.metrics import MetricsRegistry
-from pipeline.queues import BoundedQueue, QueueClosed
+from pipeline.queues import BoundedQueue
+from pipeline.sinks.delivery import DeliveryStage
 from pipeline.sources import redact_url
-from pipeline.spool import Spool, SpooledEvent, SpoolRecord
-from pipeline.stage import Stage
+from pipeline.spool import Spool
 
 log = logging.getLogger(__name__)
-
-_MAX_SUSPECTS = 100_000  # event ids that may have reached a stream before a failure (checked on recovery)
 
 
 class PublisherError(RuntimeError):
@@ -92,8 +88,10 @@ def probe_redis(url: str, config: RedisConfig | None = None) -> str | None:
         client.close()
 
 
-class Publisher(Stage):
-    """The stage that moves events from its input queue to Redis (or the spool while Redis is away).
+class Publisher(DeliveryStage):
+    """The Redis sink: a delivery stage (``pipeline/sinks/delivery.py``) with the Redis transport
+    (``pipeline/sinks/redis_transport.py``); it keeps the name, counters (``publisher_*``) and logger it had
+    before sinks were split from transports.
 
     config: the ``redis`` section. url: overrides ``config.url`` (e.g. a ``LocalRedis`` the CLI started).
     queue: input, must use policy ``block`` (events are never dropped in memory); one is made when None.
@@ -109,273 +107,44 @@ class Publisher(Stage):
         *,
         url: str | None = None,
         spool: Spool | None = None,
+        notice_interval_s: float = 60.0,
     ) -> None:
-        super().__init__("publisher", metrics=metrics, restart_backoff_s=1.0)
-        self.config = config
+        from pipeline.sinks.redis_transport import RedisTransport
+
         url = url or config.url
         if not url:
             raise PublisherError(
                 "no Redis URL: set redis.url, or start a local server (pipeline.redis_server.LocalRedis)"
             )
         self.url = url
-        self.client = make_client(url, config)
-        self.queue: BoundedQueue[Event] = queue or BoundedQueue(config.queue_size, "block", "publisher")
-        if self.queue.policy != "block":
-            raise ValueError(
-                f"publisher input queue {self.queue.name!r} must use policy 'block' "
-                f"(got {self.queue.policy!r}): events must not be dropped in memory"
-            )
-        self._own_spool = spool is None
-        self.spool = spool if spool is not None else Spool(config.spool_path, config.spool_max_events)
-        self.metrics.queue_depth = self.queue.qsize
+        self.redis_transport = RedisTransport(config, url)
+        super().__init__(
+            "publisher",
+            self.redis_transport,
+            config,
+            queue or BoundedQueue(config.queue_size, "block", "publisher"),
+            metrics,
+            spool=spool,
+            spool_key="redis.spool_path",
+            counter_prefix="publisher",
+            logger=log,
+            notice_interval_s=notice_interval_s,
+        )
+        self.config = config
         self.prefix = config.prefix
-        self.redis_error: str | None = None  # why Redis is away right now; None while connected
-        self._down_since: float | None = None
-        self._next_retry = 0.0
-        self._backoff = config.retry_initial_s
-        self._suspects: dict[str, set[str]] = {}  # stream -> event ids that may already be in it
-        self._already_sent: set[str] = set()  # spooled event ids confirmed present in their stream
-        self._direct_spool_warned = False
-
-    # -- public API ------------------------------------------------------------------------------------
 
     @property
-    def connected(self) -> bool:
-        return self._down_since is None
+    def client(self) -> redis.Redis:
+        return self.redis_transport.client
+
+    @property
+    def redis_error(self) -> str | None:
+        """Why Redis is away right now; None while connected."""
+        return self.error
 
     def publish_event(self, event: Event) -> None:
-        """Hand an event to the publisher. Waits at most ``enqueue_timeout_s`` for room in the queue, then
-        writes it straight to the spool (so a stuck Redis can never stall a camera's thread for long)."""
-        try:
-            if self.queue.put(event, timeout=self.config.enqueue_timeout_s):
-                return
-            reason = f"publisher queue full for {self.config.enqueue_timeout_s}s"
-        except QueueClosed:
-            reason = "publisher queue closed"
-        if not self._direct_spool_warned:
-            self._direct_spool_warned = True
-            log.warning("%s: spooling events directly to %s", reason, self.spool.path)
-        self._spool([self._record(event)])
-
-    submit = publish_event  # the name the runner uses
+        """Hand an event to the publisher (see ``DeliveryStage.submit``)."""
+        self.submit(event)
 
     def status(self) -> dict[str, Any]:
-        return {
-            "connected": self.connected,
-            "url": redact_url(self.url),
-            "error": self.redis_error,
-            "spooled": self.spool.count(),
-            "spool_dropped": self.spool.dropped,
-            "queue": self.queue.qsize(),
-        }
-
-    # -- stage loop ------------------------------------------------------------------------------------
-
-    def loop(self) -> None:
-        while True:
-            stopping = self.stop_event.is_set()
-            try:
-                batch = self.queue.get_batch(
-                    self.config.batch_size, timeout=0 if stopping else self._wait_s()
-                )
-            except QueueClosed:
-                break
-            if stopping and not batch:
-                break
-            self._handle([self._record(e) for e in batch])
-        self._final_flush()
-
-    def on_exit(self) -> None:
-        try:
-            backlog = self.spool.count()
-            if backlog:
-                log.warning(
-                    "publisher stopped with %d events in spool %s; they are sent on the next start",
-                    backlog,
-                    self.spool.path,
-                )
-            if self._own_spool:
-                self.spool.close()
-        finally:
-            self.client.close()
-
-    def _wait_s(self) -> float:
-        if self._down_since is not None:
-            return min(0.2, max(0.0, self._next_retry - time.monotonic()))
-        return 0.0 if self.spool.count() else 0.1
-
-    def _handle(self, records: list[SpoolRecord]) -> None:
-        if self._down_since is not None:
-            self._spool(records)
-            if time.monotonic() >= self._next_retry:
-                self._try_recover()
-            if self._down_since is not None:
-                return
-            records = []
-        if not self.spool.count():
-            if records:
-                self._send_or_spool(records)
-            return
-        if records:  # a backlog is being replayed: queue behind it so the stream keeps production order
-            self._spool(records)
-            self._publish_live(records)
-        self._drain(max_batches=4)
-
-    def _final_flush(self) -> None:
-        if not self.spool.count():
-            return
-        if self._down_since is not None:
-            self._try_recover()  # one last attempt, however long the back-off
-        deadline = time.monotonic() + self.config.flush_timeout_s
-        while self._down_since is None and self.spool.count() and time.monotonic() < deadline:
-            self._drain(max_batches=1)
-
-    # -- Redis I/O -------------------------------------------------------------------------------------
-
-    def _record(self, event: Event) -> SpoolRecord:
-        return SpoolRecord(
-            stream=stream_for(self.prefix, event.family),
-            channel=channel_for(self.prefix, event),
-            event_id=event.event_id,
-            type=event.type,
-            camera_id=event.camera_id,
-            event_json=event.to_json(),
-        )
-
-    def _execute(self, records: list[SpoolRecord], stream: bool, pubsub: bool) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for r in records:
-            if stream:
-                pipe.xadd(
-                    r.stream,
-                    {"event": r.event_json, "type": r.type, "camera": r.camera_id, "event_id": r.event_id},
-                    maxlen=self.config.stream_maxlen,
-                    approximate=True,
-                )
-            if pubsub:
-                pipe.publish(r.channel, r.event_json)
-        pipe.execute(raise_on_error=True)
-
-    def _send_or_spool(self, records: list[SpoolRecord]) -> None:
-        t0 = time.perf_counter()
-        try:
-            self._execute(records, stream=True, pubsub=True)
-        except RedisError as exc:
-            self._outage(exc, records)
-            self._spool(records)
-            return
-        self.metrics.observe((time.perf_counter() - t0) * 1000 / len(records), count=len(records))
-        self.metrics_registry.inc("publisher_published_total", len(records))
-
-    def _publish_live(self, records: list[SpoolRecord]) -> None:
-        try:
-            self._execute(records, stream=False, pubsub=True)
-        except RedisError as exc:
-            self._outage(exc, [])
-
-    def _drain(self, max_batches: int) -> None:
-        """Replay up to ``max_batches`` spool batches to their streams, oldest first."""
-        for _ in range(max_batches):
-            items = self.spool.peek_batch(self.config.batch_size)
-            if not items:
-                return
-            todo = self._skip_already_sent(items)
-            t0 = time.perf_counter()
-            try:
-                if todo:
-                    self._execute(todo, stream=True, pubsub=False)
-            except RedisError as exc:
-                self._outage(exc, todo)
-                return
-            self.spool.ack(items[-1].id)
-            if todo:
-                self.metrics.observe((time.perf_counter() - t0) * 1000 / len(todo), count=len(todo))
-                self.metrics_registry.inc("publisher_replayed_total", len(todo))
-            if len(items) < self.config.batch_size:
-                return
-
-    def _skip_already_sent(self, items: list[SpooledEvent]) -> list[SpooledEvent]:
-        if not self._already_sent:
-            return list(items)
-        todo = []
-        for it in items:
-            if it.event_id in self._already_sent:
-                self._already_sent.discard(it.event_id)
-                self.metrics_registry.inc("publisher_duplicates_skipped_total")
-            else:
-                todo.append(it)
-        return todo
-
-    def _spool(self, records: list[SpoolRecord]) -> None:
-        if not records:
-            return
-        dropped = self.spool.append_many(records)
-        self.metrics_registry.inc("publisher_spooled_total", len(records))
-        if dropped:
-            self.metrics.dropped += dropped
-            self.metrics_registry.inc("publisher_spool_dropped_total", dropped)
-            log.warning(
-                "spool %s full (redis.spool_max_events=%d): dropped the %d oldest events",
-                self.spool.path,
-                self.spool.max_events,
-                dropped,
-            )
-
-    # -- outage bookkeeping ----------------------------------------------------------------------------
-
-    def _outage(self, exc: BaseException, in_flight: list[SpoolRecord]) -> None:
-        """Redis failed. Remember what may have landed anyway; log once per outage; schedule a retry."""
-        for r in in_flight:
-            ids = self._suspects.setdefault(r.stream, set())
-            if sum(len(s) for s in self._suspects.values()) < _MAX_SUSPECTS:
-                ids.add(r.event_id)
-        self.redis_error = explain_redis_error(exc, self.url)
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-            self._backoff = self.config.retry_initial_s
-            self.metrics_registry.inc("publisher_outages_total")
-            log.warning(
-                "%s; events are spooled to %s until it is back (retrying with back-off up to %gs)",
-                self.redis_error,
-                self.spool.path,
-                self.config.retry_max_s,
-            )
-        self._schedule_retry()
-        self.client.connection_pool.disconnect()
-
-    def _schedule_retry(self) -> None:
-        wait = self._backoff * random.uniform(0.8, 1.2)
-        self._next_retry = time.monotonic() + wait
-        self._backoff = min(self._backoff * 2, self.config.retry_max_s)
-
-    def _try_recover(self) -> None:
-        self.metrics.reconnects += 1
-        try:
-            self.client.ping()
-            self._resolve_suspects()
-        except RedisError as exc:
-            self.redis_error = explain_redis_error(exc, self.url)
-            log.debug("Redis still away: %s", self.redis_error)
-            self._schedule_retry()
-            self.client.connection_pool.disconnect()
-            return
-        down_for = time.monotonic() - (self._down_since or time.monotonic())
-        self._down_since = None
-        self.redis_error = None
-        log.info(
-            "Redis at %s is back after %.1fs; replaying %d spooled events",
-            redact_url(self.url),
-            down_for,
-            self.spool.count(),
-        )
-
-    def _resolve_suspects(self) -> None:
-        """Events in flight when Redis failed may have landed; find those that did so they are not re-sent."""
-        for stream, ids in list(self._suspects.items()):
-            if ids:
-                entries = self.client.xrevrange(stream, "+", "-", count=2 * len(ids) + 100)
-                for _entry_id, fields in entries:
-                    eid = fields.get(b"event_id", b"").decode()
-                    if eid in ids:
-                        self._already_sent.add(eid)
-            del self._suspects[stream]
+        return {**super().status(), "url": redact_url(self.url)}

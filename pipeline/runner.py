@@ -3,6 +3,10 @@
     decoder[cam] ──frames q (latest|block)──┐
     decoder[cam] ──frames q ────────────────┼─> detect (batched, shared) ──> analytics[cam] ──> events q ──> publisher
     decoder[cam] ──frames q ────────────────┘                                (faces, doors, tracks)
+                                                                                   ├─> sink q ──> mqtt
+                                                                                   ├─> sink q ──> webhook
+                                                                                   └─> sink q ──> callable
+    (pipeline/sinks: one delivery stage per sink, each with its own queue and spool; emit() only enqueues)
 
 Shutdown drains front to back: decoders stop and close their queues, the detector finishes what is queued
 and closes the analytics inboxes, analyzers end their tracks, and the publisher flushes every event (to Redis,
@@ -23,11 +27,13 @@ from pipeline.detectors.base import Detector
 from pipeline.events import Event
 from pipeline.metrics import MetricsRegistry
 from pipeline.queues import BoundedQueue, QueueClosed
+from pipeline.sinks.build import build_sinks
+from pipeline.sinks.delivery import DeliveryStage
 from pipeline.types import Frame, FrameResult
 
 log = logging.getLogger(__name__)
 
-EventSink = Callable[[Event], None]
+EventSink = Callable[[Event], None]  # an in-process sink; runs on its own delivery stage (pipeline/sinks)
 
 
 def build_analyzers(cfg: PipelineConfig, camera_id: str, var_dir: Path) -> list[Analyzer]:
@@ -72,6 +78,18 @@ class Pipeline:
 
         self.events_q: BoundedQueue[Event] = BoundedQueue(cfg.redis.queue_size, "block", "events")
         self.publisher = Publisher(cfg.redis, self.events_q, self.metrics)
+        self.deliveries: list[DeliveryStage] = [self.publisher]
+        try:
+            self.deliveries += build_sinks(
+                cfg.sinks.with_spools_under(self.var_dir),
+                self.metrics,
+                callables=self.sinks,
+                redis_spool_path=cfg.redis.spool_path,
+            )
+        except Exception:
+            self.publisher.spool.close()
+            raise
+        self._deliveries_left = len(self.deliveries)
 
         cameras = [c for c in cfg.cameras if c.enabled]
         self.frame_wakeup = threading.Event()
@@ -101,9 +119,10 @@ class Pipeline:
         )
         self._stopping = threading.Event()
         self._done = threading.Event()
-        self.publisher.on_exit_callbacks.append(self._done.set)
+        for delivery in self.deliveries:
+            delivery.on_exit_callbacks.append(self._delivery_done)
         if not cameras:
-            self.events_q.close()
+            self._close_event_queues()
 
     # -- cameras ------------------------------------------------------------------------------------------
     def _build_camera(self, cam: CameraConfig) -> None:
@@ -259,13 +278,15 @@ class Pipeline:
 
     # -- event plumbing -------------------------------------------------------------------------------
     def emit(self, event: Event) -> None:
-        """Send an event to Redis (through the publisher) and to every extra sink (e.g. --print-events)."""
-        for sink in self.sinks:
+        """Hand an event to every sink's delivery stage (Redis, MQTT, webhooks, callables like --print-events).
+
+        Each ``submit`` only queues (or, when that sink's queue is full, spools): no sink's I/O runs on the
+        calling camera thread, so a slow or dead sink never stalls a camera or another sink."""
+        for delivery in self.deliveries:
             try:
-                sink(event)
-            except Exception:  # noqa: BLE001
-                log.exception("event sink failed")
-        self.publisher.submit(event)
+                delivery.submit(event)
+            except Exception:  # noqa: BLE001 - e.g. a spool write error: the other sinks still get it
+                log.exception("sink %s could not take event %s", delivery.name, event.event_id)
 
     def _on_decoder_event(self, event: Event) -> None:
         self.emit(event)
@@ -285,7 +306,7 @@ class Pipeline:
             log.debug("camera %s: result after its analytics closed", result.frame.camera_id)
 
     def _close_inboxes(self) -> None:
-        for q in self.inboxes.values():
+        for q in list(self.inboxes.values()):  # a copy: cameras may be added or removed meanwhile
             q.close()
 
     def _analytics_done(self) -> None:
@@ -293,11 +314,23 @@ class Pipeline:
             self._analytics_left -= 1
             last = self._analytics_left == 0
         if last:
-            self.events_q.close()
+            self._close_event_queues()
+
+    def _close_event_queues(self) -> None:
+        for delivery in self.deliveries:
+            delivery.queue.close()
+
+    def _delivery_done(self) -> None:
+        with self._left_lock:
+            self._deliveries_left -= 1
+            last = self._deliveries_left == 0
+        if last:
+            self._done.set()
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> Pipeline:
-        self.publisher.start()
+        for delivery in self.deliveries:
+            delivery.start()
         for stage in self.analytics.values():
             stage.start()
         self.detect.start()
@@ -322,7 +355,7 @@ class Pipeline:
 
     def join(self, timeout: float = 30.0) -> bool:
         ok = self.wait(timeout)
-        for s in [*self.decoders.values(), self.detect, *self.analytics.values(), self.publisher]:
+        for s in [*self.decoders.values(), self.detect, *self.analytics.values(), *self.deliveries]:
             s.join(1.0)
         self.detector.close()
         return ok
@@ -335,3 +368,7 @@ class Pipeline:
         }
         ok = self.detect.state != "failed" and self.publisher.state != "failed"
         return {"ok": ok, "detect": self.detect.state, "publisher": self.publisher.state, "cameras": cams}
+
+    def sink_status(self) -> dict[str, dict]:
+        """State, connection, error, spool and queue of every sink other than Redis (see ``publisher``)."""
+        return {d.name: {"state": d.state, **d.status()} for d in self.deliveries[1:]}

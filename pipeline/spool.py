@@ -1,4 +1,4 @@
-"""A bounded on-disk FIFO of events waiting for Redis (SQLite, WAL).
+"""A bounded on-disk FIFO of events waiting for their sink (SQLite, WAL); one file per sink.
 
 Rows get an AUTOINCREMENT id, so ids only grow (even after deletes) and ``ORDER BY id`` is production
 order. ``peek_batch`` reads the oldest rows without removing them; ``ack(upto_id)`` removes them once they
@@ -67,11 +67,15 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', 0);
 class Spool:
     """Thread-safe bounded FIFO. ``path`` may be ``":memory:"`` (tests; nothing survives)."""
 
-    def __init__(self, path: str | os.PathLike[str], max_events: int = 1_000_000) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], max_events: int = 1_000_000, *, key: str = "redis.spool_path"
+    ) -> None:
+        """key: the config key the path came from, named in errors (each sink has its own spool)."""
         if max_events < 1:
             raise ValueError(f"spool {path}: max_events must be >= 1, got {max_events}")
         self.path = str(path)
         self.max_events = max_events
+        self.key = key
         self._lock = threading.Lock()
         self._lock_file: IO[bytes] | None = None
         if self.path != ":memory:":
@@ -86,7 +90,7 @@ class Spool:
         except sqlite3.Error as exc:
             self._release_file_lock()
             raise SpoolError(
-                f"cannot open spool {self.path} (redis.spool_path): {exc}; move the file away to start afresh"
+                f"cannot open spool {self.path} ({self.key}): {exc}; move the file away to start afresh"
             ) from None
 
     def _take_file_lock(self) -> None:
@@ -95,13 +99,13 @@ class Spool:
             p.parent.mkdir(parents=True, exist_ok=True)
             lock_file = open(f"{self.path}.lock", "ab")  # noqa: SIM115 - held open while the spool is
         except OSError as exc:
-            raise SpoolError(f"cannot create spool {self.path} (redis.spool_path): {exc}") from None
+            raise SpoolError(f"cannot create spool {self.path} ({self.key}): {exc}") from None
         try:
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             lock_file.close()
             raise SpoolError(
-                f"spool {self.path} (redis.spool_path) is in use by another process; "
+                f"spool {self.path} ({self.key}) is in use by another process; "
                 "give each pipeline its own spool_path"
             ) from None
         self._lock_file = lock_file  # a file object: released by close() or, if forgotten, by the GC

@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.support.media_fixtures",
     "tests.support.rtsp_fixtures",
     "tests.support.web_fixtures",
+    "tests.support.mqtt_fixtures",
 ]

@@ -182,3 +182,16 @@ def test_log_rewritten_with_the_key_still_disagrees_with_its_checkpoints(audit):
     path.write_text("\n".join(lines) + "\n")
     r = verify(path)
     assert r.returncode == 1 and "line 4: differs from the checkpoint" in r.stdout, r.stdout
+
+
+def test_key_from_a_file(audit, tmp_path):
+    key_file = tmp_path / "audit.key"
+    key_file.write_text(AUDIT_KEY + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDPIPE_AUDIT_KEY")}
+    env["VIDPIPE_AUDIT_KEY_FILE"] = str(key_file)
+    cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "faces", "verify-audit", str(audit[0])]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0 and "chain intact" in r.stdout, r.stdout + r.stderr
+    env["VIDPIPE_AUDIT_KEY_FILE"] = str(tmp_path / "missing.key")
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2 and "missing.key" in r.stderr
