@@ -32,7 +32,7 @@ def gallery_path(tmp_path_factory) -> Path:
     engine = FaceEngine.from_config(cfg)
     with Gallery(path) as g:
         for who in PEOPLE:
-            photos = sorted((FACES / "celeb5" / "train" / who).glob("*.jpg"))[:4]
+            photos = sorted((FACES / "celeb5" / "train" / who).glob("*.jpg"))[:6]
             rep = enroll_images(g, engine, cfg, who, [(p.name, cv2.imread(str(p))) for p in photos])
             assert len(rep.accepted) >= 3, rep.lines()
     return path
@@ -81,21 +81,26 @@ def test_calibrate_stores_a_threshold_the_analyzer_uses(gallery_path, capsys, ca
 
 
 def test_identify_prints_a_json_line_per_face(gallery_path, capsys, tmp_path):
-    probe = sorted((FACES / "celeb5" / "val" / "madonna").glob("*.jpg"))[0]
+    probes = sorted((FACES / "celeb5" / "val" / "madonna").glob("*.jpg"))
     stranger = FACES / "fr_examples" / "test" / "obama_and_biden.jpg"
     junk = tmp_path / "notes.txt"
     junk.write_text("not a photo")
-    rc, out = _run(capsys, "--gallery", str(gallery_path), "identify", str(probe), str(stranger), str(junk))
+    argv = [str(p) for p in probes] + [str(stranger), str(junk)]
+    rc, out = _run(capsys, "--gallery", str(gallery_path), "identify", *argv)
     lines = [json.loads(x) for x in out.splitlines()]
     head, rows = lines[0], lines[1:]
     assert {"threshold", "margin", "source"} <= head.keys()
     by_photo: dict[str, list[dict]] = {}
     for r in rows:
         by_photo.setdefault(r["photo"], []).append(r)
-    (m,) = by_photo[str(probe)]
-    assert m["name"] == "madonna" and m["decision"] == "match" and m["reason"] is None
-    assert m["distance"] < head["threshold"] and m["margin"] > 0
-    assert len(by_photo[str(stranger)]) == 2  # two strangers, neither enrolled
+    mine = [r for p in probes for r in by_photo[str(p)] if r["decision"] != "no face"]
+    assert len(mine) >= len(probes) - 1 and all(r["nearest"] == "madonna" for r in mine)
+    for r in mine:  # the decision follows the rule it printed
+        accept = r["distance"] <= head["threshold"] and r["margin"] >= head["margin"]
+        assert (r["name"] == "madonna") == accept and (r["reason"] is None) == accept
+        assert r["decision"] == ("match" if accept else "unknown")
+    assert any(r["name"] == "madonna" for r in mine)
+    assert len(by_photo[str(stranger)]) >= 2  # two strangers (and whoever MTCNN finds behind), none enrolled
     assert all(
         r["name"] is None and r["decision"] == "unknown" and r["reason"] for r in by_photo[str(stranger)]
     )

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from skimage import data
 
+from pipeline.faces.analyzer import DEFAULT_THRESHOLD
 from pipeline.faces.config import FacesConfig
 from pipeline.faces.enroll import FaceEngine, enroll_images
 from pipeline.faces.gallery import Gallery, GalleryError
@@ -110,12 +111,12 @@ def test_enrollment_rejects_bad_photos_by_name(tmp_path, engine, photos):
         assert rejected["two_people.jpg"].startswith("2 faces found")
         assert "not a readable image" in rejected["junk.jpg"]
         # the enrolled person is recognised in the other real photo only
-        m = Matcher(g.templates(engine.model_id), cfg.threshold)
+        m = Matcher(g.templates(engine.model_id), DEFAULT_THRESHOLD)
     cam = photos["cameraman"]
     dets = engine.detect(cam)
     assert len(dets) == 1
     r = m.identify(engine.embed(cam, dets)[0])
-    assert r.identity is None and r.nearest == "eileen" and r.distance > cfg.threshold
+    assert r.identity is None and r.nearest == "eileen" and r.distance > DEFAULT_THRESHOLD
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -109,10 +109,12 @@ def run(args: argparse.Namespace, cfg: FacesConfig, gallery: Gallery) -> int:
             "impostor_photos": len(external),
             "photos_without_face": skipped,
         },
+        cal.tail_threshold(att, args.far),
     )
     print(json.dumps(rep, indent=2))
     print(
-        f"threshold {rates.threshold:.3f} (margin {rates.margin:.3f}): per attempt FAR {rates.far:.4f} "
+        f"threshold {rates.threshold:.3f} (margin {rates.margin:.3f}; normal-tail estimate "
+        f"{rep['tail_threshold']:.3f}): per attempt FAR {rates.far:.4f} "
         f"({rates.impostor_attempts} impostor attempts; 95 % upper bound {rates.far_upper95:.4f}), "
         f"FRR {rates.frr:.4f} ({rates.genuine_attempts} genuine attempts); {args.k}-frame vote FAR between "
         f"{rep['vote_far_independent']:.2e} (independent frames) and {rates.far:.4f} (identical frames)"

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # Used only when neither the config nor `faces calibrate` gives a threshold for the model: the calibrated
 # operating point of the dlib ResNet on the project's open-set evaluation (BENCHMARKS.md), rounded down.
-DEFAULT_THRESHOLD = 0.5
+DEFAULT_THRESHOLD = 0.45
 
 
 def operating_point(cfg: FacesConfig, gallery: Gallery, model_id: str) -> tuple[float, float, str]:
@@ -88,7 +88,7 @@ class FaceAccessAnalyzer:
         self.threshold_source = ""
         self._reload_gallery(force=True)
         window = max((d.cfg.window_s for d in self.doors), default=3.0)
-        self.tracker = FaceTracker(max_gap_s=1.0)
+        self.tracker = FaceTracker(max_gap_s=window)
         self.liveness: LivenessTracker | None = None
         if any(d.cfg.liveness != "off" for d in self.doors):
             from pipeline.models.dlib_shape import ShapePredictor

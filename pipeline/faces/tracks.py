@@ -1,47 +1,54 @@
 """Face tracks: the same face from frame to frame, so that a door vote counts frames of one tracked face.
 
-Greedy IoU association with each track's last box. A face that moves too far between two analysed frames,
-or is lost for longer than ``max_gap_s``, starts a new track (and so a new vote): a vote can never be
-completed by frames of two different faces that happen to get the same name.
+Greedy association with each track's last box by centre distance (in face sizes) and size ratio, not IoU:
+on a slow CPU the face stage may analyse one frame a second, and a face walking towards the door moves more
+than its own width between analysed frames less often than it stops overlapping itself. A face that moves
+further than ``max_move`` face sizes, changes size by more than ``max_scale``, or is lost for longer than
+``max_gap_s`` (the analyzer passes its doors' vote window: older frames cannot vote anyway) starts a new
+track, and so a new vote. Two people side by side are two tracks; a track that still names two people is
+voided by the door policy's no-conflicting-identity rule.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.tracking.geometry import iou_matrix
-
 
 class FaceTracker:
-    def __init__(self, min_iou: float = 0.3, max_gap_s: float = 1.0) -> None:
-        self.min_iou = min_iou
+    def __init__(self, max_gap_s: float = 3.0, max_move: float = 1.0, max_scale: float = 1.6) -> None:
         self.max_gap_s = max_gap_s
+        self.max_move = max_move
+        self.max_scale = max_scale
         self._next = 1
-        self._boxes = np.zeros((0, 4), np.float64)
-        self._ids: list[int] = []
-        self._seen: list[float] = []
+        self._tracks: list[tuple[int, np.ndarray, float]] = []  # (id, last box, last seen)
 
     def assign(self, boxes: np.ndarray, t: float) -> list[int]:
         """Track ids for this frame's face boxes (N, 4), in their order."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        alive = [i for i, s in enumerate(self._seen) if t - s <= self.max_gap_s]
-        prev = self._boxes[alive]
-        iou = iou_matrix(boxes, prev)
+        alive = [tr for tr in self._tracks if t - tr[2] <= self.max_gap_s]
+        pairs = []
+        for r, b in enumerate(boxes):
+            size_b = max(min(b[2] - b[0], b[3] - b[1]), 1.0)
+            cb = (b[:2] + b[2:]) / 2
+            for c, (_, p, _) in enumerate(alive):
+                size_p = max(min(p[2] - p[0], p[3] - p[1]), 1.0)
+                move = float(np.linalg.norm(cb - (p[:2] + p[2:]) / 2)) / max(size_b, size_p)
+                scale = max(size_b, size_p) / min(size_b, size_p)
+                if move <= self.max_move and scale <= self.max_scale:
+                    pairs.append((move, r, c))
         out: list[int] = [0] * len(boxes)
-        taken_new: set[int] = set()
-        taken_old: set[int] = set()
-        for flat in np.argsort(-iou, axis=None):
-            r, c = divmod(int(flat), max(len(prev), 1))
-            if not len(prev) or iou[r, c] < self.min_iou:
-                break
-            if r in taken_new or c in taken_old:
+        used_r: set[int] = set()
+        used_c: set[int] = set()
+        for _, r, c in sorted(pairs):
+            if r in used_r or c in used_c:
                 continue
-            taken_new.add(r)
-            taken_old.add(c)
-            out[r] = self._ids[alive[c]]
+            used_r.add(r)
+            used_c.add(c)
+            out[r] = alive[c][0]
         for r in range(len(boxes)):
-            if r not in taken_new:
+            if r not in used_r:
                 out[r] = self._next
                 self._next += 1
-        self._boxes, self._ids, self._seen = boxes.copy(), list(out), [t] * len(out)
+        kept = [tr for c, tr in enumerate(alive) if c not in used_c]
+        self._tracks = kept + [(out[r], boxes[r].copy(), t) for r in range(len(boxes))]
         return out

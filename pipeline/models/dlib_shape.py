@@ -28,6 +28,7 @@ as an ``.npz`` beside the model file (keyed by the source file's size and mtime)
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,8 @@ from pipeline.faces.align import similarity_lstsq
 from pipeline.models.dlib_resnet import DlibModelError, _Reader
 
 log = logging.getLogger(__name__)
+_DEFAULT: ShapePredictor | None = None
+_DEFAULT_LOCK = threading.Lock()
 
 # 68-point indices (iBUG 300-W markup) of the eyes, in the order the eye aspect ratio uses them.
 RIGHT_EYE = (36, 37, 38, 39, 40, 41)  # the subject's right eye (left in the image)
@@ -180,9 +183,15 @@ class ShapePredictor:
 
     @classmethod
     def default(cls) -> ShapePredictor:
-        from engines.model_store import get_model_path
+        """The 68-point model from the model store, one per process (65 MB of leaves; read-only, so cameras
+        share it across threads)."""
+        global _DEFAULT
+        with _DEFAULT_LOCK:
+            if _DEFAULT is None:
+                from engines.model_store import get_model_path
 
-        return cls.from_file(get_model_path("dlib-landmarks68", "landmarks68"))
+                _DEFAULT = cls.from_file(get_model_path("dlib-landmarks68", "landmarks68"))
+            return _DEFAULT
 
     def __call__(self, grey: np.ndarray, box: np.ndarray) -> np.ndarray:
         """``grey``: HxW uint8; ``box``: left, top, right, bottom (inclusive corners, as dlib's rectangle).
