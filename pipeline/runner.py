@@ -48,7 +48,11 @@ def build_analyzers(cfg: PipelineConfig, camera_id: str, var_dir: Path) -> list[
     if cfg.tracking.enabled:
         from pipeline.tracking.analyzer import TrackingAnalyzer
 
-        analyzers.append(TrackingAnalyzer(camera_id, cfg.tracking, cam.analytics, var_dir / "snapshots"))
+        analyzers.append(
+            TrackingAnalyzer(
+                camera_id, cfg.tracking, cam.analytics, var_dir / "snapshots", video_time=not cam.is_live
+            )
+        )
     return analyzers
 
 
@@ -116,6 +120,8 @@ class Pipeline:
             cfg.detector.batch,
             self.metrics,
             on_all_inputs_closed=self._close_inboxes,
+            camera_detect={c.id: c.detect for c in cameras},
+            nms_iou=cfg.detector.nms_iou,
         )
         self._stopping = threading.Event()
         self._done = threading.Event()
@@ -237,6 +243,7 @@ class Pipeline:
                     self._analytics_left += 1
             self._build_camera(cam)
             self.analytics[cam.id].start()
+        self.detect.configure_camera(cam.id, cam.detect)  # its regions/tiling follow its (new) settings
         self.detect.set_input(cam.id, self.frame_queues[cam.id])
         self.decoders[cam.id].start()
 
@@ -275,6 +282,7 @@ class Pipeline:
             self._placeholders.pop(camera_id, None)
             self.frame_queues.pop(camera_id, None)
             placeholder.close()  # the detect stage forgets this camera on its next round
+            self.detect.configure_camera(camera_id, None)
 
     # -- event plumbing -------------------------------------------------------------------------------
     def emit(self, event: Event) -> None:
