@@ -68,14 +68,16 @@ def test_add_pause_edit_remove_a_camera_while_another_keeps_every_frame(demo_mp4
         pipe.resume_camera("b")
         assert rec.wait_more("b", 5), "a resumed camera never came back"
 
-        pipe.update_camera(_cam("b", demo_mp4.path, detect_fps=5))
+        pipe.update_camera(_cam("b", demo_mp4.path, detect_fps=5, detect={"regions": {"enabled": True}}))
         assert rec.wait_more("b", 5), "an edited camera never came back"
+        assert "b" in pipe.detect.planners  # its new motion-regions setting is in force
 
         pipe.remove_camera("b")
         removed_at = rec.count("b")
         assert rec.wait_more("a", 15)
         assert rec.count("b") == removed_at, "a removed camera kept delivering"
         assert "b" not in pipe.decoders and "b" not in pipe.analytics and "b" not in pipe.frame_queues
+        assert "b" not in pipe.detect.planners
         assert pipe.detect.inputs["b"].closed  # drained and no longer polled
         assert [c.id for c in pipe.camera_configs()] == ["a"]
     finally:
