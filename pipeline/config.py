@@ -127,7 +127,7 @@ class DetectorConfig(_Strict):
         "fp32", description="int8 = static int8 quantization on ONNX Runtime (engines/quantize.py)"
     )
     family: str = Field(
-        "auto",
+        default="auto",
         description="detector family (pipeline/detectors/registry.py: darknet, onnx-yolo, ssd, mtcnn, none); "
         "auto = inferred from detector.model and logged",
     )
