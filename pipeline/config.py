@@ -17,6 +17,7 @@ from pipeline.faces.config import FacesConfig
 from pipeline.regions.config import CameraDetectConfig
 from pipeline.sinks.config import SinksConfig
 from pipeline.tracking.config import CameraZonesConfig, TrackingConfig
+from pipeline.web.config import WebConfig
 
 
 class ConfigError(ValueError):
@@ -169,6 +170,7 @@ class PipelineConfig(_Strict):
     faces: FacesConfig = Field(default_factory=FacesConfig)
     doors: list[DoorConfig] = Field(default_factory=list)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
     sinks: SinksConfig = Field(default_factory=SinksConfig, description="MQTT, webhooks beside redis")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
