@@ -16,6 +16,7 @@ from pipeline.doors.config import DoorConfig
 from pipeline.faces.config import FacesConfig
 from pipeline.sinks.config import SinksConfig
 from pipeline.tracking.config import CameraZonesConfig, TrackingConfig
+from pipeline.web.config import WebConfig
 
 
 class ConfigError(ValueError):
@@ -160,6 +161,7 @@ class PipelineConfig(_Strict):
     doors: list[DoorConfig] = Field(default_factory=list)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     sinks: SinksConfig = Field(default_factory=SinksConfig, description="MQTT, webhooks beside redis")
+    web: WebConfig = Field(default_factory=WebConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")

@@ -101,6 +101,7 @@ class DecoderStage(Stage):
         self.live = cam.is_live
         self.source_display = redact_url(cam.source)
         self.status = "created"
+        self.status_reason = ""
         self.seq = 0
         self.frames_decoded = 0
         self.frames_forwarded = 0
@@ -128,6 +129,7 @@ class DecoderStage(Stage):
 
     def _set_status(self, status: str, reason: str = "", **data: object) -> None:
         self.status = status
+        self.status_reason = reason
         payload = {"status": status, "reason": reason, "source": self.source_display}
         payload.update({"attempt": None, "retry_in_s": None})
         payload.update(data)

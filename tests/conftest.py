@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.support.media_fixtures",
     "tests.support.rtsp_fixtures",
     "tests.support.mqtt_fixtures",
+    "tests.support.web_fixtures",
 ]

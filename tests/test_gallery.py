@@ -143,18 +143,21 @@ def test_cli_enroll_list_rename_remove(tmp_path, photos):
     assert "0 person(s)" in _cli("list", cwd=tmp_path).stdout
 
 
-def test_http_api_requires_token_and_manages_gallery(tmp_path, engine, photos):
-    from pipeline.faces.api import GalleryApiServer
+def test_http_api_requires_token_and_manages_gallery(tmp_path, engine, photos, start_web):
+    """The gallery API, now served by the web app under /api (faces-only, as `faces serve` runs it)."""
+    from tests.support.web_fixtures import TOKEN
 
-    token = "t" * 24
+    token = TOKEN
     cfg = FacesConfig(gallery_path=str(tmp_path / "g.sqlite"))
     gallery = Gallery(cfg.gallery_path)
-    server = GalleryApiServer(cfg, gallery, engine, token, host="127.0.0.1", port=0)
-    server.start_background()
+    server = start_web(faces=cfg)
+    server.server.ctx._engine = engine  # the module's engine: the models load once per test module
 
     def call(method: str, path: str, body: dict | None = None, tok: str | None = token) -> tuple[int, dict]:
         req = urllib.request.Request(
-            server.url + path, method=method, data=None if body is None else json.dumps(body).encode()
+            server.url + "/api" + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
         )
         if tok:
             req.add_header("Authorization", f"Bearer {tok}")
@@ -196,8 +199,7 @@ def test_http_api_requires_token_and_manages_gallery(tmp_path, engine, photos):
         assert call("DELETE", "/persons/collins") == (200, {"removed": "collins"})
         assert gallery.persons() == []
     finally:
-        server.shutdown()
-        server.server_close()
+        gallery.close()
         gallery.close()
 
 

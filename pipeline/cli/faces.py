@@ -4,7 +4,7 @@
     python run_pipeline.py faces list
     python run_pipeline.py faces remove NAME
     python run_pipeline.py faces rename OLD NEW
-    python run_pipeline.py faces serve                      (token: faces.api.token / $VIDPIPE_FACES_TOKEN)
+    python run_pipeline.py faces serve                      (web app, faces only; API token: $VIDPIPE_FACES_TOKEN)
     python run_pipeline.py faces verify-audit FILE          (check a door audit log's hash chain)
 
 Settings (gallery path, thresholds, API) come from the ``faces:`` section of ``--config`` when given,
@@ -33,9 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("rename", help="rename a person")
     p.add_argument("old")
     p.add_argument("new")
-    p = sub.add_parser("serve", help="run the gallery HTTP API")
+    p = sub.add_parser("serve", help="serve the web app's Faces page and /api/persons without a pipeline")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--var-dir", default="var", help="where the web login password hash lives")
     p = sub.add_parser("verify-audit", help="check a door audit log's hash chain")
     p.add_argument("file")
 
@@ -66,6 +67,8 @@ def _main(args: argparse.Namespace) -> int:
     from pipeline.faces.gallery import Gallery
 
     cfg = _faces_config(args)
+    if args.action == "serve":
+        return _serve(args, cfg)
     with Gallery(cfg.gallery_path) as gallery:
         if args.action == "list":
             people = gallery.persons()
@@ -98,16 +101,30 @@ def _main(args: argparse.Namespace) -> int:
             for line in report.lines():
                 print(line)
             return 0 if report.accepted else 1
-        if args.action == "serve":
-            from pipeline.faces.api import GalleryApiServer, api_token
-
-            server = GalleryApiServer(cfg, gallery, engine, api_token(cfg), host=args.host, port=args.port)
-            print(f"faces API on {server.url} (Ctrl-C to stop)", flush=True)
-            try:
-                server.serve_forever()
-            except KeyboardInterrupt:
-                pass
-            finally:
-                server.server_close()
-            return 0
     return 2
+
+
+def _serve(args: argparse.Namespace, cfg: FacesConfig) -> int:
+    """The web app without a pipeline: the Faces page and /api/persons (login or bearer token)."""
+    import threading
+    from pathlib import Path
+
+    from pipeline.web.config import WebConfig
+    from pipeline.web.server import WebServer, first_login_note, make_context
+
+    full = load_config(args.config) if args.config else None
+    web = (full.web if full else WebConfig()).model_copy(
+        update={"host": args.host or cfg.api.host, "port": cfg.api.port if args.port is None else args.port}
+    )
+    var_dir = Path(args.var_dir)
+    ctx, new_password = make_context(web, cfg, var_dir, doors=full.doors if full else [])
+    server = WebServer(ctx).start()
+    print(f"faces web app and API on {server.url} (Ctrl-C to stop)", flush=True)
+    print(first_login_note(new_password, var_dir, web.password_env), flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0

@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--var-dir", default="var", help="runtime data: spool, snapshots, demo clip, local redis"
     )
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--web-port", type=int, help="override web.port (0 = any free port)")
+    parser.add_argument("--no-web", action="store_true", help="do not serve the web app")
 
 
 def _apply_overrides(cfg: PipelineConfig, args: argparse.Namespace) -> PipelineConfig:
@@ -130,6 +132,15 @@ def main(args: argparse.Namespace) -> int:
         metrics_server.start()
         print(f"metrics: http://{cfg.metrics.http_host}:{metrics_server.port}/metrics", file=sys.stderr)
 
+    web_server = None
+    if cfg.web.enabled and not args.no_web:
+        web_server = _start_web(cfg, pipeline, var_dir, args)
+        if web_server is None:
+            pipeline.join(timeout=1)
+            if local_redis:
+                local_redis.stop()
+            return 1
+
     signals_seen = 0
 
     def on_signal(signum, _frame) -> None:
@@ -157,6 +168,8 @@ def main(args: argparse.Namespace) -> int:
         pipeline.join(timeout=cfg.redis.flush_timeout_s + 10)
     finally:
         stop_status.set()
+        if web_server:
+            web_server.stop()
         if metrics_server:
             metrics_server.stop()
         if local_redis:
@@ -165,3 +178,24 @@ def main(args: argparse.Namespace) -> int:
     print(f"pipeline stopped; cameras: {json.dumps(summary)}", file=sys.stderr)
     print(f"[status] {pipeline.metrics.status_line()}", file=sys.stderr)
     return 0
+
+
+def _start_web(cfg: PipelineConfig, pipeline, var_dir: Path, args: argparse.Namespace):  # noqa: ANN001, ANN202
+    """Serve the web app (live view, events, faces, doors, cameras); print its URL and, on the very first
+    start, the generated login password (only here, on the terminal)."""
+    from pipeline.web.server import WebServer, first_login_note, make_context
+
+    if args.web_port is not None:
+        cfg.web.port = args.web_port
+    config_path = None if args.source else Path(args.config)
+    try:
+        ctx, new_password = make_context(
+            cfg.web, cfg.faces, var_dir, pipeline=pipeline, cfg=cfg, config_path=config_path
+        )
+        server = WebServer(ctx).start()
+    except (OSError, ValueError) as exc:
+        log.error("cannot start the web app: %s (use --web-port, or --no-web)", exc)
+        return None
+    print(f"web app: {server.url}  (live view, events, faces, doors, cameras)", file=sys.stderr, flush=True)
+    print(first_login_note(new_password, var_dir, cfg.web.password_env), file=sys.stderr, flush=True)
+    return server

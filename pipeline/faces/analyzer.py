@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.doors.audit import AuditLog, open_audit_log
 from pipeline.doors.config import DoorConfig
+from pipeline.doors.lockdown import Lockdown, lockdown_path
 from pipeline.doors.policy import DoorPolicy, FaceVote
 from pipeline.doors.signing import sign_event
 from pipeline.events import Event
@@ -39,6 +40,7 @@ class _Door:
         if base_dir is not None and not path.is_absolute():
             path = base_dir / path
         self.audit: AuditLog = open_audit_log(path)
+        self.lockdown = Lockdown(lockdown_path(path))  # consulted before every grant (fails closed)
 
 
 class FaceAccessAnalyzer:
@@ -141,6 +143,8 @@ class FaceAccessAnalyzer:
         by_id = {d.cfg.id: d for d in self.doors}
         for dec in decisions:
             door = by_id[dec["door_id"]]
+            if dec["decision"] == "granted" and door.lockdown.is_locked(door.cfg.id):
+                dec = {**dec, "decision": "denied", "reason": "door locked down"}
             ev = Event(
                 type="doors.decision",
                 camera_id=self.camera_id,
