@@ -184,6 +184,21 @@ class RayExecutor:
                 for cam in s.plan.camera_ids
             }
 
+    def health(self) -> dict[str, Any]:
+        """For /healthz: ok while every shard that should run is running."""
+        with self._lock:
+            shards = {
+                s.plan.shard_id: {
+                    "node": s.node,
+                    "running": s.running,
+                    "finished": s.finished,
+                    "placements": s.placements,
+                }
+                for s in self.shards.values()
+            }
+        ok = all(v["running"] or v["finished"] for v in shards.values())
+        return {"ok": ok, "shards": shards, "cameras": self.placement()}
+
     def snapshots(self) -> list[dict[str, Any]]:
         import ray
 
