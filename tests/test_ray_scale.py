@@ -117,8 +117,10 @@ FPS, SECONDS = 3, 20  # 60 frames per camera; real time, so a node can be killed
 N_FRAMES = FPS * SECONDS
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def two_node_cluster():
+    """Two Ray nodes on this machine, shared by this module's cluster tests (the failover test, last,
+    removes the worker node)."""
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
@@ -149,6 +151,56 @@ def _entries(client: redis.Redis, family: str) -> list[tuple[float, Event]]:
         (int(sid.split(b"-")[0]) / 1000, Event.from_json(f[b"event"]))
         for sid, f in client.xrange(f"vidpipe:stream:{family}")
     ]
+
+
+def test_cameras_added_and_removed_at_run_time_leave_the_others_undisturbed(
+    two_node_cluster, redis_server, tmp_path: Path
+):
+    from pipeline.config import CameraConfig
+    from pipeline.demo_media import write_demo_video
+    from pipeline.scale.executor import RayExecutor
+
+    clip = write_demo_video(tmp_path / "clip.mp4", width=160, height=120, fps=10, seconds=4)
+    cam = {"source": str(clip), "loop": True, "realtime": True}
+    cfg = parse_config(
+        {
+            "cameras": [{"id": "a", **cam}, {"id": "b", **cam}],
+            "detector": {"model": "none"},
+            "redis": {"url": redis_server.url},
+            "executor": "ray",
+            "ray": {"max_cameras_per_shard": 1, "standby": False},
+        }
+    )
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=5)
+
+    def counts() -> Counter[str]:
+        return Counter(ev.camera_id for _, ev in _entries(client, "detections"))
+
+    def wait_for(cam_id: str, n: int) -> None:
+        deadline = time.monotonic() + 90
+        while counts()[cam_id] < n:
+            assert time.monotonic() < deadline, f"camera {cam_id}: fewer than {n} frames"
+            time.sleep(0.3)
+
+    ex = RayExecutor(cfg, tmp_path / "var").start()
+    try:
+        wait_for("a", 5)
+        wait_for("b", 5)
+        assert ex.add_camera(CameraConfig(id="c", **cam)) == "shard-2"  # both shards are full
+        wait_for("c", 5)
+        ex.remove_camera("a")
+        t_removed = time.time()
+        b_before = counts()["b"]
+        time.sleep(2)
+        assert counts()["b"] >= b_before + 10  # b kept flowing at 10 fps
+        late = [t for t, ev in _entries(client, "detections") if ev.camera_id == "a" and t > t_removed + 0.5]
+        assert not late, "camera a still published after it was removed"
+        assert sorted(ex.placement()) == ["b", "c"]
+    finally:
+        ex.stop()
+        ex.join(30)
+    b_seqs = sorted({ev.frame_seq for _, ev in _entries(client, "detections") if ev.camera_id == "b"})
+    assert b_seqs == list(range(len(b_seqs)))  # not one of b's frames lost while a and c came and went
 
 
 def test_killing_a_node_moves_its_cameras_within_15s_and_loses_no_frame(

@@ -23,7 +23,8 @@ class RayConfig(BaseModel):
     standby: bool = Field(
         True,
         description="keep one warm idle shard process per node (detector loaded) so that a failed shard "
-        "restarts in about a second; it holds no Ray CPU and a GPU share only if cameras ask for GPUs",
+        "restarts in about a second; it holds no Ray resources, so it is not used when cameras ask for GPUs "
+        "or memory",
     )
     shards_dir: str | None = Field(
         None,

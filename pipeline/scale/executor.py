@@ -352,8 +352,9 @@ class RayExecutor:
             for s in self.shards.values():
                 if s.handle is None and not s.given_up:
                     self._place(s)
-            if self.cfg.ray.standby:
-                self._ensure_standbys()
+            rc = self.cfg.ray
+            if rc.standby and not rc.gpus_per_camera and not rc.memory_mb_per_camera:
+                self._ensure_standbys()  # a standby holds no resources: with GPUs a new process is needed
 
     def _ensure_standbys(self) -> None:
         """One warm idle shard process per live node (a dead node's standby is dropped)."""

@@ -120,13 +120,15 @@ class Shard:
         self.ids = StableEventIds(run_id, dict(epochs))
         where = {"node": self.node_id, "shard": shard_id}
         detector, self._detector = self._detector, None
-        self.pipeline = ShardPipeline(
+        pipeline = ShardPipeline(
             shard_config(self.cfg, camera_ids, self.var_dir),
             ids=self.ids,
             where=where,
             var_dir=self.var_dir,
             detector=detector,
-        ).start()
+        )
+        self.pipeline = pipeline
+        pipeline.start()
         log.info("shard %s on node %s: cameras %s", shard_id, self.node_id[:8], camera_ids)
 
     def _running(self) -> ShardPipeline:
