@@ -111,6 +111,33 @@ def test_merged_prometheus_labels_every_sample_with_its_shard_and_node():
     assert lines.index("# TYPE vidpipe_x counter") > max(i for i, x in enumerate(lines) if "stage_fps{" in x)
 
 
+def test_a_shard_is_the_single_writer_of_its_var_dir_and_says_where_it_runs(demo_mp4, redis_server, tmp_path):
+    """Without Ray: the shard body itself. A second shard on the same var dir (a replacement while the old
+    one still lives) cannot start; status events carry the shard and node."""
+    from pipeline.scale.shard import Shard
+
+    cfg = {
+        "cameras": [{"id": "a", "source": str(demo_mp4.path)}, {"id": "z", "source": str(demo_mp4.path)}],
+        "detector": {"model": "none"},
+        "redis": {"url": redis_server.url},
+    }
+    start = {"camera_ids": ["a"], "var_dir": str(tmp_path / "shard-0"), "run_id": "r1", "epochs": {"a": 0}}
+    first = Shard(cfg, "shard-0", **start)
+    try:
+        with pytest.raises(RuntimeError, match="still locked by another shard"):
+            Shard(cfg, "shard-0", lock_timeout_s=0.5, **start)
+        assert first.join(30)
+    finally:
+        first.stop()
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=5)
+    online = [ev for _, ev in _entries(client, "status") if ev.data.get("status") == "online"]
+    assert [(ev.camera_id, ev.data["shard"], ev.data["node"]) for ev in online] == [("a", "shard-0", "local")]
+    frames = [ev for _, ev in _entries(client, "detections")]
+    assert {ev.camera_id for ev in frames} == {"a"}  # only this shard's camera
+    assert len(frames) == demo_mp4.frames
+    assert (tmp_path / "shard-0" / "spool.sqlite").exists()  # its own spool, in its own var dir
+
+
 # -- a real two-node cluster -----------------------------------------------------------------------------
 
 FPS, SECONDS = 3, 20  # 60 frames per camera; real time, so a node can be killed mid-run

@@ -149,6 +149,7 @@ class RayExecutor:
                 if room and state.running and not state.finished:
                     ray.get(state.handle.add_camera.remote(cam.model_dump(), 0), timeout=30)
                     state.plan.camera_ids.append(cam.id)
+                    state.cpu += self.cfg.ray.cpus_per_camera  # the driver's accounting (Ray's is fixed)
                     return state.plan.shard_id
             index = 1 + max((int(s.split("-")[-1]) for s in self.shards), default=-1)
             plan = ShardPlan(f"shard-{index}", [cam.id])
@@ -164,6 +165,7 @@ class RayExecutor:
             if len(state.plan.camera_ids) > 1:
                 ray.get(state.handle.remove_camera.remote(camera_id), timeout=30)
                 state.plan.camera_ids.remove(camera_id)
+                state.cpu -= self.cfg.ray.cpus_per_camera
             else:
                 del self.shards[state.plan.shard_id]
                 if state.handle is not None:
@@ -287,7 +289,9 @@ class RayExecutor:
         }
         standby = self._standby.pop(node, None)
         if standby is not None and not rc.gpus_per_camera and not rc.memory_mb_per_camera:
-            standby.start_shard.remote(state.plan.shard_id, **start)  # warm: no process start, no model load
+            standby.start_shard.remote(
+                state.plan.shard_id, cfg_data=self.cfg.model_dump(), **start
+            )  # warm: no process start, no model load
             state.handle = standby
         else:
             if standby is not None:
@@ -316,7 +320,9 @@ class RayExecutor:
         with self._lock:
             states = [s for s in self.shards.values() if not s.given_up and not s.finished]
         pending = {s.handle.ping.remote(): s for s in states if s.handle is not None}
-        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=self.cfg.ray.ping_timeout_s)
+        ready: list[Any] = []
+        if pending:
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=self.cfg.ray.ping_timeout_s)
         ready_set = set(ready)
         now = time.monotonic()
         with self._lock:

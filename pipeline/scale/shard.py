@@ -73,10 +73,11 @@ def _take_lock(path: Path, timeout_s: float) -> int:
 def _node_id() -> str:
     try:
         import ray
-
-        return str(ray.get_runtime_context().get_node_id())
-    except Exception:  # noqa: BLE001 - outside Ray (tests of the class itself)
+    except ImportError:
         return "local"
+    if not ray.is_initialized():  # outside Ray (asking the runtime context would start one)
+        return "local"
+    return str(ray.get_runtime_context().get_node_id())
 
 
 class Shard:
@@ -111,8 +112,14 @@ class Shard:
         run_id: str,
         epochs: dict[str, int],
         lock_timeout_s: float = 30.0,
+        cfg_data: dict[str, Any] | None = None,
     ) -> None:
-        """Run the shard: take its var dir's lock (waits for a dying predecessor), then start its Pipeline."""
+        """Run the shard: take its var dir's lock (waits for a dying predecessor), then start its Pipeline.
+
+        ``cfg_data``: the driver's config now (a standby was made with an older one: cameras may have been
+        added since)."""
+        if cfg_data is not None:
+            self.cfg = parse_config(cfg_data, "driver config")
         self.shard_id = shard_id
         self.var_dir = Path(var_dir)
         self.var_dir.mkdir(parents=True, exist_ok=True)
