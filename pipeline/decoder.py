@@ -14,6 +14,10 @@ pass is offset by the length of the previous ones) and falls back to ``index / f
 without timestamps (raw .h264). For live sources it is the stream's own clock, which restarts with every
 connection; use ``capture_time`` to order live frames across reconnects. ``seq`` counts every decoded
 frame (forwarded or thinned out by ``detect_fps``), so gaps in ``seq`` show thinning.
+
+``capture_time`` of a live frame comes from the stream clock (``pipeline/stream_clock.py``: pts mapped to
+wall time at connect, re-anchored on reconnect or a pts discontinuity), so a frame FFmpeg hands out late
+keeps its real, old time; for files it is the time the frame was decoded.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pipeline.metrics import MetricsRegistry
 from pipeline.queues import BoundedQueue, QueueClosed
 from pipeline.sources import open_spec, redact_url
 from pipeline.stage import Stage
+from pipeline.stream_clock import StreamClock
 from pipeline.types import Frame
 
 log = logging.getLogger(__name__)
@@ -112,6 +117,7 @@ class DecoderStage(Stage):
         self._pts_offset = 0.0  # files: time of all previous passes when looping
         self._last_pts: float | None = None
         self._pace_origin: tuple[float, float] | None = None  # (monotonic, pts) for realtime files
+        self.stream_clock = StreamClock()  # live sources: capture_time from pts
         self.metrics.queue_drops = lambda: out.dropped
 
     # ------------------------------------------------------------------ stage protocol
@@ -243,6 +249,7 @@ class DecoderStage(Stage):
             container.close()
 
     def _pump_open(self, container: av.container.InputContainer) -> tuple[int, str]:
+        self.stream_clock.reset()  # a new connection's pts start over
         stream = container.streams.video[0]
         stream.codec_context.thread_type = "AUTO"
         rate = stream.average_rate or stream.guessed_rate
@@ -304,8 +311,10 @@ class DecoderStage(Stage):
             return
         if self.cam.realtime and not self.live and pts is not None:
             self._pace(pts)
+        arrival = time.time()
+        captured = self.stream_clock.capture_time(pts, arrival) if self.live else arrival
         image = vf.to_ndarray(format="bgr24")
-        frame = Frame(camera_id=self.cam.id, seq=seq, pts=pts, capture_time=time.time(), image=image)
+        frame = Frame(camera_id=self.cam.id, seq=seq, pts=pts, capture_time=captured, image=image)
         self.metrics.observe(latency_ms=(time.perf_counter() - t0) * 1000.0)
         if self._put(frame):
             self.frames_forwarded += 1

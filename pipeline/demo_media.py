@@ -13,6 +13,8 @@ Annex-B elementary stream (what an RTSP server streams).
 from __future__ import annotations
 
 import itertools
+import struct
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -234,3 +236,25 @@ def default_demo_clip(cache_dir: str | Path) -> Path:
         write_demo_video(tmp, width=640, height=360, fps=25, seconds=10.0)
         tmp.replace(path)
     return path
+
+
+def write_png_bomb(path: str | Path, side: int = 20000) -> Path:
+    """A valid side x side 8-bit grey PNG (all zeros: about 1 MB at 20000), written as a stream so
+    making it costs no memory. Decoded as BGR it is side*side*3 bytes (1.2 GB at 20000): the input that
+    enrollment must refuse from its header."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    comp = zlib.compressobj(9)
+    row = b"\0" * (side + 1)  # filter byte + pixels
+    idat = bytearray()
+    for _ in range(side):
+        idat += comp.compress(row)
+    idat += comp.flush()
+    with open(path, "wb") as fh:
+        fh.write(b"\x89PNG\r\n\x1a\n")
+        fh.write(chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)))
+        fh.write(chunk(b"IDAT", bytes(idat)))
+        fh.write(chunk(b"IEND", b""))
+    return Path(path)

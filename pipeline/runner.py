@@ -3,8 +3,10 @@
     decoder[cam] ──frames q (latest|block)──┐
     decoder[cam] ──frames q ────────────────┼─> detect (batched, shared) ──> analytics[cam] ──> events q ──> publisher
     decoder[cam] ──frames q ────────────────┘                                (faces, doors, tracks)
-                                                                                   └─> sink q ──> mqtt, webhooks,
-                                                                                                 callables
+                                                                                   ├─> sink q ──> mqtt
+                                                                                   ├─> sink q ──> webhook
+                                                                                   └─> sink q ──> callable
+    (pipeline/sinks: one delivery stage per sink, each with its own queue and spool; emit() only enqueues)
 
 Shutdown drains front to back: decoders stop and close their queues, the detector finishes what is queued
 and closes the analytics inboxes, analyzers end their tracks, and the publisher flushes every event (to Redis,

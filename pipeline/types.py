@@ -17,7 +17,9 @@ class Frame:
 
     ``image`` is HxWx3 uint8 in BGR order (OpenCV convention, what every detector here expects).
     ``pts`` is the presentation time in seconds from the stream (None when the container has none);
-    ``capture_time`` is the wall-clock time (epoch seconds) at which the decoder produced the frame.
+    ``capture_time`` is the wall-clock time (epoch seconds) the frame was captured: for live sources from the
+    stream clock (pipeline/stream_clock.py), so a frame handed out late keeps its old time; for files the
+    time the decoder produced it.
     ``seq`` counts decoded frames per camera from 0 and survives reconnects (it never goes back).
     """
 

@@ -1,5 +1,11 @@
 """Shared pytest fixtures live in tests/support/*; they are registered here as plugins."""
 
+import os
+
+# The door audit chain needs its own key (pipeline/doors/audit.py); tests (and the processes they start)
+# use this one unless the environment already sets one.
+os.environ.setdefault("VIDPIPE_AUDIT_KEY", "test-audit-key-not-a-door-secret")
+
 pytest_plugins = [
     "tests.support.redis_fixtures",
     "tests.support.media_fixtures",

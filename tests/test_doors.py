@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -266,7 +267,7 @@ def test_controller_cli_prints_open_for_a_signed_grant(redis_server, redis_clien
     import sys
 
     cmd = [sys.executable, "-m", "pipeline.doors.controller", "--door", "front", "--redis", redis_server.url,
-           "--secret-env", "TEST_DOOR_KEY", "--prefix", "vp"]  # fmt: skip
+           "--secret-env", "TEST_DOOR_KEY", "--prefix", "vp", "--state", str(tmp_path / "front.counter")]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "TEST_DOOR_KEY"}
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "TEST_DOOR_KEY is not set" in r.stderr
@@ -286,5 +287,112 @@ def test_controller_cli_prints_open_for_a_signed_grant(redis_server, redis_clien
         proc.terminate()
         proc.wait(10)
     text = out.read_text()
-    assert text.count("OPEN door=front person=alice") == 1 and "replayed event" in text
+    assert text.count("OPEN door=front person=alice") == 1 and "replayed" in text
     assert KEY not in text
+
+
+# ---- replay state across a controller restart ------------------------------------------------------------
+
+
+def _start_controller(redis_server, redis_client, state, hook_file, log_file, n_before: int = 0):
+    import os
+    import subprocess
+    import sys
+
+    hook = f"sh -c 'echo $VIDPIPE_EVENT_ID >> {hook_file}'"
+    cmd = [sys.executable, "-m", "pipeline.doors.controller", "--door", "front", "--redis", redis_server.url,
+           "--secret-env", "TEST_DOOR_KEY", "--prefix", "vp", "--max-age", "120", "--state", str(state),
+           "--hook", hook]  # fmt: skip
+    with open(log_file, "a") as fh:
+        proc = subprocess.Popen(
+            cmd, env={**os.environ, "TEST_DOOR_KEY": KEY}, stdout=fh, stderr=subprocess.STDOUT
+        )
+    deadline = time.time() + 30
+    while time.time() < deadline and redis_client.execute_command("PUBSUB", "NUMPAT") <= n_before:
+        assert proc.poll() is None, Path(log_file).read_text()
+        time.sleep(0.1)
+    return proc
+
+
+def _wait_for(pred, timeout: float = 15.0) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return pred()
+
+
+def test_replayed_and_reordered_grants_refused_after_controller_restart(redis_server, redis_client, tmp_path):
+    """The attack: record a grant off the wire, wait for the controller to restart (its nonce cache is
+    gone), replay it. Also: hold back an older grant and deliver it after a newer event. The hook that
+    opens the door must run exactly once, for the first grant only."""
+    state, hook_file, log_file = tmp_path / "front.counter", tmp_path / "opened.txt", tmp_path / "ctl.log"
+    older = sign_event(decision_event(), "front", KEY.encode())  # signed first, held back by the attacker
+    grant = sign_event(decision_event(), "front", KEY.encode())
+    proc = _start_controller(redis_server, redis_client, state, hook_file, log_file)
+    try:
+        redis_client.publish(channel_for("vp", grant), grant.to_json())
+        assert _wait_for(lambda: hook_file.exists() and hook_file.read_text().strip()), log_file.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert hook_file.read_text().split() == [grant.event_id]
+    assert json.loads(state.read_text())["counter"] == grant.data["signature"]["counter"]
+
+    proc = _start_controller(redis_server, redis_client, state, hook_file, log_file)
+    try:
+        redis_client.publish(channel_for("vp", grant), grant.to_json())  # replay after the restart
+        redis_client.publish(channel_for("vp", older), older.to_json())  # reordered: older than accepted
+        assert _wait_for(lambda: log_file.read_text().count("replayed or reordered") >= 2), (
+            log_file.read_text()
+        )
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert hook_file.read_text().split() == [grant.event_id]  # the hook never ran again
+
+
+def test_controller_refuses_to_start_with_unreadable_replay_state(redis_server, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    state = tmp_path / "front.counter"
+    state.write_text("{not json")
+    cmd = [sys.executable, "-m", "pipeline.doors.controller", "--door", "front", "--redis", redis_server.url,
+           "--secret-env", "TEST_DOOR_KEY", "--state", str(state)]  # fmt: skip
+    r = subprocess.run(
+        cmd, env={**os.environ, "TEST_DOOR_KEY": KEY}, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2 and str(state) in r.stderr and "refusing to start" in r.stderr
+
+
+def test_counter_store_refuses_reordered_events_in_process(tmp_path):
+    from pipeline.doors.signing import CounterStore
+
+    first = sign_event(decision_event(), "front", KEY.encode()).to_json()
+    second = sign_event(decision_event(), "front", KEY.encode()).to_json()
+    v = Verifier("front", KEY.encode(), counters=CounterStore(tmp_path / "c.json", "front"))
+    v.verify(second)
+    with pytest.raises(VerifyError, match="replayed or reordered"):
+        v.verify(first)
+    # a fresh verifier on the same file (a restart) still refuses both
+    v2 = Verifier("front", KEY.encode(), counters=CounterStore(tmp_path / "c.json", "front"))
+    for raw in (first, second):
+        with pytest.raises(VerifyError, match="replayed or reordered"):
+            v2.verify(raw)
+    with pytest.raises(VerifyError, match="belongs to door 'front'"):
+        CounterStore(tmp_path / "c.json", "back")
+
+
+def test_signing_counter_keeps_increasing_across_a_pipeline_restart():
+    from pipeline.doors import signing
+
+    first = sign_event(decision_event(), "front", KEY.encode()).data["signature"]["counter"]
+    burst = [signing.next_counter("front") for _ in range(1000)]
+    assert burst == sorted(set(burst)) and burst[0] > first  # strictly increasing, even within 1 us
+    signing._counters.clear()  # what a restarted pipeline process starts with
+    time.sleep(0.01)  # a restart takes far longer than a burst's lead over the clock (1 us per event)
+    again = sign_event(decision_event(), "front", KEY.encode()).data["signature"]["counter"]
+    assert again > burst[-1] > first

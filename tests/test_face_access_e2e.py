@@ -173,6 +173,10 @@ def test_enrolled_person_opens_the_door_once(setup, videos, redis_server, redis_
         assert redis_client.xlen(stream_for(PREFIX, "doors")) == 2
         ok, n, _, _ = verify_log(tmp / "audit.jsonl")
         assert ok and n == 2
+        # the analyzer's audit.checkpoint events reached Redis: verify-audit checks the log against them
+        from pipeline.cli.verify_audit import redis_checkpoints
+
+        assert redis_checkpoints(redis_server.url, PREFIX, "audit.jsonl")[0]["lines"] == 2
         assert "door front: granted eileen" in caplog.text and KEY not in caplog.text  # secrets never logged
         assert KEY not in (tmp / "audit.jsonl").read_text()
     finally:
@@ -198,7 +202,7 @@ def test_other_person_and_lost_camera_do_not_open(setup, videos, redis_server, r
         kept = sorted((tmp / "crops").glob("*.jpg"))
         assert 1 <= len(kept) <= 3 and cv2.imread(str(kept[-1])) is not None  # retention limit holds
 
-        offline = analyzer.on_camera_status("offline")
+        offline = [e for e in analyzer.on_camera_status("offline") if e.type == "doors.decision"]
         assert {(e.data["door_id"], e.data["decision"]) for e in offline} == {
             ("front", "denied"),
             ("back", "denied"),
@@ -229,6 +233,8 @@ def test_analysis_error_fails_closed(setup):
     analyzer.engine = Broken()
     frame = Frame("cam1", 0, 0.0, time.time(), np.zeros((H, W, 3), np.uint8))
     evs = analyzer.process(FrameResult(frame, Detections.empty(), "yolo"))
+    assert [e.type for e in evs] == ["doors.decision", "audit.checkpoint"] * 2  # each audited, checkpointed
+    evs = evs[::2]
     assert [(e.data["decision"], "detector exploded" in e.data["reason"]) for e in evs] == [
         ("denied", True)
     ] * 2

@@ -51,7 +51,9 @@ def test_gallery_crud_and_persistence(tmp_path):
     rng = np.random.default_rng(0)
     with Gallery(path) as g:
         assert g.enroll("alice", rng.normal(size=(2, 128)), ["a1.jpg", "a2.jpg"], "m1") == 2
-        assert g.enroll("alice", rng.normal(size=(1, 128)), ["a3.jpg"], "m1") == 3
+        with pytest.raises(GalleryError, match="already enrolled"):  # merging two people needs append
+            g.enroll("alice", rng.normal(size=(1, 128)), ["a3.jpg"], "m1")
+        assert g.enroll("alice", rng.normal(size=(1, 128)), ["a3.jpg"], "m1", append=True) == 3
         g.enroll("bob", rng.normal(size=(1, 128)), ["b.jpg"], "m2")
         with pytest.raises(GalleryError, match="already enrolled"):
             g.rename("alice", "bob")

@@ -228,6 +228,32 @@ os.kill(os.getpid(), signal.SIGKILL)  # no clean disconnect: only the broker's l
     late.close()
 
 
+def test_hung_broker_times_out_spools_and_recovers_in_order(mosquitto, tmp_path):
+    sub = MqttSubscriber(mosquitto.port)
+    cfg = MqttConfig(**fast_mqtt(mosquitto.url(), tmp_path, publish_timeout_s=0.5, batch_size=10))
+    stage = DeliveryStage("sink:mqtt", MqttTransport(cfg), cfg)
+    stage.start()
+    sent = [Event(type="tracks.update", camera_id="c", frame_seq=i) for i in range(60)]
+    for e in sent[:10]:
+        stage.submit(e)
+    wait_for(lambda: len(sub.events()) == 10, 10, "first 10 events")
+    mosquitto.pause()  # SIGSTOP: TCP still accepts, nothing answers
+    try:
+        for e in sent[10:40]:
+            stage.submit(e)
+        wait_for(lambda: not stage.connected, 10, "the hang to be noticed")
+        assert "did not acknowledge" in (stage.error or "") or "did not answer" in (stage.error or "")
+    finally:
+        mosquitto.resume()
+    for e in sent[40:]:
+        stage.submit(e)
+    wait_for(lambda: len(first_occurrences([e for _, e in sub.events()])) == 60, 20, "all 60 events")
+    stage.stop()
+    assert stage.join(15)
+    sub.close()
+    assert [e.frame_seq for e in first_occurrences([e for _, e in sub.events()])] == list(range(60))
+
+
 def test_mqtt_wrong_password_is_a_clear_error_and_events_wait_in_the_spool(make_mosquitto, tmp_path, caplog):
     broker = make_mosquitto(users={"vidpipe": "right-secret"})
     cfg = MqttConfig(**fast_mqtt(broker.url("vidpipe", "wrong-secret"), tmp_path))

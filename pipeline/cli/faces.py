@@ -1,6 +1,6 @@
 """faces subcommand: manage the face gallery, serve its HTTP API, check the door audit log.
 
-    python run_pipeline.py faces enroll --name NAME PHOTO [PHOTO ...]
+    python run_pipeline.py faces enroll --name NAME [--append] PHOTO [PHOTO ...]
     python run_pipeline.py faces list
     python run_pipeline.py faces remove NAME
     python run_pipeline.py faces rename OLD NEW
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from pipeline.config import ConfigError, load_config
 from pipeline.faces.config import FacesConfig
@@ -24,8 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="pipeline YAML (its faces: section is used)")
     parser.add_argument("--gallery", help="gallery SQLite file (default: faces.gallery_path)")
     sub = parser.add_subparsers(dest="action", required=True)
-    p = sub.add_parser("enroll", help="add photos of a person")
+    p = sub.add_parser("enroll", help="enroll a new person from photos (--append: add to an existing one)")
     p.add_argument("--name", required=True)
+    p.add_argument(
+        "--append", action="store_true", help="add the photos to an already enrolled person (audited)"
+    )
     p.add_argument("photos", nargs="+")
     sub.add_parser("list", help="list enrolled people")
     p = sub.add_parser("remove", help="remove a person and their templates")
@@ -37,8 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--var-dir", default="var", help="where the web login password hash lives")
-    p = sub.add_parser("verify-audit", help="check a door audit log's hash chain")
+    p = sub.add_parser(
+        "verify-audit",
+        help="check a door audit log's keyed chain and its checkpoints (key: $VIDPIPE_AUDIT_KEY[_FILE])",
+    )
     p.add_argument("file")
+    p.add_argument("--redis", help="also check the checkpoints published to this Redis (redis:// URL)")
+    p.add_argument("--prefix", default="vidpipe", help="Redis key prefix of the pipeline (default vidpipe)")
 
 
 def _faces_config(args: argparse.Namespace) -> FacesConfig:
@@ -58,13 +67,11 @@ def main(args: argparse.Namespace) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     if args.action == "verify-audit":
-        from pipeline.doors.audit import verify_log
+        from pipeline.cli.verify_audit import verify_audit
 
-        ok, n, _, problem = verify_log(args.file)
-        print(f"{args.file}: {n} entries, chain {'intact' if ok else 'BROKEN: ' + problem}")
-        return 0 if ok else 1
+        return verify_audit(args.file, args.redis, args.prefix)
 
-    from pipeline.faces.gallery import Gallery
+    from pipeline.faces.gallery import Gallery, display_name
 
     cfg = _faces_config(args)
     if args.action == "serve":
@@ -73,31 +80,25 @@ def _main(args: argparse.Namespace) -> int:
         if args.action == "list":
             people = gallery.persons()
             for p in people:
-                print(f"{p.name}\t{p.templates} template(s)\t{','.join(p.model_ids)}")
+                print(f"{display_name(p.name)}\t{p.templates} template(s)\t{','.join(p.model_ids)}")
             print(f"{len(people)} person(s) in {cfg.gallery_path}")
             return 0
         if args.action == "remove":
             gallery.remove(args.name)
-            print(f"removed {args.name}")
+            print(f"removed {display_name(args.name)}")
             return 0
         if args.action == "rename":
             gallery.rename(args.old, args.new)
-            print(f"renamed {args.old} -> {args.new}")
+            print(f"renamed {display_name(args.old)} -> {display_name(args.new)}")
             return 0
 
-        from pipeline.faces.enroll import FaceEngine, enroll_images, read_photo
+        from pipeline.faces.enroll import FaceEngine, enroll_images
 
-        engine = FaceEngine.from_config(cfg)
         if args.action == "enroll":
-            images, unreadable = [], []
-            for path in args.photos:
-                try:
-                    images.append((path, read_photo(path)))
-                except ValueError as exc:
-                    unreadable.append(str(exc))
-            report = enroll_images(gallery, engine, cfg, args.name, images)
-            for line in unreadable:
-                print(f"{line.split(': ', 1)[0]}: rejected: {line.split(': ', 1)[1]}")
+            photos = [(path, Path(path)) for path in args.photos]
+            report = enroll_images(
+                gallery, lambda: FaceEngine.from_config(cfg), cfg, args.name, photos, append=args.append
+            )
             for line in report.lines():
                 print(line)
             return 0 if report.accepted else 1

@@ -1,9 +1,11 @@
 """Reference door controller: subscribes to door decisions and opens only for verified, fresh grants.
 
     python -m pipeline.doors.controller --door front --redis redis://127.0.0.1:6379/0 \
-        --secret-env DOOR_FRONT_SECRET [--prefix vidpipe] [--max-age 5] [--hook 'relay-on 3']
+        --secret-env DOOR_FRONT_SECRET [--state var/doors/front.counter] [--prefix vidpipe] [--max-age 5] \
+        [--hook 'relay-on 3']
 
-Every message is checked (HMAC signature with the door's key, door id, age, nonce not seen before) and
+Every message is checked (HMAC signature with the door's key, door id, age, nonce not seen before, and
+the signed per-door counter above the last one accepted, which ``--state`` keeps across restarts) and
 only a ``granted`` decision that passes opens the door: the hook command is run (argv, no shell) with
 VIDPIPE_DOOR and VIDPIPE_PERSON in its environment, or a line is printed. Anything else is logged and
 ignored, so a forged, edited, replayed or stale event never opens it.
@@ -22,7 +24,7 @@ from collections.abc import Callable
 
 import redis
 
-from pipeline.doors.signing import Verifier, VerifyError
+from pipeline.doors.signing import CounterStore, Verifier, VerifyError
 from pipeline.events import Event
 
 log = logging.getLogger("pipeline.doors.controller")
@@ -30,10 +32,15 @@ log = logging.getLogger("pipeline.doors.controller")
 
 class DoorController:
     def __init__(
-        self, door_id: str, key: bytes, open_door: Callable[[Event], None], max_age_s: float = 5.0
+        self,
+        door_id: str,
+        key: bytes,
+        open_door: Callable[[Event], None],
+        max_age_s: float = 5.0,
+        counters: CounterStore | None = None,
     ) -> None:
         self.door_id = door_id
-        self.verifier = Verifier(door_id, key, max_age_s=max_age_s)
+        self.verifier = Verifier(door_id, key, max_age_s=max_age_s, counters=counters)
         self.open_door = open_door
         self.opened = 0
         self.rejected = 0
@@ -105,13 +112,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix", default="vidpipe")
     p.add_argument("--max-age", type=float, default=5.0, help="reject events signed longer ago than this (s)")
     p.add_argument("--hook", help="command run to open the door (default: print a line)")
+    p.add_argument(
+        "--state",
+        help="file keeping the last accepted counter across restarts (default: var/doors/DOOR.counter)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     key = os.environ.get(args.secret_env, "")
     if not key:
         print(f"error: environment variable {args.secret_env} is not set or empty", file=sys.stderr)
         return 2
-    ctl = DoorController(args.door, key.encode(), hook_opener(args.door, args.hook), max_age_s=args.max_age)
+    try:
+        counters = CounterStore(args.state or f"var/doors/{args.door}.counter", args.door)
+    except VerifyError as exc:
+        print(f"error: door {args.door}: {exc}", file=sys.stderr)
+        return 2
+    ctl = DoorController(
+        args.door, key.encode(), hook_opener(args.door, args.hook), max_age_s=args.max_age, counters=counters
+    )
     client = redis.Redis.from_url(args.redis, decode_responses=True)
     while True:
         try:

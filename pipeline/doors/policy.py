@@ -41,6 +41,7 @@ class DoorPolicy:
         self._last: dict[str, float] = {}  # key -> time of its last decision (cooldown)
         self.offline = False
         self._outage_at = -float("inf")  # frames captured before the last outage never vote
+        self.stale_frames = 0  # frames older than max_frame_age_s (capture_time from the stream clock)
 
     # ---- inputs ---------------------------------------------------------------------------------------
 
@@ -48,6 +49,7 @@ class DoorPolicy:
         """One analysed frame. Returns the decisions it completes (usually none)."""
         age = now - capture_time
         if age > self.door.max_frame_age_s:
+            self.stale_frames += 1
             self._votes.clear()
             if any(f.face_px >= self.door.min_face_px for f in faces):
                 return self._fail(f"stale frame ({age:.1f} s old > {self.door.max_frame_age_s} s)", now)

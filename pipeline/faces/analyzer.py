@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.doors.audit import AuditLog, open_audit_log
+from pipeline.doors.audit import CHECKPOINT_EVENT, AuditLog, open_audit_log
 from pipeline.doors.config import DoorConfig
 from pipeline.doors.lockdown import Lockdown, lockdown_path
 from pipeline.doors.policy import DoorPolicy, FaceVote
@@ -157,6 +157,10 @@ class FaceAccessAnalyzer:
             door.audit.append(ev.model_dump(mode="json"))
             log.info("door %s: %s %s (%s)", door.cfg.id, dec["decision"], dec["person"] or "-", dec["reason"])
             events.append(ev)
+            if door.audit.last_checkpoint is not None:  # off-host copy: truncating the log is detected
+                events.append(
+                    Event(type=CHECKPOINT_EVENT, camera_id=self.camera_id, data=door.audit.last_checkpoint)
+                )
         return events
 
     def _unknown_event(self, result: FrameResult, boxes: np.ndarray, idx: list[int], matches: list) -> Event:

@@ -53,6 +53,17 @@ class FacesConfig(_Strict):
     )
     unknown_crops: UnknownCropsConfig = Field(default_factory=UnknownCropsConfig)
     api: FaceApiConfig = Field(default_factory=FaceApiConfig)
+    max_photo_bytes: int = Field(
+        20_000_000, ge=1024, description="enrollment: larger photo files are refused before they are read"
+    )
+    max_photo_pixels: int = Field(
+        40_000_000,
+        ge=10_000,
+        description="enrollment: width x height from the image header, checked before decoding",
+    )
+    enroll_audit_log: str | None = Field(
+        None, description="keyed audit log of enrollments (default: the gallery path + .audit.jsonl)"
+    )
 
     @model_validator(mode="after")
     def _thresholds(self) -> FacesConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,13 +47,35 @@ class PersonInfo:
     created: float
 
 
+MAX_NAME_LEN = 64
+
+
 def check_name(name: str) -> str:
+    """A person's name, stripped: 1-64 printable characters (no NUL, newline, tab or terminal escape), no
+    path separator, not ``.`` or ``..``. Names end up in file names, logs, terminals and door events."""
+    if not isinstance(name, str):
+        raise GalleryError(f"invalid person name {name!r}: not a string")
     name = name.strip()
-    if not name or len(name) > 100 or any(c in name for c in "\n\r\t/\\"):
+    if not name or len(name) > MAX_NAME_LEN:
         raise GalleryError(
-            f"invalid person name {name!r} (1-100 characters, no slashes or control characters)"
+            f"invalid person name {display_name(name)!r}: {len(name)} characters (1-{MAX_NAME_LEN} allowed)"
         )
+    if not name.isprintable():
+        raise GalleryError(
+            f"invalid person name {display_name(name)!r}: control characters (NUL, newline, tab, escapes) "
+            "are not allowed"
+        )
+    if any(c in name for c in "/\\") or name in (".", ".."):
+        raise GalleryError(f"invalid person name {name!r}: no path separators (/ or \\), not . or ..")
     return name
+
+
+def display_name(name: str) -> str:
+    """``name`` with every non-printable character escaped (``\\x1b``, ``\\x00``): safe to print, also for
+    names stored before ``check_name`` refused them."""
+    if name.isprintable():
+        return name
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in name)
 
 
 class Gallery:
@@ -78,8 +101,26 @@ class Gallery:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def enroll(self, name: str, embeddings: np.ndarray, sources: list[str], model_id: str) -> int:
-        """Add templates to a person (created if new) in one transaction; returns the person's template count."""
+    def exists(self, name: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM persons WHERE name = ?", (name,)).fetchone() is not None
+
+    def enroll(
+        self,
+        name: str,
+        embeddings: np.ndarray,
+        sources: list[str],
+        model_id: str,
+        *,
+        append: bool = False,
+        before_commit: Callable[[int], None] | None = None,
+    ) -> int:
+        """Add templates to a person in one transaction; returns the person's template count.
+
+        A new name creates the person. An existing one is refused unless ``append``: adding photos to a
+        name silently would merge two people (and let anyone who can enroll join someone's allow list).
+        ``before_commit(template count)`` runs inside the transaction (the audit entry): if it raises,
+        nothing is stored."""
         name = check_name(name)
         emb = np.asarray(embeddings, np.float32)
         if emb.ndim != 2 or len(emb) != len(sources) or len(emb) == 0:
@@ -90,8 +131,16 @@ class Gallery:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute("INSERT OR IGNORE INTO persons(name, created) VALUES (?, ?)", (name, now))
-                (pid,) = self._db.execute("SELECT id FROM persons WHERE name = ?", (name,)).fetchone()
+                row = self._db.execute("SELECT id FROM persons WHERE name = ?", (name,)).fetchone()
+                if row is not None and not append:
+                    raise GalleryError(
+                        f"{name!r} is already enrolled; adding photos to an existing person needs append "
+                        "(CLI: --append)"
+                    )
+                if row is None:
+                    self._db.execute("INSERT INTO persons(name, created) VALUES (?, ?)", (name, now))
+                    row = self._db.execute("SELECT id FROM persons WHERE name = ?", (name,)).fetchone()
+                (pid,) = row
                 self._db.executemany(
                     "INSERT INTO templates(person_id, model_id, dim, embedding, source, created) VALUES (?,?,?,?,?,?)",
                     [
@@ -102,6 +151,8 @@ class Gallery:
                 (count,) = self._db.execute(
                     "SELECT COUNT(*) FROM templates WHERE person_id = ?", (pid,)
                 ).fetchone()
+                if before_commit is not None:
+                    before_commit(int(count))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
