@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench_web_live.py [--seconds 20] [--rounds 2]
 
-The pipeline runs the default demo camera (YOLOv3-tiny on ONNX Runtime, the demo clip paced in real time,
+The pipeline runs the default demo camera (YOLOv3-tiny on ONNX Runtime, the demo clip paced in real time
+with queue_policy latest as for a live camera,
 detect_fps 5) with the web app in this process. Rounds alternate: no viewer (the peer), then one headless
 Debian chromium (Playwright) showing the live page. Per phase it reports the pipeline process's CPU
 (all its threads; ``time.process_time``), the viewer's chromium processes' CPU (from /proc), frames shown,
@@ -106,7 +107,16 @@ def main() -> int:
     clip = default_demo_clip(tmp / "demo")
     cfg = parse_config(
         {
-            "cameras": [{"id": "demo", "source": str(clip), "loop": True, "realtime": True, "detect_fps": 5}],
+            "cameras": [
+                {
+                    "id": "demo",
+                    "source": str(clip),
+                    "loop": True,
+                    "realtime": True,
+                    "detect_fps": 5,
+                    "queue_policy": "latest",
+                }  # like a live camera: the detector gets the newest frame
+            ],  # fmt: skip
             "detector": {"model": "yolov3-tiny", "score_threshold": 0.3},
             "redis": {"url": redis.url, "spool_path": str(tmp / "spool.sqlite")},
         }
@@ -126,7 +136,9 @@ def main() -> int:
             c0, t0 = time.process_time(), time.monotonic()
             time.sleep(args.seconds)
             wall = time.monotonic() - t0
-            rows.append(("no viewer", rnd, (time.process_time() - c0) / wall, 0.0, tap.take(), [], 0))
+            rows.append(
+                ("no viewer", rnd, (time.process_time() - c0) / wall, 0.0, tap.take(), [], 0, 0.0, 0.0)
+            )
             # one viewer
             browser = pw.chromium.launch(
                 executable_path="/usr/bin/chromium",
@@ -141,6 +153,8 @@ def main() -> int:
             time.sleep(3)  # page settled, first frames shown
             page.evaluate("() => { const s = window.vidpipeLive.demo; s.delays = []; s.frames = 0; }")
             tap.take()
+            live = web.app.state.live
+            e0, n0 = live.encode_cpu_s, live.encoded
             b0 = descendants_cpu(os.getpid())
             c0, t0 = time.process_time(), time.monotonic()
             time.sleep(args.seconds)
@@ -148,7 +162,11 @@ def main() -> int:
             cpu = (time.process_time() - c0) / wall
             bcpu = (descendants_cpu(os.getpid()) - b0) / wall
             st = page.evaluate("() => window.vidpipeLive.demo")
-            rows.append(("one viewer", rnd, cpu, bcpu, tap.take(), st["delays"], st["frames"] / wall))
+            enc = (live.encode_cpu_s - e0) / wall
+            per = (live.encode_cpu_s - e0) / max(1, live.encoded - n0) * 1e3
+            rows.append(
+                ("one viewer", rnd, cpu, bcpu, tap.take(), st["delays"], st["frames"] / wall, enc, per)
+            )
             browser.close()
     tap.stop()
     web.stop()
@@ -157,13 +175,15 @@ def main() -> int:
     redis.stop()
 
     print(f"{args.rounds} rounds x {args.seconds:.0f} s per phase, load average {os.getloadavg()[0]:.1f}")
-    print("| phase | round | pipeline process CPU (cores) | chromium CPU (cores) | frames shown /s | "
-          "capture→detected p50 / p90 ms (n) | capture→pixels p50 / p90 ms (n) |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---|---|")
-    for phase, rnd, cpu, bcpu, tapd, pix, fps in rows:
+    print("| phase | round | pipeline process CPU (cores) | of which draw+JPEG (cores; ms/frame) | chromium CPU (cores) "
+          "| frames shown /s | capture→detected p50 / p90 ms (n) | capture→pixels p50 / p90 ms (n) |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---|---|")
+    for phase, rnd, cpu, bcpu, tapd, pix, fps, enc, per in rows:
         tcol = f"{pct(tapd, 0.5) * 1e3:.0f} / {pct(tapd, 0.9) * 1e3:.0f} ({len(tapd)})"
         pcol = f"{pct(pix, 0.5) * 1e3:.0f} / {pct(pix, 0.9) * 1e3:.0f} ({len(pix)})" if pix else "–"
-        print(f"| {phase} | {rnd} | {cpu:.2f} | {bcpu:.2f} | {fps:.1f} | {tcol} | {pcol} |")
+        print(
+            f"| {phase} | {rnd} | {cpu:.2f} | {enc:.3f}; {per:.1f} | {bcpu:.2f} | {fps:.1f} | {tcol} | {pcol} |"
+        )
     base = statistics.mean(r[2] for r in rows if r[0] == "no viewer")
     view = statistics.mean(r[2] for r in rows if r[0] == "one viewer")
     print(f"\npipeline process CPU with one viewer / without: {view / base:.2f}x (+{view - base:.2f} cores)")

@@ -161,8 +161,8 @@ class PipelineConfig(_Strict):
     faces: FacesConfig = Field(default_factory=FacesConfig)
     doors: list[DoorConfig] = Field(default_factory=list)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    sinks: SinksConfig = Field(default_factory=SinksConfig, description="MQTT, webhooks beside redis")
     web: WebConfig = Field(default_factory=WebConfig)
+    sinks: SinksConfig = Field(default_factory=SinksConfig, description="MQTT, webhooks beside redis")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     executor: Literal["local", "ray"] = Field(
         "local", description="local: every camera in this process; ray: cameras sharded on a Ray cluster"

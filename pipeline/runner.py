@@ -306,7 +306,7 @@ class Pipeline:
             log.debug("camera %s: result after its analytics closed", result.frame.camera_id)
 
     def _close_inboxes(self) -> None:
-        for q in self.inboxes.values():
+        for q in list(self.inboxes.values()):  # a copy: cameras may be added or removed meanwhile
             q.close()
 
     def _analytics_done(self) -> None:

@@ -9,8 +9,8 @@ APT_PACKAGES=(
   redis-server                                  # local Redis for runs without redis.url, and for tests
   python3-gi gir1.2-gst-rtsp-server-1.0         # the RTSP test server (Debian's /usr/bin/python3 + GStreamer)
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
-  mosquitto openssl                             # MQTT broker (and a TLS certificate) for the MQTT sink tests
   chromium                                      # web app browser tests (Playwright drives /usr/bin/chromium)
+  mosquitto openssl                             # MQTT broker (and a TLS certificate) for the MQTT sink tests
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

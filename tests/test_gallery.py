@@ -193,6 +193,12 @@ def test_http_api_requires_token_and_manages_gallery(tmp_path, engine, photos, s
             "z": "data is missing or not valid base64",
             "c.png": "no face found",
         }
+        again = {"name": "eileen", "photos": [{"filename": "b.jpg", "data": jpg}]}
+        status, body = call("POST", "/persons", again)
+        assert status == 400 and "already enrolled" in body["error"]  # adding to a person needs append
+        assert call("POST", "/persons", {**again, "append": "yes"})[0] == 400
+        status, body = call("POST", "/persons", {**again, "append": True})
+        assert status == 200 and body["templates"] == 2 and body["results"][0]["enrolled"]
         assert call("PATCH", "/persons/eileen", {"name": "collins"})[0] == 200
         status, body = call("GET", "/persons")
         assert status == 200 and [p["name"] for p in body["persons"]] == ["collins"]

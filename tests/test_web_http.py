@@ -260,3 +260,158 @@ def test_cameras_cli_edits_the_yaml_atomically_and_drives_a_running_pipeline(sta
     assert _cli("--url", web.url, "remove", "live2", env=env).returncode == 0
     assert "live2" not in [x.id for x in pipe.camera_configs()]
     assert "HTTP 401" in _cli("--url", web.url, "list", env={"VIDPIPE_FACES_TOKEN": "w" * 20}).stderr
+
+
+def test_the_run_command_serves_the_web_app_and_prints_its_url_and_first_password(demo_mp4, tmp_path):
+    """`run_pipeline.py --config X` (the README's command) serves the app: the printed URL answers, the
+    password printed once on the first start logs in, the live frame of the camera comes back; the
+    password is stored only hashed."""
+    import os
+    import re
+    import signal
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "cameras": [{"id": "demo", "source": str(demo_mp4.path), "loop": True, "realtime": True}],
+                "detector": {"model": "none"},
+                "redis": {"spool_path": str(tmp_path / "spool.sqlite")},
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if k != "VIDPIPE_WEB_PASSWORD"}
+    cmd = [sys.executable, str(REPO / "run_pipeline.py"), "--config", str(cfg), "--var-dir", str(tmp_path / "var"),
+           "--web-port", "0", "--duration", "60"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    try:
+        url = password = None
+        deadline = time.time() + 60
+        assert proc.stderr is not None
+        while (url is None or password is None) and time.time() < deadline:
+            line = proc.stderr.readline()
+            if m := re.match(r"web app: (http://127\.0\.0\.1:\d+/)", line):
+                url = m.group(1)
+            if m := re.match(r"web login: first start, a password was generated: (\S+)", line):
+                password = m.group(1)
+        assert url and password, "the run did not print the web app's URL and first password"
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        import http.client
+
+        def req(method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            out = (r.status, dict((k.lower(), v) for k, v in r.getheaders()), r.read())
+            conn.close()
+            return out
+
+        assert req("GET", "/")[0] == 303
+        status, headers, _ = req("POST", "/login", urllib.parse.urlencode({"password": password}).encode(),
+                                 {"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+        assert status == 303
+        sid = headers["set-cookie"].split(";", 1)[0]
+        status, headers, body = req("GET", "/api/live/demo/frame?after=-1", headers={"Cookie": sid})
+        assert status == 200 and body[:2] == b"\xff\xd8" and headers["content-type"] == "image/jpeg"
+        stored = (tmp_path / "var" / "web" / "password.scrypt").read_text()
+        assert stored.startswith("scrypt$") and password not in stored
+        assert oct((tmp_path / "var" / "web" / "password.scrypt").stat().st_mode & 0o777) == "0o600"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+def test_events_timeline_filters_and_live_sse(start_web, running):
+    cfg, pipe = running
+    web = start_web(cfg, pipe)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        status, body = web.api("GET", "/api/events?camera=a&type=status.camera")
+        if status == 200 and body["events"]:
+            break
+        time.sleep(0.2)
+    assert body["events"] and all(e["camera"] == "a" and e["type"] == "status.camera" for e in body["events"])
+    assert web.api("GET", "/api/events?camera=nope")[1]["events"] == []
+    assert web.api("GET", "/api/events?since=yesterday")[0] == 400
+
+    with socket.create_connection(("127.0.0.1", web.port), timeout=15) as s:
+        s.sendall(
+            f"GET /api/events/stream?type=status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+        )
+        head = s.recv(65536)
+        assert b" 200 " in head.split(b"\r\n")[0] and b"text/event-stream" in head
+        assert web.api("POST", "/api/cameras/a/pause")[0] == 200  # publishes status.camera "paused"
+        got = b""
+        deadline = time.time() + 15
+        while b'"status": "paused"' not in got and b'"label": "paused"' not in got and time.time() < deadline:
+            got += s.recv(65536)
+        assert b"data: " in got and b"paused" in got, got[-500:]
+    assert web.api("POST", "/api/cameras/a/resume")[0] == 200
+
+
+def test_an_unknown_face_is_assigned_to_a_person_with_one_post(start_web, running, tmp_path):
+    import re
+
+    import cv2
+    from skimage import data
+
+    cfg, pipe = running
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    face = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)[0:300, 100:360]
+    cv2.imwrite(str(crops / "a_12_0_1700000000000.jpg"), face)
+    faces = cfg.faces.model_copy(
+        update={"unknown_crops": cfg.faces.unknown_crops.model_copy(update={"dir": str(crops)})}
+    )
+    web = start_web(cfg, pipe, faces=faces)
+    _, sid = web.login()
+    cookie = {"Cookie": f"vidpipe_session={sid}"}
+    status, _, page = web.request("GET", "/faces", headers=cookie)
+    assert status == 200 and b"/faces/unknown/a_12_0_1700000000000.jpg" in page
+    csrf = re.search(rb'name="csrf-token" content="([^"]+)"', page).group(1).decode()
+    form = urllib.parse.urlencode(
+        {"csrf_token": csrf, "file": "a_12_0_1700000000000.jpg", "name": "eileen"}
+    ).encode()
+    status, _, page = web.request(
+        "POST", "/faces/unknown/assign", form, {**cookie, "Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert status == 200 and b'data-person="eileen"' in page and b"enrolled" in page, page[-800:]
+    assert not (crops / "a_12_0_1700000000000.jpg").exists()  # assigned: gone from the unknown list
+    traversal = urllib.parse.urlencode({"csrf_token": csrf, "file": "../config.yaml", "name": "x"}).encode()
+    status, headers, _ = web.request(
+        "POST",
+        "/faces/unknown/assign",
+        traversal,
+        {**cookie, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert status == 303 and "err=" in headers["location"]
+
+
+def test_camera_passwords_are_never_rendered_and_survive_an_edit_from_the_page(start_web, running):
+    import re
+
+    cfg, pipe = running
+    web = start_web(cfg, pipe)
+    secret_src = "rtsp://viewer:topsecret42@127.0.0.1:1/stream"
+    assert (
+        web.api("POST", "/api/cameras", {"id": "gate", "source": secret_src, "open_timeout_s": 1})[0] == 201
+    )
+    _, sid = web.login()
+    cookie = {"Cookie": f"vidpipe_session={sid}"}
+    status, _, page = web.request("GET", "/cameras", headers=cookie)
+    assert status == 200 and b"topsecret42" not in page and b"rtsp://viewer:***@127.0.0.1:1/stream" in page
+    assert b"topsecret42" not in web.request("GET", "/api/cameras", headers=cookie)[2]
+    csrf = re.search(rb'name="csrf-token" content="([^"]+)"', page).group(1).decode()
+    form = urllib.parse.urlencode(
+        {"csrf_token": csrf, "source": "rtsp://viewer:***@127.0.0.1:1/stream", "detect_fps": "3"}
+    ).encode()
+    status, headers, _ = web.request(
+        "POST", "/cameras/gate/edit", form, {**cookie, "Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert status == 303 and "msg=" in headers["location"], headers["location"]
+    gate = next(c for c in pipe.camera_configs() if c.id == "gate")
+    assert gate.source == secret_src and gate.detect_fps == 3
+    assert yaml.safe_load(web.config_path.read_text())["cameras"][1]["source"] == secret_src
+    assert web.api("DELETE", "/api/cameras/gate")[0] == 200

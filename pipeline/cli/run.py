@@ -152,11 +152,11 @@ def main(args: argparse.Namespace) -> int:
     web_server = None
     if cfg.web.enabled and not args.no_web:
         web_server = _start_web(cfg, pipeline, var_dir, args)
-        if web_server is None:
+        if web_server is None:  # like a metrics port in use: a setting to fix, exit 2
             pipeline.join(timeout=1)
             if local_redis:
                 local_redis.stop()
-            return 1
+            return 2
 
     signals_seen = 0
 

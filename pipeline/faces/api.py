@@ -6,7 +6,7 @@ A call carries ``Authorization: Bearer <token>`` (token from faces.api.token or 
 faces.api.token_env) or a web login session.
 
     GET    /api/persons                      -> {"persons": [{"name", "templates", "model_ids"}]}
-    POST   /api/persons  {"name": N, "photos": [{"filename": F, "data": base64}]}
+    POST   /api/persons  {"name": N, "photos": [{"filename": F, "data": base64}], "append": false}
                                              -> {"name", "enrolled": [F...], "rejected": [{"photo", "reason"}], "templates"}
     DELETE /api/persons/<name>               -> {"removed": name}
     PATCH  /api/persons/<name> {"name": NEW} -> {"renamed": name, "to": NEW}

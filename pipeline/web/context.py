@@ -46,4 +46,6 @@ class WebContext:
 
     @property
     def snapshots_dir(self) -> Path:
-        return self.var_dir / "snapshots"
+        """Where the tracker writes best-frame snapshots (the pipeline's var dir when one runs here)."""
+        base = self.pipeline.var_dir if self.pipeline is not None else self.var_dir
+        return base / "snapshots"

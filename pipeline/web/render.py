@@ -65,15 +65,24 @@ def annotate(
         if track_ids and i in track_ids:
             text += f" #{track_ids[i]}"
         _label(img, text, x1, y1, _BOX)
-    for face in result.extras.get("faces") or []:
-        box = face.get("box") if isinstance(face, dict) else None
-        if not box or len(box) != 4:
-            continue
+    for box, who in _faces(result):
         x1, y1, x2, y2 = (int(round(float(v))) for v in box)
         cv2.rectangle(img, (x1, y1), (x2, y2), _FACE, 2)
-        who = face.get("identity") or "unknown"
-        _label(img, str(who), x1, y2 + 16, _FACE)
+        _label(img, who, x1, y2 + 16, _FACE)
     return img
+
+
+def _faces(result: FrameResult) -> list[tuple[Sequence[float], str]]:
+    """(box, name or 'unknown') per face the face stage saw: the typed ``FrameResult.faces`` where the
+    face stage sets it, else the older ``extras["faces"]`` dicts."""
+    out: list[tuple[Sequence[float], str]] = []
+    typed = getattr(result, "faces", None)
+    for face in typed if typed is not None else result.extras.get("faces") or []:
+        box = face.get("box") if isinstance(face, dict) else getattr(face, "box", None)
+        who = face.get("identity") if isinstance(face, dict) else getattr(face, "identity", None)
+        if box is not None and len(box) == 4:
+            out.append((box, str(who or "unknown")))
+    return out
 
 
 def encode_jpeg(img: np.ndarray, quality: int = 75) -> bytes:

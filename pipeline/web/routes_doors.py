@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pipeline.doors.audit import verify_log
+from pipeline.doors.audit import AuditError, verify_log
 from pipeline.doors.config import DoorConfig
 from pipeline.doors.lockdown import Lockdown, LockdownError, lockdown_path
 from pipeline.doors.signing import Verifier, VerifyError
@@ -53,7 +53,10 @@ def door_rows(ctx: WebContext, store: EventStore | None) -> tuple[list[dict[str,
         except redis.RedisError as exc:
             problem = f"Redis is not reachable ({exc})"
     for door in ctx.doors:
-        ok, n, _, why = verify_log(audit_path(ctx, door))
+        try:
+            ok, n, _, why = verify_log(audit_path(ctx, door), missing_ok=True)
+        except AuditError as exc:
+            ok, n, why = False, 0, str(exc)
         try:
             state = lockdown_for(ctx, door).states().get(door.id, {})
         except LockdownError as exc:
@@ -106,7 +109,12 @@ def set_lockdown(ctx: WebContext, door_id: str, locked: bool, by: str, reason: s
     door = next((d for d in ctx.doors if d.id == door_id), None)
     if door is None:
         raise HTTPException(404, f"no door {door_id!r}")
-    lockdown_for(ctx, door).set(door_id, locked, by=by, reason=reason, audit_log=audit_path(ctx, door))
+    try:
+        lockdown_for(ctx, door).set(door_id, locked, by=by, reason=reason, audit_log=audit_path(ctx, door))
+    except AuditError as exc:
+        raise HTTPException(
+            503, f"door {door_id}: the change cannot be audited, so it was not made: {exc}"
+        ) from None
 
 
 async def form_lockdown(request: Request) -> Response:
@@ -117,7 +125,10 @@ async def form_lockdown(request: Request) -> Response:
         "locked from the web app" if locked else "lifted"
     )
     by = f"web ({request.client.host if request.client else '?'})"
-    await anyio.to_thread.run_sync(set_lockdown, ctx_of(request), door_id, locked, by, reason)
+    try:
+        await anyio.to_thread.run_sync(set_lockdown, ctx_of(request), door_id, locked, by, reason)
+    except HTTPException as exc:
+        return back("/doors", err=str(exc.detail))
     return back("/doors", msg=f"door {door_id} {'locked down' if locked else 'lock-down lifted'}")
 
 

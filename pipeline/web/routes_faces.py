@@ -35,15 +35,20 @@ def persons(ctx: WebContext) -> list[dict[str, Any]]:
         ]
 
 
-def enroll(ctx: WebContext, name: str, images: list[tuple[str, bytes]]) -> dict[str, Any]:
-    """Run the enrollment core; returns {name, enrolled, rejected: [{photo, reason}], templates}."""
+def enroll(
+    ctx: WebContext, name: str, images: list[tuple[str, bytes]], append: bool = False
+) -> dict[str, Any]:
+    """Run the enrollment core (one result per photo; adding to an existing person needs ``append``, which
+    it audits). Returns {name, append, results: [{photo, enrolled, reason}], enrolled, rejected, templates}.
+    The engine is passed as a callable: the models load only if some photo passes the cheap checks."""
     from pipeline.faces.enroll import enroll_images
 
-    engine = ctx.engine()
     with Gallery(ctx.faces.gallery_path) as g:
-        report = enroll_images(g, engine, ctx.faces, name, list(images))
+        report = enroll_images(g, ctx.engine, ctx.faces, name, list(images), append=append)
     return {
         "name": name,
+        "append": append,
+        "results": [r.to_dict() for r in report.results],
         "enrolled": list(report.accepted),
         "rejected": [{"photo": p, "reason": r} for p, r in report.rejected],
         "templates": report.templates,
@@ -90,6 +95,9 @@ async def api_enroll(request: Request) -> Response:
         raise HTTPException(
             400, 'body must be {"name": str, "photos": [{"filename": str, "data": base64}, ...]}'
         )
+    append = body.get("append", False)
+    if not isinstance(append, bool):
+        raise HTTPException(400, '"append" must be true or false')
     images, bad = [], []
     for i, ph in enumerate(photos):
         label = str(ph.get("filename") or f"photo[{i}]") if isinstance(ph, dict) else f"photo[{i}]"
@@ -98,10 +106,13 @@ async def api_enroll(request: Request) -> Response:
         except (KeyError, TypeError, binascii.Error):
             bad.append({"photo": label, "reason": "data is missing or not valid base64"})
     try:
-        out = await anyio.to_thread.run_sync(enroll, ctx_of(request), name, images)
+        out = await anyio.to_thread.run_sync(enroll, ctx_of(request), name, images, append)
     except GalleryError as exc:
         raise _gallery_error(exc) from None
     out["rejected"] = bad + out["rejected"]
+    out["results"] = [{"photo": b["photo"], "enrolled": False, "reason": b["reason"]} for b in bad] + out[
+        "results"
+    ]
     return JSONResponse(out)
 
 
@@ -141,8 +152,9 @@ async def form_enroll(request: Request) -> Response:
             images.append((item.filename, await item.read()))
     if not name or not images:
         return back("/faces", err="enroll: give a name and at least one photo")
+    append = form.get("append") == "1"
     try:
-        results = await anyio.to_thread.run_sync(enroll, ctx_of(request), name, images)
+        results = await anyio.to_thread.run_sync(enroll, ctx_of(request), name, images, append)
     except GalleryError as exc:
         return back("/faces", err=f"enroll: {exc}")
     return await faces_page(request, results=results, status=200 if results["enrolled"] else 400)
@@ -176,12 +188,19 @@ async def form_assign_unknown(request: Request) -> Response:
     if not name:
         return back("/faces", err="assign: give the person's name")
     try:
-        results = await anyio.to_thread.run_sync(enroll, ctx, name, [(crop, path.read_bytes())])
+        results = await anyio.to_thread.run_sync(_assign, ctx, name, crop, path.read_bytes())
     except GalleryError as exc:
         return back("/faces", err=f"assign: {exc}")
     if results["enrolled"]:
         path.unlink(missing_ok=True)
     return await faces_page(request, results=results)
+
+
+def _assign(ctx: WebContext, name: str, crop: str, data: bytes) -> dict[str, Any]:
+    """A known person gets the crop as one more template (``append``, audited); a new name is enrolled."""
+    with Gallery(ctx.faces.gallery_path) as g:
+        existing = g.exists(name)
+    return enroll(ctx, name, [(crop, data)], append=existing)
 
 
 async def unknown_image(request: Request) -> Response:
@@ -193,12 +212,17 @@ async def unknown_image(request: Request) -> Response:
 
 
 def calibrate_available() -> bool:
-    """``faces calibrate`` comes with the door decision work (issue 9); the button works once it exists."""
-    try:
-        from pipeline.faces import calibrate  # type: ignore[attr-defined]  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """``faces calibrate`` comes with the door decision work (issue 9): available once the faces CLI has it."""
+    import argparse
+
+    from pipeline.cli import faces as faces_cli
+
+    parser = argparse.ArgumentParser()
+    faces_cli.add_arguments(parser)
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public way to list subcommands
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            return "calibrate" in action.choices
+    return False
 
 
 async def form_calibrate(request: Request) -> Response:

@@ -34,6 +34,7 @@ class LiveEncoder:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self.encoded = 0
+        self.encode_cpu_s = 0.0  # thread CPU spent drawing + encoding (for the viewer-cost benchmark)
 
     def jpeg(self, ctx: WebContext, cam_id: str, result: FrameResult) -> bytes:
         with self._guard:
@@ -47,7 +48,9 @@ class LiveEncoder:
             cam = next((c for c in pipe.camera_configs() if c.id == cam_id), None)
             stage = pipe.analytics.get(cam_id)
             tracks = track_ids_for(result, stage.analyzers if stage else [])
+            t0 = time.thread_time()
             data = encode_jpeg(annotate(result, cam.analytics if cam else None, tracks), ctx.web.jpeg_quality)
+            self.encode_cpu_s += time.thread_time() - t0
             self._cache[cam_id] = (result, data)
             self.encoded += 1
             return data
@@ -262,6 +265,10 @@ async def form_camera_action(request: Request) -> Response:
     try:
         if action == "edit":
             cam = _form_camera(form, cam_id)
+            current = next((c for c in _pipeline(request).camera_configs() if c.id == cam_id), None)
+            if current is not None and cam.source == redact_url(current.source):
+                # the page shows the source with its password masked; sent back unchanged, keep the real one
+                cam = cam.model_copy(update={"source": current.source})
             await anyio.to_thread.run_sync(apply_change, ctx_of(request), "update", cam_id, cam)
         elif action in ("pause", "resume", "remove"):
             await anyio.to_thread.run_sync(apply_change, ctx_of(request), action, cam_id, None)
