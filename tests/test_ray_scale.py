@@ -346,7 +346,7 @@ def test_cli_ray_local_runs_a_config_as_shards_and_publishes_every_frame(demo_mp
         assert ev.frame_seq is not None
         seqs[ev.camera_id].add(ev.frame_seq)
         ids.add(ev.event_id)
-    assert seqs == {"a": set(range(demo_mp4.frames)), "b": set(range(demo_mp4.frames))}
+    assert seqs == {"a": set(range(demo_mp4.frames)), "b": set(range(demo_mp4.frames))}, proc.stderr[-4000:]
     assert len(ids) == 2 * demo_mp4.frames
     status = [ev for _, ev in _entries(client, "status") if ev.data.get("status") == "online"]
     assert {(ev.camera_id, ev.data["shard"]) for ev in status} == {("a", "shard-0"), ("b", "shard-1")}

@@ -45,10 +45,8 @@ def connect(address: str, **init_kwargs: Any) -> None:
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     init_kwargs.setdefault("runtime_env", {"env_vars": {"PYTHONPATH": path}})
     init_kwargs.setdefault("log_to_driver", True)
-    if address == "local":
-        ray.init(**init_kwargs)
-    else:
-        ray.init(address=address, **init_kwargs)
+    # 'local' is passed as is: without an address Ray would join the last cluster started on this machine.
+    ray.init(address=address, **init_kwargs)
 
 
 @dataclass
