@@ -223,6 +223,18 @@ def test_cameras_added_and_removed_at_run_time_leave_the_others_undisturbed(
         late = [t for t, ev in _entries(client, "detections") if ev.camera_id == "a" and t > t_removed + 0.5]
         assert not late, "camera a still published after it was removed"
         assert sorted(ex.placement()) == ["b", "c"]
+        # one status line and one Prometheus page over every shard, by camera, shard and node
+        node_b = ex.placement()["b"]["node"]
+        text = ex.metrics.prometheus_text()
+        assert f'vidpipe_camera_placement{{camera="b",shard="shard-1",node="{node_b}"}} 1' in text
+        assert (
+            f'vidpipe_stage_fps{{shard="shard-2",node="{ex.placement()["c"]["node"]}",stage="decoder",camera="c"}}'
+            in text
+        )
+        assert text.count("# TYPE vidpipe_stage_fps gauge") == 1
+        line = ex.metrics.status_line()
+        assert f"<shard-1@{node_b[:8]}>" in line and "decoder[b]" in line and "decoder[c]" in line
+        assert "decoder[a]" not in line
     finally:
         ex.stop()
         ex.join(30)
