@@ -106,7 +106,11 @@ class RayExecutor:
         return True
 
     def stop(self) -> None:
-        """Graceful stop: every shard stops its sources and drains (published or spooled)."""
+        """Graceful stop: every shard stops its sources and drains (published or spooled). Supervision
+        ends first, so that no shard is placed (and started) after this."""
+        self._stop.set()
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join(self.cfg.ray.ping_timeout_s + 5)
         with self._lock:
             handles = [s.handle for s in self.shards.values() if s.handle is not None]
         for h in handles:
