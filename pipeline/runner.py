@@ -44,7 +44,7 @@ def build_analyzers(cfg: PipelineConfig, camera_id: str, var_dir: Path) -> list[
         from pipeline.faces.analyzer import FaceAccessAnalyzer
 
         doors = [d for d in cfg.doors if camera_id in d.cameras]
-        analyzers.append(FaceAccessAnalyzer(cfg.faces, doors, camera_id))
+        analyzers.append(FaceAccessAnalyzer(cfg.faces, doors, camera_id, redis_url=cfg.redis.url))
     if cfg.tracking.enabled:
         from pipeline.tracking.analyzer import TrackingAnalyzer
 

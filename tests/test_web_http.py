@@ -415,3 +415,38 @@ def test_camera_passwords_are_never_rendered_and_survive_an_edit_from_the_page(s
     assert gate.source == secret_src and gate.detect_fps == 3
     assert yaml.safe_load(web.config_path.read_text())["cameras"][1]["source"] == secret_src
     assert web.api("DELETE", "/api/cameras/gate")[0] == 200
+
+
+def test_the_calibrate_button_runs_faces_calibrate(start_web, running):
+    import base64
+    import re
+
+    import cv2
+    from skimage import data
+
+    cfg, pipe = running
+    web = start_web(cfg, pipe)
+    _, sid = web.login()
+    cookie = {"Cookie": f"vidpipe_session={sid}", "Content-Type": "application/x-www-form-urlencoded"}
+    status0, _, page = web.request("GET", "/faces", headers=cookie)
+    assert status0 == 200
+    csrf = re.search(rb'name="csrf-token" content="([^"]+)"', page).group(1).decode()
+    form = urllib.parse.urlencode({"csrf_token": csrf, "dry_run": "1"}).encode()
+    status, _, page = web.request("POST", "/faces/calibrate", form, cookie)
+    assert status == 400 and b"calibrate failed" in page and b"enroll people first" in page  # empty gallery
+
+    photos = {
+        "eileen": cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR),
+        # the only real faces shipped with the packages are one astronaut (the cameraman photo has a second
+        # face-like detection): two entries of the same person, which calibrate itself must refuse
+        "mirror": cv2.flip(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), 1),
+    }
+    for name, img in photos.items():
+        jpg = base64.b64encode(cv2.imencode(".jpg", img)[1].tobytes()).decode()
+        status, body = web.api(
+            "POST", "/api/persons", {"name": name, "photos": [{"filename": f"{name}.jpg", "data": jpg}]}
+        )
+        assert status == 200 and body["enrolled"] == [f"{name}.jpg"], body
+    status, _, page = web.request("POST", "/faces/calibrate", form, cookie)
+    # the button ran `faces calibrate` on this gallery and shows its verdict as printed
+    assert status == 400 and b"calibrate failed" in page and b"look alike to the model" in page, page[-1500:]

@@ -6,6 +6,8 @@
     python run_pipeline.py faces rename OLD NEW
     python run_pipeline.py faces serve                      (web app, faces only; API token: $VIDPIPE_FACES_TOKEN)
     python run_pipeline.py faces verify-audit FILE          (check a door audit log's hash chain)
+    python run_pipeline.py faces calibrate [--impostors DIR]  (choose + store the match threshold)
+    python run_pipeline.py faces identify PHOTO [PHOTO ...]   (JSON line per face: name, distance, margin)
 
 Settings (gallery path, thresholds, API) come from the ``faces:`` section of ``--config`` when given,
 else the defaults; ``--gallery`` overrides the gallery path.
@@ -17,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.cli import faces_tools
 from pipeline.config import ConfigError, load_config
 from pipeline.faces.config import FacesConfig
 
@@ -48,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("file")
     p.add_argument("--redis", help="also check the checkpoints published to this Redis (redis:// URL)")
     p.add_argument("--prefix", default="vidpipe", help="Redis key prefix of the pipeline (default vidpipe)")
+    faces_tools.add_arguments(sub)
 
 
 def _faces_config(args: argparse.Namespace) -> FacesConfig:
@@ -91,6 +95,8 @@ def _main(args: argparse.Namespace) -> int:
             gallery.rename(args.old, args.new)
             print(f"renamed {display_name(args.old)} -> {display_name(args.new)}")
             return 0
+        if args.action in ("calibrate", "identify"):
+            return faces_tools.run(args, cfg, gallery)
 
         from pipeline.faces.enroll import FaceEngine, enroll_images
 

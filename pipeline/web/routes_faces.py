@@ -134,11 +134,24 @@ async def api_person(request: Request) -> Response:
 
 
 # -- page and forms ----------------------------------------------------------------------------------------
-async def faces_page(request: Request, results: dict[str, Any] | None = None, status: int = 200) -> Response:
+async def faces_page(
+    request: Request,
+    results: dict[str, Any] | None = None,
+    status: int = 200,
+    calibration: dict[str, Any] | None = None,
+) -> Response:
     ctx = ctx_of(request)
     people = await anyio.to_thread.run_sync(persons, ctx)
     unknown = await anyio.to_thread.run_sync(unknown_faces, ctx)
-    resp = page(request, "faces.html", persons=people, unknown=unknown, results=results)
+    resp = page(
+        request,
+        "faces.html",
+        persons=people,
+        unknown=unknown,
+        results=results,
+        calibration=calibration,
+        calibrate_available=calibrate_available(),
+    )
     resp.status_code = status
     return resp
 
@@ -225,14 +238,50 @@ def calibrate_available() -> bool:
     return False
 
 
+_FACES_CLI = (
+    "import argparse, sys\n"
+    "from pipeline.cli import faces\n"
+    "p = argparse.ArgumentParser(prog='faces')\n"
+    "faces.add_arguments(p)\n"
+    "sys.exit(faces.main(p.parse_args(sys.argv[1:])))\n"
+)
+
+
+def run_calibrate(
+    ctx: WebContext, impostors: str, dry_run: bool, timeout_s: float = 600.0
+) -> tuple[int, str]:
+    """``faces calibrate`` in a child process (the models load there and their memory goes with it; its
+    report is shown as printed). (exit code, output)."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-c", _FACES_CLI]
+    if ctx.config_path is not None:
+        argv += ["--config", str(ctx.config_path)]
+    argv += ["--gallery", ctx.faces.gallery_path, "calibrate"]
+    if impostors:
+        argv += ["--impostors", impostors]
+    if dry_run:
+        argv.append("--dry-run")
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return 124, f"calibrate took longer than {timeout_s:.0f} s and was stopped"
+    return proc.returncode, (proc.stdout + proc.stderr).strip()
+
+
 async def form_calibrate(request: Request) -> Response:
-    await checked_form(request)
+    form = await checked_form(request)
     if not calibrate_available():
         return back(
             "/faces",
-            err="calibrate is not available in this build (run_pipeline.py faces calibrate is not installed)",
+            err="calibrate is not available in this build: `run_pipeline.py faces calibrate` (issue 9) is not installed",
         )
-    return back("/faces", err="calibrate: run `run_pipeline.py faces calibrate` on this machine")
+    impostors = str(form.get("impostors") or "").strip()
+    dry_run = form.get("dry_run") == "1"
+    rc, output = await anyio.to_thread.run_sync(run_calibrate, ctx_of(request), impostors, dry_run)
+    calibration = {"ok": rc == 0, "output": output[-20_000:]}
+    return await faces_page(request, status=200 if rc == 0 else 400, calibration=calibration)
 
 
 def routes() -> list[Route]:
