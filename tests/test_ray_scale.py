@@ -138,6 +138,41 @@ def test_a_shard_is_the_single_writer_of_its_var_dir_and_says_where_it_runs(demo
     assert (tmp_path / "shard-0" / "spool.sqlite").exists()  # its own spool, in its own var dir
 
 
+def test_a_replacement_shard_delivers_what_its_dead_predecessor_had_spooled(demo_mp4, redis_server, tmp_path):
+    """Without Ray: shard-0 runs while Redis is unreachable (its events go to its spool) and ends; a new
+    shard-0 on the same var dir (another run id, so its own events are told apart) delivers them."""
+    import socket
+
+    from pipeline.scale.shard import Shard
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    cfg = {
+        "cameras": [{"id": "a", "source": str(demo_mp4.path)}],
+        "detector": {"model": "none"},
+        "redis": {"url": f"redis://127.0.0.1:{dead_port}/0", "flush_timeout_s": 0.5},
+    }
+    start = {"camera_ids": ["a"], "var_dir": str(tmp_path / "shard-0"), "epochs": {"a": 0}}
+    first = Shard(cfg, "shard-0", run_id="run-1", **start)
+    first.join(30)
+    first.release()  # as its process's death would
+    cfg["redis"] = {"url": redis_server.url}
+    second = Shard(cfg, "shard-0", run_id="run-2", lock_timeout_s=5, **start)
+    assert second.join(60)
+
+    expected = set()
+    ids = StableEventIds("run-1", {"a": 0})
+    for seq in range(demo_mp4.frames):
+        ev = Event(type="detections.frame", camera_id="a", frame_seq=seq)
+        ids.assign(ev)
+        expected.add(ev.event_id)
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=5)
+    got = {ev.event_id for _, ev in _entries(client, "detections")}
+    assert expected <= got  # every event the first shard had spooled reached the stream
+    assert len(got) == 2 * demo_mp4.frames  # plus the second shard's own run of the file
+
+
 # -- a real two-node cluster -----------------------------------------------------------------------------
 
 FPS, SECONDS = 3, 20  # 60 frames per camera; real time, so a node can be killed mid-run

@@ -95,6 +95,7 @@ class Shard:
         self.node_id = _node_id()
         self.shard_id = shard_id or "standby"
         self.pipeline: ShardPipeline | None = None
+        self._lock_fd: int | None = None
         self._detector: Detector | None = None
         if shard_id is None:
             if self.cfg.detector.model != "none":
@@ -173,6 +174,12 @@ class Shard:
 
     def stop(self) -> None:
         self._running().stop()
+
+    def release(self) -> None:
+        """Give up the var dir's lock (a process that ends releases it anyway); only after ``join``."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def join(self, timeout: float) -> bool:
         """Wait until everything accepted is published or spooled (then the actor may be killed)."""
