@@ -11,7 +11,7 @@ engines/onnx_engine.py), ``tensorrt`` (GPU, optional extra, engines/tensorrt_eng
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -34,6 +34,11 @@ class InferenceEngine(ABC):
     @property
     def output_names(self) -> list[str]:
         return self._outputs
+
+    def input_shape(self) -> Sequence[int | str | None] | None:
+        """The first input's declared shape (symbolic dims as strings), or None where the backend
+        does not fix one (a PyTorch module takes any shape)."""
+        return None
 
     @abstractmethod
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

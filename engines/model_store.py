@@ -77,6 +77,7 @@ REGISTRY: dict[str, ModelSpec] = {
             },
             license="YOLOv3 weights: Darknet (public domain per pjreddie/darknet); package: MIT",
             description="YOLOv3-tiny, COCO 80 classes, Darknet cfg + weights",
+            extra={"family": "darknet"},
         ),
         ModelSpec(
             name="mtcnn",
@@ -101,6 +102,7 @@ REGISTRY: dict[str, ModelSpec] = {
             },
             license="MIT (package LICENSE.txt); MTCNN weights from Zhang et al. 2016",
             description="MTCNN face detector: P-Net, R-Net, O-Net (PyTorch)",
+            extra={"family": "mtcnn"},
         ),
         ModelSpec(
             name="dlib-face-resnet",
@@ -147,7 +149,8 @@ REGISTRY: dict[str, ModelSpec] = {
                 ),
             },
             license="MIT (package); TF Object Detection API model zoo (Apache-2.0)",
-            description="SSDlite MobileNetV2 COCO, TensorFlow frozen graph",
+            description="SSDlite MobileNetV2 trained on COCO, one class (person), TensorFlow frozen graph",
+            extra={"family": "ssd"},
         ),
     ]
 }

@@ -42,6 +42,7 @@ def detections_event(result: FrameResult) -> Event:
             "width": f.width,
             "height": f.height,
             "detections": result.detections.to_dicts(),
+            **({"scan": result.scan.to_dict()} if result.scan is not None else {}),
         },
     )
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.doors.config import DoorConfig
 from pipeline.faces.config import FacesConfig
+from pipeline.regions.config import CameraDetectConfig
 from pipeline.scale.config import RayConfig
 from pipeline.sinks.config import SinksConfig
 from pipeline.tracking.config import CameraZonesConfig, TrackingConfig
@@ -59,6 +60,10 @@ class CameraConfig(_Strict):
         "input_format: mjpeg, framerate: '30'} for a V4L2 camera; they override the decoder's defaults",
     )
     analytics: CameraZonesConfig = Field(default_factory=CameraZonesConfig)
+    detect: CameraDetectConfig = Field(
+        default_factory=CameraDetectConfig,
+        description="where the detector looks: motion-gated regions and/or tiles at native resolution",
+    )
 
     @property
     def is_live(self) -> bool:
@@ -121,6 +126,11 @@ class DetectorConfig(_Strict):
     )
     precision: Literal["fp32", "int8"] = Field(
         "fp32", description="int8 = static int8 quantization on ONNX Runtime (engines/quantize.py)"
+    )
+    family: str = Field(
+        "auto",
+        description="detector family (pipeline/detectors/registry.py: darknet, onnx-yolo, ssd, mtcnn, none); "
+        "auto = inferred from detector.model and logged",
     )
     calibration_images: str | None = Field(
         None,

@@ -4,6 +4,12 @@ Like DeepStream's stream muxer, it gathers frames from all cameras' queues (roun
 cannot starve a quiet one) until it has ``max_batch`` frames or the first frame has waited ``max_wait_ms``,
 runs the detector once on the batch, and hands each camera its result. With ``max_batch: 1`` it simply runs
 frame by frame.
+
+Cameras with ``detect.regions`` or ``detect.tiling`` on (pipeline/regions/) give the batch several crops
+per frame instead of one frame: every crop of every frame in the batch goes through the detector in the
+same call, and each camera's planner merges its crops' boxes back into one frame result. A static frame
+can give no crop at all (no inference). Each result's ``scan`` says what ran; ``inference_ms`` is the
+frame's own share (planning + its crops' part of the batch + merging).
 """
 
 from __future__ import annotations
@@ -12,14 +18,18 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+import numpy as np
 
 from pipeline.config import BatchConfig
 from pipeline.detectors.base import Detector
 from pipeline.metrics import MetricsRegistry
 from pipeline.queues import BoundedQueue, QueueClosed
+from pipeline.regions.config import CameraDetectConfig
+from pipeline.regions.planner import RegionPlanner, ScanPlan, detector_input_size
 from pipeline.stage import Stage
-from pipeline.types import Frame, FrameResult
+from pipeline.types import Frame, FrameResult, ScanInfo
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +46,8 @@ class DetectStage(Stage):
         batch: BatchConfig,
         metrics: MetricsRegistry,
         on_all_inputs_closed: Callable[[], None] | None = None,
+        camera_detect: Mapping[str, CameraDetectConfig] | None = None,
+        nms_iou: float = 0.45,
     ) -> None:
         super().__init__("detect", "", metrics)
         self.detector = detector
@@ -48,6 +60,14 @@ class DetectStage(Stage):
         self._on_all_closed = on_all_inputs_closed
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent batch sizes, for metrics/tests
         self.inference_metrics = metrics.stage("inference", detector.name)
+        size = self._crop_size = detector_input_size(detector)
+        self._nms_iou = nms_iou
+        #: per camera with regions or tiling on; cameras without one get the whole frame as before
+        self.planners: dict[str, RegionPlanner] = {
+            cam: RegionPlanner(dc, size, nms_iou)
+            for cam, dc in (camera_detect or {}).items()
+            if dc.active and cam in self.inputs
+        }
 
     def set_input(self, camera_id: str, queue: BoundedQueue[Frame]) -> None:
         """Add a camera's queue, or replace it (a paused camera gets an empty open one), while running.
@@ -94,7 +114,7 @@ class DetectStage(Stage):
                 break
             if took and limit > 1:
                 continue  # keep draining while frames are there
-            if batch:
+            if batch and first_at is not None:
                 remaining = max_wait - (time.monotonic() - first_at)
                 if remaining <= 0:
                     break
@@ -107,30 +127,85 @@ class DetectStage(Stage):
     def loop(self) -> None:
         while self._open:
             batch = self._gather()
-            if not batch:
-                continue
-            t0 = time.perf_counter()
-            try:
-                results = self.detector.detect([f.image for f in batch])
-            except Exception:  # noqa: BLE001 - one bad batch must not stop detection for every camera
-                self.metrics.errors += 1
-                cams = sorted({f.camera_id for f in batch})
-                log.exception(
-                    "detector %s failed on a batch from cameras %s; batch skipped", self.detector.name, cams
+            if batch:
+                self._run_batch(batch)
+
+    def _run_batch(self, batch: list[Frame]) -> None:
+        t0 = time.perf_counter()
+        try:
+            plans, spans, inputs, plan_ms = self._plan(batch)
+            t1 = time.perf_counter()
+            results = self.detector.detect(inputs) if inputs else []
+        except Exception:  # noqa: BLE001 - one bad batch must not stop detection for every camera
+            self.metrics.errors += 1
+            cams = sorted({f.camera_id for f in batch})
+            log.exception(
+                "detector %s failed on a batch from cameras %s; batch skipped", self.detector.name, cams
+            )
+            return
+        det_ms = (time.perf_counter() - t1) * 1000.0
+        self.inference_metrics.observe((time.perf_counter() - t0) * 1000.0, count=len(batch))
+        self.batch_sizes.append(len(batch))
+        per_input = det_ms / max(1, len(inputs))
+        now = time.time()
+        for i, frame in enumerate(batch):
+            a, b = spans[i]
+            planned = plans[i]
+            scan: ScanInfo | None = None
+            ms = plan_ms[i] + per_input * (b - a)
+            if planned is None:
+                dets = results[a]
+            else:
+                tm = time.perf_counter()
+                planner, plan = planned
+                dets, scan = planner.finish(plan, results[a:b])
+                ms += (time.perf_counter() - tm) * 1000.0
+                self._count_scan(scan)
+            self.metrics.observe((now - frame.capture_time) * 1000.0)
+            self.sink(
+                FrameResult(
+                    frame=frame, detections=dets, detector=self.detector.name, inference_ms=ms, scan=scan
                 )
-                continue
-            ms = (time.perf_counter() - t0) * 1000.0
-            self.inference_metrics.observe(ms, count=len(batch))
-            self.batch_sizes.append(len(batch))
-            per_frame = ms / len(batch)
-            now = time.time()
-            for frame, dets in zip(batch, results, strict=True):
-                self.metrics.observe((now - frame.capture_time) * 1000.0)
-                self.sink(
-                    FrameResult(
-                        frame=frame, detections=dets, detector=self.detector.name, inference_ms=per_frame
-                    )
-                )
+            )
+
+    def _plan(
+        self, batch: list[Frame]
+    ) -> tuple[
+        list[tuple[RegionPlanner, ScanPlan] | None], list[tuple[int, int]], list[np.ndarray], list[float]
+    ]:
+        """Per frame: its plan (None = whole frame), its slice of the detector inputs, planning time."""
+        plans: list[tuple[RegionPlanner, ScanPlan] | None] = []
+        spans: list[tuple[int, int]] = []
+        inputs: list[np.ndarray] = []
+        plan_ms: list[float] = []
+        for frame in batch:
+            planner = self.planners.get(frame.camera_id)
+            start = len(inputs)
+            tp = time.perf_counter()
+            if planner is None:
+                plans.append(None)
+                inputs.append(frame.image)
+            else:
+                plan = planner.plan(frame.image)
+                plans.append((planner, plan))
+                inputs.extend(frame.image[y1:y2, x1:x2] for x1, y1, x2, y2 in plan.crops)
+            plan_ms.append((time.perf_counter() - tp) * 1000.0)
+            spans.append((start, len(inputs)))
+        return plans, spans, inputs, plan_ms
+
+    def configure_camera(self, camera_id: str, detect: CameraDetectConfig | None) -> None:
+        """Set (or with None / both off, drop) a camera's regions/tiling while running, e.g. a camera added
+        or edited at run time. A new planner starts with a full scan; frames already planned finish with
+        the planner that planned them."""
+        if detect is None or not detect.active:
+            self.planners.pop(camera_id, None)
+        else:
+            self.planners[camera_id] = RegionPlanner(detect, self._crop_size, self._nms_iou)
+
+    def _count_scan(self, scan: ScanInfo) -> None:
+        """Process counters: detector inputs run for region/tile cameras, and scans by kind."""
+        self.metrics_registry.inc("detect_crops_total", scan.crops)
+        self.metrics_registry.inc(f"detect_scans_{scan.kind}_total")
 
     def on_exit(self) -> None:
         if self._on_all_closed is not None:

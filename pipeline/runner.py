@@ -48,7 +48,11 @@ def build_analyzers(cfg: PipelineConfig, camera_id: str, var_dir: Path) -> list[
     if cfg.tracking.enabled:
         from pipeline.tracking.analyzer import TrackingAnalyzer
 
-        analyzers.append(TrackingAnalyzer(camera_id, cfg.tracking, cam.analytics, var_dir / "snapshots"))
+        analyzers.append(
+            TrackingAnalyzer(
+                camera_id, cfg.tracking, cam.analytics, var_dir / "snapshots", video_time=not cam.is_live
+            )
+        )
     return analyzers
 
 
@@ -116,6 +120,8 @@ class Pipeline:
             cfg.detector.batch,
             self.metrics,
             on_all_inputs_closed=self._close_inboxes,
+            camera_detect={c.id: c.detect for c in cameras},
+            nms_iou=cfg.detector.nms_iou,
         )
         self._stopping = threading.Event()
         self._done = threading.Event()

@@ -127,6 +127,29 @@ class FaceMatch:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class ScanInfo:
+    """Which parts of a frame the detector saw (``cameras[].detect``; see pipeline/regions/).
+
+    kind: "full" (the whole frame), "tiles" (tiles plus the whole frame), "regions" (motion/object regions)
+    or "skip" (static scene, no inference). crops: detector inputs run for this frame. carried: objects
+    reported from an earlier scan because their area was not scanned. motion_boxes: motion blobs found.
+    """
+
+    kind: str
+    crops: int
+    carried: int = 0
+    motion_boxes: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "crops": self.crops,
+            "carried": self.carried,
+            "motion_boxes": self.motion_boxes,
+        }
+
+
 @dataclass(slots=True)
 class FrameResult:
     """A frame with what the detection stage found in it, plus whatever later stages attach.
@@ -141,3 +164,4 @@ class FrameResult:
     inference_ms: float = 0.0
     extras: dict = field(default_factory=dict)
     faces: list[FaceMatch] | None = None
+    scan: ScanInfo | None = None  # set when cameras[].detect regions or tiling are on

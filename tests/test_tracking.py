@@ -457,3 +457,56 @@ def test_car_truck_confusion_is_one_object(tmp_path):
                          np.array([2, 7], np.int32), ["car", "truck"])  # fmt: skip
         events += an.process(frame_result(f, det))
     assert by_type(events)["tracks.new"] == 2
+
+
+# ---- track timing on video time (pts) for files ------------------------------------------------------
+
+
+def _retimed(results, seconds_per_frame: float, t0: float = 1_700_000_000.0):
+    """The same frames (pts = f / fps) as if decoded ``seconds_per_frame`` apart (faster/slower than real time)."""
+    for r in results:
+        f = r.frame
+        yield FrameResult(Frame(f.camera_id, f.seq, f.pts, t0 + f.seq * seconds_per_frame, f.image), r.detections,
+                          r.detector, extras=r.extras)  # fmt: skip
+
+
+@pytest.mark.parametrize("seconds_per_frame", [0.155, 0.01])  # 1.55x slower / 10x faster than the 10 fps clip
+def test_file_tracks_follow_video_time_not_processing_time(tmp_path, seconds_per_frame):
+    # a 3.8 s clip (38 frames at 10 fps) with one person on screen the whole time
+    scene = Scene([Mover("person", RED, 0, 37, 50, 180, 5, 0, 40, 100)])
+    cfg = TrackingConfig(enabled=True, update_interval_s=1.0)
+    an = TrackingAnalyzer("cam1", cfg, CameraZonesConfig(), tmp_path / "snaps", video_time=True)
+    events, _ = run(an, _retimed(scene.results("cam1", 38), seconds_per_frame))
+    end = next(e for e in events if e.type == "tracks.end")
+    assert 3.0 <= end.data["duration_s"] <= 3.8
+    # throttle on video time: one update per video second after confirmation, whatever the decode speed
+    assert by_type(events)["tracks.update"] == 3
+    # processing time gives 37 * 0.155 = 5.7 s from this 3.8 s clip (the bug) or 0.4 s
+    legacy = TrackingAnalyzer("cam1", cfg, CameraZonesConfig(), tmp_path / "snaps2")
+    legacy_end = next(e for e in run(legacy, _retimed(scene.results("cam1", 38), seconds_per_frame))[0]
+                      if e.type == "tracks.end")  # fmt: skip
+    assert legacy_end.data["duration_s"] == pytest.approx(37 * seconds_per_frame, abs=1e-3)
+
+
+def test_video_clock_runs_on_when_a_looping_file_starts_over():
+    from pipeline.tracking.analyzer import VideoClock
+
+    clock = VideoClock()
+    img = np.zeros((2, 2, 3), np.uint8)
+    t = [
+        clock.at(Frame("c", i, pts, 500.0 + i * 0.001, img))
+        for i, pts in enumerate([0.0, 0.1, 0.2, 0.0, 0.1])
+    ]
+    assert t[0] == 500.0 and t[2] == pytest.approx(500.2)
+    assert t[3] == pytest.approx(500.2) and t[4] == pytest.approx(500.3)  # never goes back
+    assert clock.at(Frame("c", 9, None, 777.0, img)) == 777.0  # no pts: capture time
+
+
+def test_runner_times_file_cameras_on_video_time_and_live_ones_on_the_clock(tmp_path):
+    from pipeline.runner import build_analyzers
+
+    cfg = parse_config({"cameras": [{"id": "f", "source": "clip.mp4"}, {"id": "l", "source": "rtsp://h/s"}],
+                        "tracking": {"enabled": True}})  # fmt: skip
+    file_an = next(a for a in build_analyzers(cfg, "f", tmp_path) if isinstance(a, TrackingAnalyzer))
+    live_an = next(a for a in build_analyzers(cfg, "l", tmp_path) if isinstance(a, TrackingAnalyzer))
+    assert file_an.clock is not None and live_an.clock is None

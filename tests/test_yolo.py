@@ -434,8 +434,8 @@ def test_missing_onnx_and_torch_backend_for_onnx_are_clear(tmp_path):
         build_detector(DetectorConfig(model=str(path), backend="torch", input_size=INPUT))
     with pytest.raises(ModelError, match="unknown model 'nosuch'"):
         build_detector(DetectorConfig(model="nosuch"))
-    with pytest.raises(ModelError, match="not a YOLO detector"):
-        build_detector(DetectorConfig(model="ssdlite-mobilenetv2-coco"))
+    with pytest.raises(ModelError, match="'dlib-face-resnet' is not a detector"):
+        build_detector(DetectorConfig(model="dlib-face-resnet"))
 
 
 def test_fixed_batch_onnx_model_gets_one_image_at_a_time(tmp_path):

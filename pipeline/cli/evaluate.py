@@ -1,7 +1,8 @@
 """evaluate subcommand: run a detector over COCO-annotated images and print COCO mAP and VOC AP.
 
     python run_pipeline.py evaluate --annotations instances.json --images DIR [--model yolov3-tiny]
-        [--backend onnxruntime|torch|tensorrt] [--classes person,vehicle] [--limit N] [--output dets.json]
+        [--backend onnxruntime|torch|tensorrt] [--precision fp32|int8] [--preprocess auto|letterbox|stretch]
+        [--tiles PX] [--classes person,vehicle] [--limit N] [--output dets.json]
     python run_pipeline.py evaluate --annotations instances.json --detections dets.json   (score a results file)
 
 The numbers are pycocotools' (same algorithm, checked to agree); ``--classes`` evaluates only those
@@ -16,6 +17,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -30,19 +32,80 @@ from pipeline.evaluation import (
     load_coco,
 )
 
+if TYPE_CHECKING:
+    from pipeline.detectors.base import Detector
+    from pipeline.regions.planner import RegionPlanner
+
+
+class _ShowDefaults(argparse.HelpFormatter):
+    """Append "(default: X)" to every option that has a default other than None."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, argparse.SUPPRESS, False):
+            text += " (default: %(default)s)"
+        return text
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = _ShowDefaults  # --help shows every default
     parser.add_argument("--annotations", required=True, help="COCO instances JSON")
     parser.add_argument("--images", help="folder with the images named in the annotations")
     parser.add_argument("--detections", help="score this COCO results JSON instead of running a detector")
-    parser.add_argument("--model", default="yolov3-tiny", help="model-store name, .cfg or .onnx path")
-    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--input-size", type=int, default=416)
-    parser.add_argument("--score-threshold", type=float, default=0.001)
-    parser.add_argument("--nms-iou", type=float, default=0.45)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--classes", help="comma-separated class names to evaluate (default: all)")
+    parser.add_argument("--model", default="yolov3-tiny", help="model-store name, .cfg, .onnx or .pb path")
+    parser.add_argument(
+        "--family",
+        default="auto",
+        help="detector family (darknet, onnx-yolo, ssd, mtcnn, none); auto = inferred from --model",
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "int8"],
+        help="int8 = static int8 quantization on ONNX Runtime (YOLO families)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        default=None,
+        help="int8: folder or video to calibrate on; unset = a built-in set",
+    )
+    parser.add_argument(
+        "--preprocess",
+        default="auto",
+        choices=["auto", "letterbox", "stretch"],
+        help="resize mode; auto = what the model family was trained with (printed with the results)",
+    )
+    parser.add_argument(
+        "--backend",
+        default="onnxruntime",
+        choices=["onnxruntime", "torch", "tensorrt"],
+        help="inference backend",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=416,
+        help="network input (YOLO; a fixed-size ONNX or SSD uses its own)",
+    )
+    parser.add_argument(
+        "--score-threshold", type=float, default=0.001, help="keep detections down to this score"
+    )
+    parser.add_argument("--nms-iou", type=float, default=0.45, help="YOLO NMS IoU (SSD uses its graph's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads; unset = the backend's default"
+    )
+    parser.add_argument(
+        "--tiles",
+        type=int,
+        default=0,
+        help="run overlapping tiles of this many pixels plus the whole image, as cameras[].detect.tiling "
+        "does (0 = the whole image only)",
+    )
+    parser.add_argument(
+        "--tile-overlap", type=float, default=0.25, help="with --tiles: overlap of neighbours"
+    )
+    parser.add_argument("--classes", help="comma-separated class names to evaluate; unset = all")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (by image id)")
     parser.add_argument("--output", help="write the detections here (COCO results JSON)")
 
@@ -90,10 +153,12 @@ def main(args: argparse.Namespace) -> int:
                 f"{len(missing)} image(s) named in {args.annotations} are not in {folder}: {missing[:5]}"
             )
         try:
-            detections, t_model = _run_detector(args, gt, images, folder)
+            detections, t_model, preprocessing = _run_detector(args, gt, images, folder)
         except EvaluationError as exc:
             return _fail(str(exc))
-        model_name = args.model
+        model_name = f"{args.model} ({args.precision}, preprocessing: {preprocessing})"
+        if args.tiles:
+            model_name += f", tiles {args.tiles} px (overlap {args.tile_overlap}) + whole image"
 
     if args.output:
         Path(args.output).write_text(json.dumps(detections))
@@ -116,9 +181,26 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tile_planner(args: argparse.Namespace, detector: Detector) -> RegionPlanner | None:
+    """With ``--tiles``: the tiling planner the pipeline would use for a camera (pipeline/regions/)."""
+    if not args.tiles:
+        return None
+    from pipeline.regions.config import CameraDetectConfig
+    from pipeline.regions.planner import RegionPlanner, detector_input_size
+
+    try:
+        cfg = CameraDetectConfig.model_validate(
+            {"tiling": {"enabled": True, "size": args.tiles, "overlap": args.tile_overlap}}
+        )
+    except ValueError as exc:
+        raise EvaluationError(f"--tiles/--tile-overlap: {exc}") from None
+    return RegionPlanner(cfg, detector_input_size(detector), getattr(detector, "nms_iou", args.nms_iou))
+
+
 def _run_detector(
     args: argparse.Namespace, gt: dict, images: list[dict], folder: Path
-) -> tuple[list[dict], float]:
+) -> tuple[list[dict], float, str]:
+    """(COCO results, seconds in ``detect``, the detector's preprocessing as it describes it)."""
     from pipeline.config import DetectorConfig
     from pipeline.detectors.factory import build_detector
 
@@ -132,6 +214,10 @@ def _run_detector(
             nms_iou=args.nms_iou,
             classes=None,  # keep every class; the category filter applies at scoring time
             threads=args.threads,
+            family=args.family,
+            precision=args.precision,
+            calibration_images=args.calibration_images,
+            resize=args.preprocess,
         )
     except ValueError as exc:
         raise EvaluationError(f"detector options: {exc}") from None
@@ -139,6 +225,7 @@ def _run_detector(
         detector = build_detector(cfg)
     except Exception as exc:  # noqa: BLE001 - any build failure is reported with the model named
         raise EvaluationError(f"cannot build detector {args.model!r}: {exc}") from None
+    planner = _tile_planner(args, detector)
     cat_of = label_to_category_id(gt, list(detector.labels))
     detections: list[dict] = []
     elapsed = 0.0
@@ -149,7 +236,7 @@ def _run_detector(
             if img is None:
                 raise EvaluationError(f"cannot decode image {path}")
             t0 = time.perf_counter()
-            det = detector.detect([img])[0]
+            det = detector.detect([img])[0] if planner is None else planner.detect(detector, img)[0]
             elapsed += time.perf_counter() - t0
             for box, score, cls in zip(det.boxes, det.scores, det.class_ids.tolist(), strict=True):
                 cat = cat_of[cls] if 0 <= cls < len(cat_of) else None
@@ -166,4 +253,4 @@ def _run_detector(
                 )
     finally:
         detector.close()
-    return detections, elapsed
+    return detections, elapsed, detector.preprocessing()

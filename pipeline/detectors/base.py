@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.types import Detections
+
+if TYPE_CHECKING:
+    from pipeline.config import DetectorConfig
 
 
 class Detector(ABC):
@@ -22,6 +26,10 @@ class Detector(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
+    def preprocessing(self) -> str:
+        """How frames are resized and scaled for the network, in words (printed by ``evaluate``)."""
+        return "none"
+
 
 class NullDetector(Detector):
     """Finds nothing. Used to measure the spine's own overhead and to run the pipeline without a model."""
@@ -30,3 +38,8 @@ class NullDetector(Detector):
 
     def detect(self, images: list[np.ndarray]) -> list[Detections]:
         return [Detections.empty() for _ in images]
+
+
+def build_null(cfg: DetectorConfig) -> Detector:
+    """Family ``none``: no model, no settings."""
+    return NullDetector()

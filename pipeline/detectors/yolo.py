@@ -14,7 +14,8 @@ letterboxed on 114 at the top-left. ``detector.resize`` overrides the mode.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,8 @@ from pipeline.detectors.yolo_decode import (
 from pipeline.models.darknet import ModelError
 from pipeline.types import Detections
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -50,6 +53,36 @@ PREPROCESS: dict[str, Preprocess] = {
     "v8": Preprocess("letterbox", 114, True, True, 1 / 255),
     "yolox": Preprocess("letterbox", 114, False, False, 1.0),
 }
+
+
+def preprocess_for(resize: str, family: str, model: str) -> Preprocess:
+    """The preprocessing ``model`` runs with, logged: the family's training default, or ``detector.resize``.
+
+    Which default applies follows the family (darknet, or the ONNX output layout), never the file name, and
+    the log line says which it was so a changed AP can be traced to its preprocessing.
+    """
+    pre = PREPROCESS[family]
+    source = f"default of family {family}"
+    if resize != "auto":
+        pre = replace(pre, resize=resize)  # type: ignore[arg-type]
+        source = "detector.resize"
+    log.info(
+        "detector %s: preprocessing %s (pad %d, %s, %s, scale %.6g) from %s",
+        model,
+        pre.resize,
+        pre.pad_value,
+        "centred" if pre.center else "top-left",
+        "RGB" if pre.rgb else "BGR",
+        pre.scale,
+        source,
+    )
+    if resize == "auto" and family == "v5":
+        log.info(
+            "detector %s: a Darknet-trained YOLO exported to ONNX was trained with stretch; set "
+            "detector.resize: stretch for it (see docs/detectors.md)",
+            model,
+        )
+    return pre
 
 
 def read_names(path: str | Path) -> list[str]:
@@ -101,6 +134,13 @@ class YoloDetector(Detector):
         self._input = engine.input_names[0]
         #: largest batch the engine accepts (ONNX files exported with a fixed batch of 1); None = any
         self.batch_limit = batch_limit
+
+    def preprocessing(self) -> str:
+        p = self.preprocess
+        pad = (
+            f", pad {p.pad_value} {'centred' if p.center else 'top-left'}" if p.resize == "letterbox" else ""
+        )
+        return f"{p.resize} to {self.input_hw[1]}x{self.input_hw[0]}{pad}, {'RGB' if p.rgb else 'BGR'} x {p.scale:.6g}"
 
     def prepare(self, images: list[np.ndarray]) -> tuple[np.ndarray, list]:
         p = self.preprocess

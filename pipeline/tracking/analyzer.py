@@ -50,11 +50,50 @@ class TrackedObject:
     pending_crossings: list[tuple[LineCrossing, Event]] = field(default_factory=list)
 
 
+class VideoClock:
+    """Seconds on the video's own timeline, anchored at wall time: ``base + pts``.
+
+    A file decodes as fast as the detector allows (or slower than real time), so decode time stretches or
+    squeezes durations; pts does not. ``base`` is the first frame's capture time minus its pts, so the values
+    still read as epoch seconds. When pts jumps back (a looping file starting over, a reconnect), the clock
+    re-anchors so it keeps running forward from where it was. Frames without pts use their capture time.
+
+    Not ``pipeline.stream_clock.StreamClock``: that one maps a *live* stream's pts to when frames were
+    captured and lets its offset follow the least-delayed arrival, so for a file decoded faster than real
+    time it would track decode time again; here the anchor is fixed and only pts moves the clock.
+    """
+
+    def __init__(self) -> None:
+        self._base: float | None = None
+        self._last_pts: float | None = None
+        self._last: float | None = None
+
+    def at(self, frame: Frame) -> float:
+        pts = frame.pts
+        if pts is None:
+            return frame.capture_time
+        if self._base is None or self._last is None or self._last_pts is None:
+            self._base = frame.capture_time - pts
+        elif pts < self._last_pts:
+            self._base = self._last - pts
+        self._last_pts = pts
+        self._last = self._base + pts
+        return self._last
+
+
 class TrackingAnalyzer:
     def __init__(
-        self, camera_id: str, tracking: TrackingConfig, zones: CameraZonesConfig, snapshot_dir: Path
+        self,
+        camera_id: str,
+        tracking: TrackingConfig,
+        zones: CameraZonesConfig,
+        snapshot_dir: Path,
+        video_time: bool = False,
     ):
+        """``video_time``: time tracks by the frames' pts (file sources, which decode faster or slower than
+        real time), not by when frames were decoded; see :class:`VideoClock`."""
         self.camera_id = camera_id
+        self.clock = VideoClock() if video_time else None
         self.cfg = tracking
         self.zcfg = zones
         self.tracker = ByteTracker(tracking)
@@ -72,6 +111,7 @@ class TrackingAnalyzer:
         self._masks: dict[tuple[int, int], list[np.ndarray]] = {}
         self._last_frame: Frame | None = None
         self._prev_ts: float | None = None
+        self._frame_ts: float | None = None  # track time of the frame being (or last) processed
 
     # -- public API --------------------------------------------------------------------------------
     def process(self, result: FrameResult) -> list[Event]:
@@ -84,7 +124,8 @@ class TrackingAnalyzer:
             det.boxes[idx], det.scores[idx], [det.labels[i] for i in idx], det.class_ids[idx]
         )
         events: list[Event] = []
-        ts = frame.capture_time
+        ts = self.clock.at(frame) if self.clock is not None else frame.capture_time
+        self._frame_ts = ts
         seen: list[tuple[Track, TrackedObject]] = []
         for t in out.active:
             obj = self.objects.get(t.track_id)
@@ -253,7 +294,7 @@ class TrackingAnalyzer:
         for ch in changes:
             if ch.kind == "enter" and ch.zone not in obj.entered_zones:
                 obj.entered_zones.append(ch.zone)
-            data = {"zone": ch.zone}
+            data: dict[str, object] = {"zone": ch.zone}
             if ch.kind != "enter":
                 data["dwell_s"] = _r(ch.dwell_s, 3)
             kind = {"enter": "zone_enter", "exit": "zone_exit", "loitering": "loitering"}[ch.kind]
@@ -273,7 +314,7 @@ class TrackingAnalyzer:
 
     def _end(self, track_id: int, frame: Frame | None, reason: str) -> list[Event]:
         obj = self.objects.pop(track_id, None)
-        ts = frame.capture_time if frame is not None else time.time()
+        ts = self._ts(frame)
         exits = self.zoneset.forget(track_id, ts)
         if obj is None or not obj.confirmed:
             return []
@@ -281,6 +322,16 @@ class TrackingAnalyzer:
                   for ch in exits]  # fmt: skip
         events.append(self._lifecycle_event("tracks.end", obj, frame, {"end_reason": reason}))
         return events
+
+    def _ts(self, frame: Frame | None) -> float:
+        """Track time of ``frame`` (the last processed one, or now at shutdown) on the analyzer's clock."""
+        if (
+            self.clock is not None
+            and self._frame_ts is not None
+            and (frame is None or frame is self._last_frame)
+        ):
+            return self._frame_ts
+        return frame.capture_time if frame is not None else time.time()
 
     def _object_event(self, etype: str, obj: TrackedObject, frame: Frame | None, data: dict) -> Event:
         t = obj.track
@@ -316,7 +367,7 @@ class TrackingAnalyzer:
             "snapshot": obj.snapshot,
             **(extra or {}),
         }
-        obj.last_event_ts = frame.capture_time if frame is not None else time.time()
+        obj.last_event_ts = self._ts(frame)
         obj.seen_since_event = False
         obj.sub_label_changed = False
         return self._object_event(etype, obj, frame, data)
