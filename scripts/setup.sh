@@ -31,6 +31,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "setup: installing Python dependencies (torch is a large download the first time)"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[ray]'  # executor: ray and its tests
 # Reference implementations used by tests and benchmarks only. facenet-pytorch declares torch<2.3, which
 # would downgrade torch, so it goes in without its declared dependencies (it runs fine on this torch).
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps facenet-pytorch==2.6.0

@@ -37,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--web-port", type=int, help="override web.port (0 = any free port)")
     parser.add_argument("--no-web", action="store_true", help="do not serve the web app")
+    parser.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="executor ray: shard the cameras on Ray ('auto' joins a running cluster, 'local' starts one)",
+    )
 
 
 def _apply_overrides(cfg: PipelineConfig, args: argparse.Namespace) -> PipelineConfig:
@@ -51,6 +56,9 @@ def _apply_overrides(cfg: PipelineConfig, args: argparse.Namespace) -> PipelineC
         cfg.detector.backend = args.backend
     if args.log_level:
         cfg.log_level = args.log_level
+    if getattr(args, "ray", None):
+        cfg.executor = "ray"
+        cfg.ray.address = args.ray
     return cfg
 
 
@@ -92,6 +100,15 @@ def main(args: argparse.Namespace) -> int:
         local_redis = LocalRedis(data_dir=var_dir / "redis").start()
         cfg.redis.url = local_redis.url
         print(f"started a local redis-server for this run at {local_redis.url}", file=sys.stderr)
+
+    if cfg.executor == "ray":
+        from pipeline.scale.cli import run_sharded
+
+        try:
+            return run_sharded(cfg, args, var_dir)
+        finally:
+            if local_redis:
+                local_redis.stop()
 
     from pipeline.runner import Pipeline
 
