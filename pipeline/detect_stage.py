@@ -74,6 +74,16 @@ class DetectStage(Stage):
             if dc.active and cam in self.inputs
         }
 
+    def set_input(self, camera_id: str, queue: BoundedQueue[Frame]) -> None:
+        """Add a camera's queue, or replace it (a paused camera gets an empty open one), while running.
+
+        The dict and set are replaced, never mutated, so the detect thread's round in progress keeps a
+        consistent view; a queue dropped this way is simply no longer polled.
+        """
+        self.inputs = {**self.inputs, camera_id: queue}
+        self._open = self._open | {camera_id}
+        self.wakeup.set()
+
     def _poll_round(self, batch: list[Frame], limit: int) -> bool:
         """Take at most one frame from each open camera queue, in rotating order. True if any was taken."""
         cams = sorted(self._open)

@@ -20,9 +20,12 @@ benchmarks/bench_nms.py times both against torchvision in the same run and check
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torchvision  # noqa: F401 - registers torch.ops.torchvision.nms
+
+if TYPE_CHECKING:
+    import torch
 
 #: classes with at most this many boxes are suppressed together in NumPy; larger ones by the blocked walk
 SMALL_GROUP = 64
@@ -63,6 +66,11 @@ def iou_matrix(a: np.ndarray, b: np.ndarray, dtype: type = np.float32) -> np.nda
 
 
 def _as_tensors(boxes: np.ndarray, scores: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-copy float32 tensors. torch is imported here, not at module import: iou_matrix (tracking,
+    metrics) needs only NumPy."""
+    import torch
+    import torchvision  # noqa: F401 - registers torch.ops.torchvision.nms
+
     b = torch.from_numpy(np.ascontiguousarray(boxes, np.float32).reshape(-1, 4))
     s = torch.from_numpy(np.ascontiguousarray(scores, np.float32).reshape(-1))
     if b.shape[0] != s.shape[0]:
@@ -84,6 +92,8 @@ def _greedy(b: torch.Tensor, s: torch.Tensor, iou_threshold: float, direct: int 
     Up to ``direct`` boxes go to the kernel in one call: below a few hundred boxes the blocked walk's fixed
     cost outweighs what it saves.
     """
+    import torch
+
     n = b.shape[0]
     if n <= max(direct, BLOCK):
         return torch.ops.torchvision.nms(b, s, float(iou_threshold))
@@ -201,6 +211,8 @@ def batched_nms(
         mask = _small_groups_nms(sub, sub_starts, sub_len, iou_threshold)
         kept_parts.append(order[rows[mask]])
     if not small.all():
+        import torch
+
         sorted_b, sorted_s = b[torch.from_numpy(order)], s[torch.from_numpy(order)]
         for a, k in zip(starts[~small].tolist(), lengths[~small].tolist(), strict=True):
             kept = _greedy(sorted_b[a : a + k], sorted_s[a : a + k], iou_threshold, GROUP_DIRECT)

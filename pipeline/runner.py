@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.analyzers import AnalyticsStage, Analyzer
-from pipeline.config import PipelineConfig
+from pipeline.config import CameraConfig, PipelineConfig
 from pipeline.detect_stage import DetectStage
 from pipeline.detectors.base import Detector
 from pipeline.events import Event
@@ -31,7 +31,7 @@ from pipeline.paths import RuntimePaths, resolve_runtime_paths
 from pipeline.queues import BoundedQueue, QueueClosed
 from pipeline.sinks.build import build_sinks
 from pipeline.sinks.delivery import DeliveryStage
-from pipeline.states import StageState
+from pipeline.states import CameraStatus, StageState
 from pipeline.types import Frame, FrameResult
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def build_analyzers(cfg: PipelineConfig, camera_id: str, var_dir: Path) -> list[
         from pipeline.faces.analyzer import FaceAccessAnalyzer
 
         doors = [d for d in cfg.doors if camera_id in d.cameras]
-        analyzers.append(FaceAccessAnalyzer(cfg.faces, doors, camera_id))
+        analyzers.append(FaceAccessAnalyzer(cfg.faces, doors, camera_id, redis_url=cfg.redis.url))
     if cfg.tracking.enabled:
         from pipeline.tracking.analyzer import TrackingAnalyzer
 
@@ -111,33 +111,12 @@ class Pipeline:
             lambda cam_id: build_analyzers(cfg, cam_id, self.var_dir)
         )
 
+        self.latest: dict[str, FrameResult] = {}  # live tap: newest detected frame per camera (a reference)
+        self._cams_lock = threading.RLock()
+        self._placeholders: dict[str, BoundedQueue[Frame]] = {}  # paused cameras: empty, open detector inputs
+        self._make_analyzers = make_analyzers
         for cam in cameras:
-            policy = cam.effective_queue_policy
-            # A `latest` frames queue holds only the newest frame: the detector never gets a stale one, and
-            # a slow detector costs detections, not latency (and not 8 frames of memory per camera).
-            fq: BoundedQueue[Frame] = BoundedQueue(
-                1 if policy == "latest" else cam.queue_size, policy, f"frames[{cam.id}]", self.frame_wakeup
-            )
-            inbox: BoundedQueue[FrameResult] = BoundedQueue(
-                cam.queue_size * 2, policy, f"results[{cam.id}]", threading.Event()
-            )
-            self.frame_queues[cam.id] = fq
-            self.inboxes[cam.id] = inbox
-            decoder = DecoderStage(cam, fq, self._on_decoder_event, self.metrics)
-            # The decoder's line shows its output queue: frames waiting for the detector, and frames dropped
-            # by a `latest` queue because the detector was behind.
-            decoder.metrics.queue_depth = fq.qsize
-            self.decoders[cam.id] = decoder
-            stage = AnalyticsStage(
-                cam.id,
-                inbox,
-                make_analyzers(cam.id),
-                self.emit,
-                self.metrics,
-                publish_detections=cfg.redis.publish_detections,
-            )
-            stage.on_exit_callbacks.append(self._analytics_done)
-            self.analytics[cam.id] = stage
+            self._build_camera(cam)
 
         self.detect = DetectStage(
             self.detector,
@@ -157,6 +136,162 @@ class Pipeline:
             delivery.on_exit_callbacks.append(self._delivery_done)
         if not cameras:
             self._close_event_queues()
+
+    # -- cameras ------------------------------------------------------------------------------------------
+    def _build_camera(self, cam: CameraConfig) -> None:
+        """Create a camera's frame queue, decoder, results inbox and analytics stage (not started)."""
+        policy = cam.effective_queue_policy
+        inbox: BoundedQueue[FrameResult] = BoundedQueue(
+            cam.queue_size * 2, policy, f"results[{cam.id}]", threading.Event()
+        )
+        self.inboxes[cam.id] = inbox
+        self._build_decoder(cam)
+        stage = AnalyticsStage(
+            cam.id,
+            inbox,
+            self._make_analyzers(cam.id),
+            self.emit,
+            self.metrics,
+            publish_detections=self.cfg.redis.publish_detections,
+        )
+        stage.on_exit_callbacks.append(self._analytics_done)
+        self.analytics[cam.id] = stage
+
+    def _build_decoder(self, cam: CameraConfig) -> None:
+        from pipeline.decoder import DecoderStage
+
+        policy = cam.effective_queue_policy
+        # A `latest` frames queue holds only the newest frame: the detector never gets a stale one, and a
+        # slow detector costs detections, not latency (and not 8 frames of memory per camera).
+        fq: BoundedQueue[Frame] = BoundedQueue(
+            1 if policy == "latest" else cam.queue_size, policy, f"frames[{cam.id}]", self.frame_wakeup
+        )
+        self.frame_queues[cam.id] = fq
+        decoder = DecoderStage(cam, fq, self._on_decoder_event, self.metrics)
+        # The decoder's line shows its output queue: frames waiting for the detector (the decoder itself
+        # reports the frames a `latest` queue dropped because the detector was behind).
+        decoder.metrics.queue_depth = fq.qsize
+        self.decoders[cam.id] = decoder
+
+    # -- cameras at run time (the web app, its JSON API and `cameras` CLI call these) ----------------------
+    def camera_configs(self) -> list[CameraConfig]:
+        with self._cams_lock:
+            return list(self.cfg.cameras)
+
+    def add_camera(self, cam: CameraConfig) -> None:
+        """Start a new camera while the others keep flowing (their queues and threads are not touched)."""
+        with self._cams_lock:
+            if any(c.id == cam.id for c in self.cfg.cameras):
+                raise ValueError(f"camera id {cam.id!r} is already in use")
+            self._check_running()
+            self.cfg.cameras.append(cam)
+            if cam.enabled:
+                self._start_camera(cam)
+
+    def update_camera(self, cam: CameraConfig) -> None:
+        """Replace a camera's settings: its stages restart with the new ones; other cameras are untouched."""
+        with self._cams_lock:
+            i = self._index(cam.id)
+            self._check_running()
+            counted = cam.id in self.analytics
+            self._stop_camera(cam.id, end_analytics=True, forget=False)
+            self.cfg.cameras[i] = cam
+            if cam.enabled:
+                self._start_camera(cam, counted=counted)
+            elif counted:
+                self._analytics_done()
+
+    def pause_camera(self, camera_id: str) -> None:
+        """Stop decoding one camera; its door decisions fail closed (status ``paused``) until resumed."""
+        with self._cams_lock:
+            i = self._index(camera_id)
+            self.cfg.cameras[i] = self.cfg.cameras[i].model_copy(update={"enabled": False})
+            if camera_id in self.decoders:
+                self._stop_camera(camera_id, end_analytics=False, forget=False)
+
+    def resume_camera(self, camera_id: str) -> None:
+        with self._cams_lock:
+            i = self._index(camera_id)
+            self._check_running()
+            cam = self.cfg.cameras[i] = self.cfg.cameras[i].model_copy(update={"enabled": True})
+            if camera_id not in self.decoders:
+                self._start_camera(cam)
+
+    def remove_camera(self, camera_id: str) -> None:
+        """Stop a camera for good (its tracks end, its events are flushed) and forget it. The last camera
+        cannot be removed: without one the pipeline would finish; pause it instead."""
+        with self._cams_lock:
+            i = self._index(camera_id)
+            if len(self.cfg.cameras) == 1:
+                raise ValueError(f"camera {camera_id!r} is the last camera; pause it instead of removing it")
+            counted = camera_id in self.analytics
+            self._stop_camera(camera_id, end_analytics=True, forget=True)
+            del self.cfg.cameras[i]
+            if counted:
+                self._analytics_done()
+            self.latest.pop(camera_id, None)
+
+    def _index(self, camera_id: str) -> int:
+        for i, c in enumerate(self.cfg.cameras):
+            if c.id == camera_id:
+                return i
+        raise KeyError(f"no camera {camera_id!r}")
+
+    def _check_running(self) -> None:
+        if self._stopping.is_set() or self.detect.state in ("stopped", "failed"):
+            raise RuntimeError("the pipeline is stopping; cameras cannot be started now")
+
+    def _start_camera(self, cam: CameraConfig, *, counted: bool = False) -> None:
+        """Start a camera's stages; ``counted``: its analytics already count in ``_analytics_left``."""
+        self._placeholders.pop(cam.id, None)
+        if cam.id in self.analytics:  # resumed: analytics kept running, only the decoder is new
+            self._build_decoder(cam)
+        else:
+            if not counted:
+                with self._left_lock:
+                    self._analytics_left += 1
+            self._build_camera(cam)
+            self.analytics[cam.id].start()
+        self.detect.configure_camera(cam.id, cam.detect)  # its regions/tiling follow its (new) settings
+        self.detect.set_input(cam.id, self.frame_queues[cam.id])
+        self.decoders[cam.id].start()
+
+    def _stop_camera(
+        self, camera_id: str, *, end_analytics: bool, forget: bool, timeout: float = 10.0
+    ) -> None:
+        """Swap the detector's input for an empty open queue first (so the detect stage never sees all
+        inputs closed and ends), then stop the decoder; with ``end_analytics`` also end the camera's
+        analytics (tracks end, events flushed) without counting it as finished (the caller does)."""
+        placeholder: BoundedQueue[Frame] = BoundedQueue(1, "latest", f"paused[{camera_id}]")
+        self.detect.set_input(camera_id, placeholder)
+        self.frame_queues[camera_id] = placeholder
+        self._placeholders[camera_id] = placeholder
+        decoder = self.decoders.pop(camera_id, None)
+        if decoder is not None:
+            decoder.stop()
+            decoder.join(timeout)
+            status = CameraStatus.REMOVED if forget else CameraStatus.PAUSED
+            self._on_decoder_event(
+                Event(
+                    type="status.camera",
+                    camera_id=camera_id,
+                    data={"status": status, "reason": "by the operator"},
+                )
+            )
+        if end_analytics:
+            stage = self.analytics.pop(camera_id, None)
+            inbox = self.inboxes.pop(camera_id, None)
+            if stage is not None:
+                stage.on_exit_callbacks.remove(self._analytics_done)
+            if inbox is not None:
+                inbox.close()
+            if stage is not None:
+                stage.join(timeout)
+        if forget:
+            self._placeholders.pop(camera_id, None)
+            self.frame_queues.pop(camera_id, None)
+            placeholder.close()  # the detect stage forgets this camera on its next round
+            self.detect.configure_camera(camera_id, None)
 
     # -- event plumbing -------------------------------------------------------------------------------
     def emit(self, event: Event) -> None:
@@ -179,14 +314,17 @@ class Pipeline:
                 stage.camera_status(str(event.data.get("status", "")))
 
     def _route_result(self, result: FrameResult) -> None:
-        inbox = self.inboxes[result.frame.camera_id]
+        self.latest[result.frame.camera_id] = result  # by reference: no copy, no encoding on this thread
+        inbox = self.inboxes.get(result.frame.camera_id)
+        if inbox is None:
+            return  # the camera was removed while this frame was in the detector
         try:
             inbox.put(result)
         except QueueClosed:
             log.debug("camera %s: result after its analytics closed", result.frame.camera_id)
 
     def _close_inboxes(self) -> None:
-        for q in self.inboxes.values():
+        for q in list(self.inboxes.values()):  # a copy: cameras may be added or removed meanwhile
             q.close()
 
     def _analytics_done(self) -> None:
@@ -224,8 +362,10 @@ class Pipeline:
             return
         self._stopping.set()
         log.info("stopping: sources first, then draining detect → analytics → publisher")
-        for dec in self.decoders.values():
+        for dec in list(self.decoders.values()):
             dec.stop()
+        for q in list(self._placeholders.values()):
+            q.close()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the publisher has flushed (all sources ended or stop() was called).
@@ -253,7 +393,8 @@ class Pipeline:
     def health(self) -> dict:
         cams = {
             cid: {"decoder": d.state, "analytics": self.analytics[cid].state, "last_error": d.last_error}
-            for cid, d in self.decoders.items()
+            for cid, d in list(self.decoders.items())
+            if cid in self.analytics
         }
         ok = self.detect.state != StageState.FAILED and self.publisher.state != StageState.FAILED
         return {"ok": ok, "detect": self.detect.state, "publisher": self.publisher.state, "cameras": cams}

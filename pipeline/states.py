@@ -29,3 +29,5 @@ class CameraStatus(StrEnum):
     RECONNECTING = "reconnecting"
     FAILED = "failed"
     ENDED = "ended"
+    PAUSED = "paused"  # by the operator (web app / runner.pause_camera)
+    REMOVED = "removed"  # by the operator, for good

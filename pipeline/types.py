@@ -98,6 +98,36 @@ class Detections:
 
 
 @dataclass(frozen=True, slots=True)
+class FaceMatch:
+    """One face the face stage saw in a frame and what the gallery made of it.
+
+    ``identity`` is set only when the decision rule accepted the match (distance within the threshold and
+    a margin to the second-best person); ``nearest`` is the closest person either way. ``track_id`` follows
+    the same face from frame to frame (the door vote counts frames of one track). ``reason`` says why the
+    face does not vote, or is None when it does.
+    """
+
+    box: tuple[float, float, float, float]  # x1 y1 x2 y2, pixels
+    identity: str | None
+    nearest: str | None
+    distance: float | None  # mean template distance to ``nearest`` (None with an empty gallery)
+    margin: float | None  # second-best distance minus ``distance`` (None with fewer than two people)
+    track_id: int | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "box": [round(v, 1) for v in self.box],
+            "identity": self.identity,
+            "nearest": self.nearest,
+            "distance": None if self.distance is None else round(self.distance, 4),
+            "margin": None if self.margin is None else round(self.margin, 4),
+            "track_id": self.track_id,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class ScanInfo:
     """Which parts of a frame the detector saw (``cameras[].detect``; see pipeline/regions/).
 
@@ -122,11 +152,16 @@ class ScanInfo:
 
 @dataclass(slots=True)
 class FrameResult:
-    """A frame with what the detection stage found in it, plus whatever later stages attach."""
+    """A frame with what the detection stage found in it, plus whatever later stages attach.
+
+    ``faces`` is set by the face stage (None when no face stage ran on this frame); later analyzers (tracking
+    sub-labels) read it. ``extras`` is free-form scratch space for tools and tests.
+    """
 
     frame: Frame
     detections: Detections
     detector: str
     inference_ms: float = 0.0
     extras: dict = field(default_factory=dict)
+    faces: list[FaceMatch] | None = None
     scan: ScanInfo | None = None  # set when cameras[].detect regions or tiling are on

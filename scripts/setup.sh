@@ -9,6 +9,7 @@ APT_PACKAGES=(
   redis-server                                  # local Redis for runs without redis.url, and for tests
   python3-gi gir1.2-gst-rtsp-server-1.0         # the RTSP test server (Debian's /usr/bin/python3 + GStreamer)
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+  chromium                                      # web app browser tests (Playwright drives /usr/bin/chromium)
   mosquitto openssl                             # MQTT broker (and a TLS certificate) for the MQTT sink tests
 )
 missing=()
@@ -30,6 +31,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "setup: installing Python dependencies (torch is a large download the first time)"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[ray]'  # executor: ray and its tests
 # Reference implementations used by tests and benchmarks only. facenet-pytorch declares torch<2.3, which
 # would downgrade torch, so it goes in without its declared dependencies (it runs fine on this torch).
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps facenet-pytorch==2.6.0

@@ -10,5 +10,6 @@ pytest_plugins = [
     "tests.support.redis_fixtures",
     "tests.support.media_fixtures",
     "tests.support.rtsp_fixtures",
+    "tests.support.web_fixtures",
     "tests.support.mqtt_fixtures",
 ]

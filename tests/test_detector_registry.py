@@ -67,8 +67,19 @@ def test_explicit_family_and_errors_name_the_key(tmp_path):
         build_detector(DetectorConfig(model="yolov3-tiny", family="ssd"))
     with pytest.raises(ModelError, match="detector.precision: int8 applies to YOLO.*family ssd"):
         build_detector(DetectorConfig(model="ssdlite-mobilenetv2-coco", precision="int8"))
-    with pytest.raises(ModelError, match="detector.classes: 'car' not among the classes"):
+    with pytest.raises(
+        ModelError, match="detector.classes: model ssdlite-mobilenetv2-coco detects only person"
+    ):
         build_detector(DetectorConfig(model="ssdlite-mobilenetv2-coco", classes=["car"]))
+    with pytest.raises(ModelError, match="detector.classes: 'unicorn' not among the classes"):
+        build_detector(DetectorConfig(model="ssdlite-mobilenetv2-coco", classes=["person", "unicorn"]))
+
+
+def test_person_detector_with_the_default_class_list_warns_and_keeps_person(caplog):
+    with caplog.at_level(logging.WARNING):
+        det = build_detector(DetectorConfig(model="ssdlite-mobilenetv2-coco"))  # default: person + vehicles
+    assert "detects only person: detector.classes bicycle, car, motorcycle, bus, truck ignored" in caplog.text
+    assert isinstance(det, SsdDetector) and det.allowed is not None and det.allowed.tolist() == [True]
 
 
 def test_ssd_runs_on_the_torch_backend_too():
@@ -131,3 +142,24 @@ def test_evaluate_ssd_and_preprocess_on_coco(tmp_path, capsys):
         aps[pre] = float(row.split("|")[4])
     assert aps["auto"] > 0.3, aps  # AP50 of a working person detector on images with people
     assert aps["auto"] != aps["letterbox"]
+
+
+def test_exported_darknet_onnx_keeps_stretch_by_its_metadata_not_its_name(tmp_path, caplog):
+    """The .onnx vidpipe exports from yolov3-tiny says how it was trained; copied under any name, loading it
+    by path keeps stretch (before: the v5 layout's letterbox, silently)."""
+    import shutil
+
+    darknet = build_detector(DetectorConfig(model="yolov3-tiny", classes=None))
+    assert isinstance(darknet, YoloDetector)
+    copy = tmp_path / "some_model.onnx"
+    shutil.copy(darknet.engine.model_path, copy)  # type: ignore[attr-defined]
+    with caplog.at_level(logging.INFO):
+        det = build_detector(DetectorConfig(model=str(copy), classes=None))
+    assert isinstance(det, YoloDetector) and det.layout == "v5"
+    assert det.preprocess == darknet.preprocess and det.preprocess.resize == "stretch"
+    assert "from the file's metadata (vidpipe.preprocess=darknet)" in caplog.text
+    img = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    np.testing.assert_allclose(det.raw([img]), darknet.raw([img]), atol=1e-4)
+    # detector.resize still wins over the metadata
+    again = build_detector(DetectorConfig(model=str(copy), classes=None, resize="letterbox"))
+    assert isinstance(again, YoloDetector) and again.preprocess.resize == "letterbox"

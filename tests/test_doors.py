@@ -33,6 +33,7 @@ def door(**kw) -> DoorConfig:
         "window_s": 2.0,
         "cooldown_s": 5.0,
         "min_face_px": 50,
+        "liveness": "off",  # these tests are about the vote; liveness has its own below
     }
     return DoorConfig.model_validate({**base, **kw})
 

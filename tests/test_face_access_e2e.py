@@ -92,6 +92,7 @@ def setup(tmp_path, engine):
         "cooldown_s": 60,
         "min_face_px": 50,
         "max_frame_age_s": 30,
+        "liveness": "off",  # the video is a moving photo: see test_liveness.py for the liveness doors
         "audit_log": str(tmp_path / "audit.jsonl"),
     }
     doors = [
@@ -156,7 +157,7 @@ def test_enrolled_person_opens_the_door_once(setup, videos, redis_server, redis_
         assert sorted(decisions) == [("back", "denied"), ("front", "granted")]  # once each: cooldown
         grant = next(e for e in events if e.data.get("decision") == "granted")
         assert grant.data["person"] == "eileen" and grant.data["frames"] == 3 and grant.data["distance"] < 0.5
-        assert all(r.extras["faces"][0]["identity"] == "eileen" for r in results)
+        assert all(r.faces and r.faces[0].identity == "eileen" for r in results)
         ctl.settle(1)
         assert [e.event_id for e in ctl.opened] == [grant.event_id]
 
@@ -194,7 +195,7 @@ def test_other_person_and_lost_camera_do_not_open(setup, videos, redis_server, r
             if e.type == "doors.decision"
         ]
         assert sorted(decisions) == [("back", "unknown", None), ("front", "unknown", None)]
-        assert all(r.extras["faces"][0]["identity"] is None for r in results)
+        assert all(r.faces and r.faces[0].identity is None for r in results)
         unknown = [e for e in events if e.type == "faces.unknown"]
         assert unknown, "no faces.unknown event"
         crops = [Path(f["crop"]) for e in unknown for f in e.data["faces"]]

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from skimage import data
 
+from pipeline.faces.analyzer import DEFAULT_THRESHOLD
 from pipeline.faces.config import FacesConfig
 from pipeline.faces.enroll import FaceEngine, enroll_images
 from pipeline.faces.gallery import Gallery, GalleryError
@@ -110,12 +111,12 @@ def test_enrollment_rejects_bad_photos_by_name(tmp_path, engine, photos):
         assert rejected["two_people.jpg"].startswith("2 faces found")
         assert "not a readable image" in rejected["junk.jpg"]
         # the enrolled person is recognised in the other real photo only
-        m = Matcher(g.templates(engine.model_id), cfg.threshold)
+        m = Matcher(g.templates(engine.model_id), DEFAULT_THRESHOLD)
     cam = photos["cameraman"]
     dets = engine.detect(cam)
     assert len(dets) == 1
     r = m.identify(engine.embed(cam, dets)[0])
-    assert r.identity is None and r.nearest == "eileen" and r.distance > cfg.threshold
+    assert r.identity is None and r.nearest == "eileen" and r.distance > DEFAULT_THRESHOLD
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -145,18 +146,21 @@ def test_cli_enroll_list_rename_remove(tmp_path, photos):
     assert "0 person(s)" in _cli("list", cwd=tmp_path).stdout
 
 
-def test_http_api_requires_token_and_manages_gallery(tmp_path, engine, photos):
-    from pipeline.faces.api import GalleryApiServer
+def test_http_api_requires_token_and_manages_gallery(tmp_path, engine, photos, start_web):
+    """The gallery API, now served by the web app under /api (faces-only, as `faces serve` runs it)."""
+    from tests.support.web_fixtures import TOKEN
 
-    token = "t" * 24
+    token = TOKEN
     cfg = FacesConfig(gallery_path=str(tmp_path / "g.sqlite"))
     gallery = Gallery(cfg.gallery_path)
-    server = GalleryApiServer(cfg, gallery, engine, token, host="127.0.0.1", port=0)
-    server.start_background()
+    server = start_web(faces=cfg)
+    server.server.ctx._engine = engine  # the module's engine: the models load once per test module
 
     def call(method: str, path: str, body: dict | None = None, tok: str | None = token) -> tuple[int, dict]:
         req = urllib.request.Request(
-            server.url + path, method=method, data=None if body is None else json.dumps(body).encode()
+            server.url + "/api" + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
         )
         if tok:
             req.add_header("Authorization", f"Bearer {tok}")
@@ -190,6 +194,12 @@ def test_http_api_requires_token_and_manages_gallery(tmp_path, engine, photos):
             "z": "data is missing or not valid base64",
             "c.png": "no face found",
         }
+        again = {"name": "eileen", "photos": [{"filename": "b.jpg", "data": jpg}]}
+        status, body = call("POST", "/persons", again)
+        assert status == 400 and "already enrolled" in body["error"]  # adding to a person needs append
+        assert call("POST", "/persons", {**again, "append": "yes"})[0] == 400
+        status, body = call("POST", "/persons", {**again, "append": True})
+        assert status == 200 and body["templates"] == 2 and body["results"][0]["enrolled"]
         assert call("PATCH", "/persons/eileen", {"name": "collins"})[0] == 200
         status, body = call("GET", "/persons")
         assert status == 200 and [p["name"] for p in body["persons"]] == ["collins"]
@@ -198,8 +208,7 @@ def test_http_api_requires_token_and_manages_gallery(tmp_path, engine, photos):
         assert call("DELETE", "/persons/collins") == (200, {"removed": "collins"})
         assert gallery.persons() == []
     finally:
-        server.shutdown()
-        server.server_close()
+        gallery.close()
         gallery.close()
 
 

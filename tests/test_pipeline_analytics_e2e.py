@@ -99,6 +99,7 @@ def test_yaml_config_enroll_cli_and_pipeline_open_the_door_and_track_people(
                         "window_s": 60,
                         "min_face_px": 50,
                         "max_frame_age_s": 120,
+                        "liveness": "off",  # the clip is a moving photo (tests/test_liveness.py: never opens)
                         "secret_env": "FRONT_SECRET",
                         "audit_log": str(tmp_path / "audit.jsonl"),
                     }

@@ -92,33 +92,56 @@ def test_ssd_finds_people_on_coco(ssd):
     assert hits >= 10, f"only {hits} of 12 images with a large person got a person box >= 0.5"
 
 
+# TensorFlow runs in a child process: imported after torch it works, imported first it crashes the process
+# (both bundle their own native libraries), and it should not change the test process for later tests.
+_TF_REFERENCE = """
+import sys, numpy as np, cv2, tensorflow as tf
+graph_path, out_path, *images = sys.argv[1:]
+gd = tf.compat.v1.GraphDef()
+gd.ParseFromString(open(graph_path, "rb").read())
+graph = tf.Graph()
+with graph.as_default():
+    tf.import_graph_def(gd, name="")
+results = {}
+with tf.compat.v1.Session(graph=graph) as sess:
+    for i, path in enumerate(images):
+        img = cv2.imread(path)
+        boxes, scores = sess.run(["detection_boxes:0", "detection_scores:0"], {"image_tensor:0": img[None, :, :, ::-1]})
+        results[f"boxes{i}"], results[f"scores{i}"] = boxes[0], scores[0]
+np.savez(out_path, **results)
+"""
+
+
 @needs_coco
-def test_parity_with_tensorflow_on_real_images(ssd):
-    tf = pytest.importorskip("tensorflow")
-    gd = tf.compat.v1.GraphDef()
-    gd.ParseFromString(get_model_path(MODEL).read_bytes())
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.import_graph_def(gd, name="")
-    sess = tf.compat.v1.Session(graph=graph)
-    matched = 0
+def test_parity_with_tensorflow_on_real_images(ssd, tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("tensorflow")
     images = coco_images(30)
-    for path in images:
+    out = tmp_path / "tf.npz"
+    proc = subprocess.run(
+        [sys.executable, "-c", _TF_REFERENCE, str(get_model_path(MODEL)), str(out), *map(str, images)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ref = np.load(out)
+    matched = 0
+    for i, path in enumerate(images):
         img = cv2.imread(str(path))
         h, w = img.shape[:2]
-        boxes, scores = sess.run(
-            ["detection_boxes:0", "detection_scores:0"], {"image_tensor:0": img[None, :, :, ::-1]}
-        )
-        keep = scores[0] >= 0.1 + 1e-3  # away from the threshold so a 1e-6 difference cannot flip one
-        ref_boxes = boxes[0][keep][:, [1, 0, 3, 2]] * np.array([w, h, w, h], np.float32)
-        ref_scores = scores[0][keep]
+        boxes, scores = ref[f"boxes{i}"], ref[f"scores{i}"]
+        keep = scores >= 0.1 + 1e-3  # away from the threshold so a 1e-6 difference cannot flip one
+        ref_boxes = boxes[keep][:, [1, 0, 3, 2]] * np.array([w, h, w, h], np.float32)
+        ref_scores = scores[keep]
         ours = ssd.detect([img])[0]
         for b, s in zip(ref_boxes, ref_scores, strict=True):
             ious = iou_matrix(b[None], ours.boxes)[0] if len(ours) else np.zeros(0)
             assert ious.size and ious.max() > 0.99, f"{path.name}: TF box {b} (score {s:.3f}) has no partner"
             assert abs(float(ours.scores[int(ious.argmax())]) - float(s)) < 1e-3, path.name
             matched += 1
-        assert len(ours) <= len(ref_boxes) + int(np.sum((scores[0] >= 0.1) & ~keep)), path.name
-    sess.close()
+        assert len(ours) <= len(ref_boxes) + int(np.sum((scores >= 0.1) & ~keep)), path.name
     logging.getLogger(__name__).info("SSD parity: %d detections on %d images", matched, len(images))
     assert matched >= 50, f"only {matched} detections compared; too few to mean anything"

@@ -17,7 +17,7 @@ from pipeline.publisher import Publisher
 from pipeline.tracking.analyzer import TrackingAnalyzer
 from pipeline.tracking.config import CameraZonesConfig, SnapshotConfig, TrackingConfig
 from pipeline.tracking.snapshots import SnapshotStore
-from pipeline.types import Detections, Frame, FrameResult
+from pipeline.types import Detections, FaceMatch, Frame, FrameResult
 from tests.support.tracking_scene import Mover, Scene
 
 RED, GREEN, BLUE, YELLOW, CYAN = (0, 0, 255), (0, 255, 0), (255, 0, 0), (0, 255, 255), (255, 255, 0)
@@ -144,20 +144,17 @@ def test_lifecycle_new_throttled_updates_end(tmp_path):
     Event.from_json(end.to_json())  # schema round-trip
 
 
-def test_sub_label_from_identities_and_setter(tmp_path):
+def _face(box: list[float], identity: str | None) -> FaceMatch:
+    return FaceMatch(tuple(box), identity, identity, 0.3 if identity else None, None)  # type: ignore[arg-type]
+
+
+def test_sub_label_from_face_stage_and_setter(tmp_path):
     an = make(tmp_path, update_interval_s=100.0)
     events = []
     for f in range(20):
-        boxes = [[100, 50, 180, 300]]
-        labels = ["person"]
+        res = frame_result(f, single_det([100, 50, 180, 300]))
         if f == 10:  # the face stage names the face inside the person's head area
-            boxes.append([125, 60, 155, 95])
-            labels.append("face")
-        det = Detections(np.array(boxes, np.float32), np.full(len(boxes), 0.9, np.float32),
-                         np.zeros(len(boxes), np.int32), labels)  # fmt: skip
-        res = frame_result(f, det)
-        if f == 10:
-            res.extras["identities"] = [None, "alice"]
+            res.faces = [_face([125, 60, 155, 95], "alice")]
         events += an.process(res)
     updates = [e for e in events if e.type == "tracks.update"]
     assert len(updates) == 1 and updates[0].data["sub_label"] == "alice" and updates[0].frame_seq == 10
@@ -167,8 +164,8 @@ def test_sub_label_from_identities_and_setter(tmp_path):
     assert an.close()[-1].data["sub_label"] == "bob"
 
 
-def test_sub_label_from_face_stage_extras(tmp_path):
-    # the face stage's format: its own face boxes with an identity (None = unknown face)
+def test_sub_label_only_for_named_faces_in_the_head_area(tmp_path):
+    # the face stage's typed result: its own face boxes with an identity (None = unknown face)
     an = make(tmp_path, update_interval_s=100.0)
     events = []
     for f in range(8):
@@ -176,10 +173,10 @@ def test_sub_label_from_face_stage_extras(tmp_path):
                          np.full(2, 0.9, np.float32), np.zeros(2, np.int32), ["person", "person"])  # fmt: skip
         res = frame_result(f, det)
         if f == 5:
-            res.extras["faces"] = [
-                {"box": [320, 60, 350, 95], "identity": "carol", "distance": 0.3},
-                {"box": [125, 60, 155, 95], "identity": None, "distance": None},
-                {"box": [125, 200, 155, 235], "identity": "mallory", "distance": 0.2},  # lower half: no
+            res.faces = [
+                _face([320, 60, 350, 95], "carol"),
+                _face([125, 60, 155, 95], None),
+                _face([125, 200, 155, 235], "mallory"),  # lower half: no
             ]
         events += an.process(res)
     updates = [(e.data["track_id"], e.data["sub_label"]) for e in events if e.type == "tracks.update"]

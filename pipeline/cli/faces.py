@@ -4,8 +4,10 @@
     python run_pipeline.py faces list
     python run_pipeline.py faces remove NAME
     python run_pipeline.py faces rename OLD NEW
-    python run_pipeline.py faces serve                      (token: faces.api.token / $VIDPIPE_FACES_TOKEN)
+    python run_pipeline.py faces serve                      (web app, faces only; API token: $VIDPIPE_FACES_TOKEN)
     python run_pipeline.py faces verify-audit FILE          (check a door audit log's hash chain)
+    python run_pipeline.py faces calibrate [--impostors DIR]  (choose + store the match threshold)
+    python run_pipeline.py faces identify PHOTO [PHOTO ...]   (JSON line per face: name, distance, margin)
 
 Settings (gallery path, thresholds, API) come from the ``faces:`` section of ``--config`` when given,
 else the defaults; ``--gallery`` overrides the gallery path.
@@ -17,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.cli import faces_tools
 from pipeline.config import ConfigError, load_config
 from pipeline.faces.config import FacesConfig
 from pipeline.paths import RuntimePaths
@@ -41,9 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("rename", help="rename a person")
     p.add_argument("old")
     p.add_argument("new")
-    p = sub.add_parser("serve", help="run the gallery HTTP API")
+    p = sub.add_parser("serve", help="serve the web app's Faces page and /api/persons without a pipeline")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--var-dir", default="var", help="where the web login password hash lives")
     p = sub.add_parser(
         "verify-audit",
         help="check a door audit log's keyed chain and its checkpoints (key: $VIDPIPE_AUDIT_KEY[_FILE])",
@@ -51,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("file")
     p.add_argument("--redis", help="also check the checkpoints published to this Redis (redis:// URL)")
     p.add_argument("--prefix", default="vidpipe", help="Redis key prefix of the pipeline (default vidpipe)")
+    faces_tools.add_arguments(sub)
 
 
 def _faces_config(args: argparse.Namespace) -> FacesConfig:
@@ -78,6 +83,8 @@ def _main(args: argparse.Namespace) -> int:
     from pipeline.faces.gallery import Gallery, display_name
 
     cfg = _faces_config(args)
+    if args.action == "serve":
+        return _serve(args, cfg)
     with Gallery(cfg.gallery_path) as gallery:
         if args.action == "list":
             people = gallery.persons()
@@ -93,6 +100,8 @@ def _main(args: argparse.Namespace) -> int:
             gallery.rename(args.old, args.new)
             print(f"renamed {display_name(args.old)} -> {display_name(args.new)}")
             return 0
+        if args.action in ("calibrate", "identify"):
+            return faces_tools.run(args, cfg, gallery)
 
         from pipeline.faces.enroll import FaceEngine, enroll_images
 
@@ -104,17 +113,30 @@ def _main(args: argparse.Namespace) -> int:
             for line in report.lines():
                 print(line)
             return 0 if report.accepted else 1
-        engine = FaceEngine.from_config(cfg)
-        if args.action == "serve":
-            from pipeline.faces.api import GalleryApiServer, api_token
-
-            server = GalleryApiServer(cfg, gallery, engine, api_token(cfg), host=args.host, port=args.port)
-            print(f"faces API on {server.url} (Ctrl-C to stop)", flush=True)
-            try:
-                server.serve_forever()
-            except KeyboardInterrupt:
-                pass
-            finally:
-                server.server_close()
-            return 0
     return 2
+
+
+def _serve(args: argparse.Namespace, cfg: FacesConfig) -> int:
+    """The web app without a pipeline: the Faces page and /api/persons (login or bearer token)."""
+    import threading
+    from pathlib import Path
+
+    from pipeline.web.config import WebConfig
+    from pipeline.web.server import WebServer, first_login_note, make_context
+
+    full = load_config(args.config) if args.config else None
+    web = (full.web if full else WebConfig()).model_copy(
+        update={"host": args.host or cfg.api.host, "port": cfg.api.port if args.port is None else args.port}
+    )
+    var_dir = Path(args.var_dir)
+    ctx, new_password = make_context(web, cfg, var_dir, doors=full.doors if full else [])
+    server = WebServer(ctx).start()
+    print(f"faces web app and API on {server.url} (Ctrl-C to stop)", flush=True)
+    print(first_login_note(new_password, var_dir, web.password_env), flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0

@@ -48,6 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--var-dir", default="var", help="runtime data: spool, snapshots, demo clip, local redis"
     )
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--web-port", type=int, help="override web.port (0 = any free port)")
+    parser.add_argument("--no-web", action="store_true", help="do not serve the web app")
+    parser.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="executor ray: shard the cameras on Ray ('auto' joins a running cluster, 'local' starts one)",
+    )
 
 
 def _apply_overrides(cfg: PipelineConfig, args: argparse.Namespace) -> PipelineConfig:
@@ -62,6 +69,9 @@ def _apply_overrides(cfg: PipelineConfig, args: argparse.Namespace) -> PipelineC
         cfg.detector.backend = args.backend
     if args.log_level:
         cfg.log_level = args.log_level
+    if getattr(args, "ray", None):
+        cfg.executor = "ray"
+        cfg.ray.address = args.ray
     return cfg
 
 
@@ -150,6 +160,15 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {reason}", file=sys.stderr)
         return EXIT_STARTUP
 
+    if cfg.executor == "ray":
+        from pipeline.scale.cli import run_sharded
+
+        try:
+            return run_sharded(cfg, args, var_dir)
+        finally:
+            if local_redis:
+                local_redis.stop()
+
     from pipeline.runner import EventSink, Pipeline
 
     sinks: list[EventSink] = []
@@ -202,6 +221,15 @@ def main(args: argparse.Namespace) -> int:
         metrics_server.start()
         print(f"metrics: http://{cfg.metrics.http_host}:{metrics_server.port}/metrics", file=sys.stderr)
 
+    web_server = None
+    if cfg.web.enabled and not args.no_web:
+        web_server = _start_web(cfg, pipeline, var_dir, args)
+        if web_server is None:  # like a metrics port in use: a setting to fix, exit 2
+            pipeline.join(timeout=1)
+            if local_redis:
+                local_redis.stop()
+            return 2
+
     signals_seen = 0
 
     def on_signal(signum, _frame) -> None:
@@ -229,6 +257,8 @@ def main(args: argparse.Namespace) -> int:
         pipeline.join(timeout=cfg.redis.flush_timeout_s + 10)
     finally:
         stop_status.set()
+        if web_server:
+            web_server.stop()
         if metrics_server:
             metrics_server.stop()
         if local_redis:
@@ -239,3 +269,24 @@ def main(args: argparse.Namespace) -> int:
     print(f"{verdict}; cameras: {json.dumps(summary)}", file=sys.stderr)
     print(f"[status] {pipeline.metrics.status_line()}", file=sys.stderr)
     return EXIT_ALL_CAMERAS_FAILED if all_failed else EXIT_OK
+
+
+def _start_web(cfg: PipelineConfig, pipeline, var_dir: Path, args: argparse.Namespace):  # noqa: ANN001, ANN202
+    """Serve the web app (live view, events, faces, doors, cameras); print its URL and, on the very first
+    start, the generated login password (only here, on the terminal)."""
+    from pipeline.web.server import WebServer, first_login_note, make_context
+
+    if args.web_port is not None:
+        cfg.web.port = args.web_port
+    config_path = None if args.source else Path(args.config)
+    try:
+        ctx, new_password = make_context(
+            cfg.web, cfg.faces, var_dir, pipeline=pipeline, cfg=cfg, config_path=config_path
+        )
+        server = WebServer(ctx).start()
+    except (OSError, ValueError) as exc:
+        log.error("cannot start the web app: %s (use --web-port, or --no-web)", exc)
+        return None
+    print(f"web app: {server.url}  (live view, events, faces, doors, cameras)", file=sys.stderr, flush=True)
+    print(first_login_note(new_password, var_dir, cfg.web.password_env), file=sys.stderr, flush=True)
+    return server

@@ -10,7 +10,7 @@ from pathlib import Path
 from engines import create_engine
 from engines.model_store import ModelStoreError, get_model_files
 from pipeline.config import DetectorConfig
-from pipeline.detectors.yolo import YoloDetector, default_labels, preprocess_for, read_names
+from pipeline.detectors.yolo import PREPROCESS_KEY, YoloDetector, default_labels, preprocess_for, read_names
 from pipeline.models.darknet import ModelError, load_darknet
 
 
@@ -41,7 +41,9 @@ def build_darknet_detector(
     cfg_path: Path, weights_path: Path, names_path: Path | None, cfg: DetectorConfig, name: str
 ) -> YoloDetector:
     module = load_darknet(cfg_path, weights_path)
-    labels = read_names(names_path) if names_path else default_labels(module.num_classes or 0)
+    if module.num_classes is None:
+        raise ModelError(f"{cfg_path}: no [yolo] layer, so not a detector")
+    labels = read_names(names_path) if names_path else default_labels(module.num_classes)
     if len(labels) != module.num_classes:
         raise ModelError(f"{names_path}: {len(labels)} names for a model with {module.num_classes} classes")
     size = cfg.input_size
@@ -53,6 +55,7 @@ def build_darknet_detector(
         threads=cfg.threads,
         fp16=cfg.device.startswith("cuda") and cfg.backend != "onnxruntime",
         name=name,
+        metadata={PREPROCESS_KEY: "darknet"},  # the exported .onnx keeps its stretch preprocessing
     )
     return YoloDetector(
         engine,

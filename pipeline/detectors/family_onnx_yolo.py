@@ -13,7 +13,7 @@ import numpy as np
 
 from engines import create_engine
 from pipeline.config import DetectorConfig
-from pipeline.detectors.yolo import YoloDetector, default_labels, preprocess_for
+from pipeline.detectors.yolo import PREPROCESS, PREPROCESS_KEY, YoloDetector, default_labels, preprocess_for
 from pipeline.detectors.yolo_decode import Layout, detect_layout
 from pipeline.models.darknet import ModelError
 
@@ -47,15 +47,35 @@ def build(cfg: DetectorConfig) -> YoloDetector:
         raise ModelError(f"{path}: {exc}") from None
     num_classes = out_shape[1] - 4 if layout == "v8" else out_shape[2] - 5
     batch_limit = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+    trained: str = layout  # the PREPROCESS entry: the layout's default unless the file names its own
+    source: str | None = None
+    declared = _declared_preprocess(path)
+    if declared is not None:
+        if declared not in PREPROCESS:
+            raise ModelError(
+                f"{path}: metadata {PREPROCESS_KEY}={declared!r} is not one of {', '.join(PREPROCESS)}"
+            )
+        trained, source = declared, f"the file's metadata ({PREPROCESS_KEY}={declared})"
     return YoloDetector(
         engine,
         layout=layout,
         input_size=size,
         labels=default_labels(num_classes),
-        preprocess=preprocess_for(cfg.resize, layout, path.stem),
+        preprocess=preprocess_for(cfg.resize, trained, path.stem, source),
         score_threshold=cfg.score_threshold,
         nms_iou=cfg.nms_iou,
         classes=cfg.classes,
         name=path.stem,
         batch_limit=batch_limit,
     )
+
+
+def _declared_preprocess(path: Path) -> str | None:
+    """The PREPROCESS entry named in the file's metadata (vidpipe writes it when exporting a Darknet model)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - the engine already loaded the file; no metadata then
+        return None
+    return next((p.value for p in model.metadata_props if p.key == PREPROCESS_KEY), None)

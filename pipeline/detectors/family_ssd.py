@@ -14,7 +14,7 @@ from engines import create_engine
 from engines.model_store import ModelStoreError, get_model_files
 from pipeline.config import DetectorConfig
 from pipeline.detectors.ssd import SsdDetector
-from pipeline.detectors.yolo_decode import COCO_CLASSES
+from pipeline.detectors.yolo_decode import COCO_CLASSES, canonical_label
 from pipeline.models.darknet import ModelError
 
 log = logging.getLogger(__name__)
@@ -78,13 +78,38 @@ def build(cfg: DetectorConfig) -> SsdDetector:
         name=name,
         output_names=("boxes", "scores"),
     )
+    labels = labels_for(module.num_classes)
     return SsdDetector(
         engine,
-        labels=labels_for(module.num_classes),
+        labels=labels,
         input_size=INPUT_SIZE,
         resize=resize,
         score_threshold=cfg.score_threshold,
         nms_iou=module.nms_iou,
-        classes=cfg.classes,
+        classes=_classes_for(cfg.classes, labels, name),
         name=name,
     )
+
+
+def _classes_for(classes: list[str] | None, labels: list[str], name: str) -> list[str] | None:
+    """``detector.classes`` for a model that detects fewer classes than COCO (the packaged SSDlite: person).
+
+    COCO names this model does not detect (the default list's vehicles) are dropped with a warning, so
+    ``--model ssdlite-mobilenetv2-coco`` runs with the default config; names that are not COCO classes at
+    all are left in, and the detector reports them as an error naming detector.classes.
+    """
+    if classes is None:
+        return None
+    coco = set(COCO_CLASSES)
+    absent = [c for c in classes if canonical_label(c) in coco and canonical_label(c) not in labels]
+    if not absent:
+        return classes
+    kept = [c for c in classes if c not in absent]
+    if not kept:
+        raise ModelError(
+            f"detector.classes: model {name} detects only {', '.join(labels)}, none of {', '.join(classes)}"
+        )
+    log.warning(
+        "detector %s detects only %s: detector.classes %s ignored", name, ", ".join(labels), ", ".join(absent)
+    )
+    return kept

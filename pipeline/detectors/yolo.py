@@ -55,14 +55,19 @@ PREPROCESS: dict[str, Preprocess] = {
 }
 
 
-def preprocess_for(resize: str, family: str, model: str) -> Preprocess:
+#: ONNX metadata key naming the PREPROCESS entry a model was trained with; written when a Darknet model is
+#: exported, read back when the .onnx file is loaded by path
+PREPROCESS_KEY = "vidpipe.preprocess"
+
+
+def preprocess_for(resize: str, family: str, model: str, source: str | None = None) -> Preprocess:
     """The preprocessing ``model`` runs with, logged: the family's training default, or ``detector.resize``.
 
-    Which default applies follows the family (darknet, or the ONNX output layout), never the file name, and
-    the log line says which it was so a changed AP can be traced to its preprocessing.
+    Which default applies follows the family (darknet, the ONNX file's own metadata, or its output layout),
+    never the file name, and the log line says which it was so a changed AP can be traced to it.
     """
     pre = PREPROCESS[family]
-    source = f"default of family {family}"
+    source = source or f"default of family {family}"
     if resize != "auto":
         pre = replace(pre, resize=resize)  # type: ignore[arg-type]
         source = "detector.resize"
@@ -76,7 +81,7 @@ def preprocess_for(resize: str, family: str, model: str) -> Preprocess:
         pre.scale,
         source,
     )
-    if resize == "auto" and family == "v5":
+    if resize == "auto" and family == "v5" and "metadata" not in source:
         log.info(
             "detector %s: a Darknet-trained YOLO exported to ONNX was trained with stretch; set "
             "detector.resize: stretch for it (see docs/detectors.md)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from datetime import time as dtime
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -55,6 +56,17 @@ class TimeWindow(_Strict):
         return (today in self.days and now >= start) or (yesterday in self.days and now < end)
 
 
+class SecondFactorConfig(_Strict):
+    """A PIN pad or badge reader publishing to Redis: a grant also needs one of its events for this door
+    (JSON ``{"door_id": ..., "person": optional}``) received within ``within_s`` seconds of the face match."""
+
+    channel: str = Field(..., min_length=1, description="Redis pub/sub channel the reader publishes to")
+    within_s: float = Field(10.0, gt=0, le=300)
+
+
+LivenessMode = Literal["off", "blink", "motion", "any", "all"]
+
+
 class DoorConfig(_Strict):
     id: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     cameras: list[str] = Field(..., min_length=1, description="camera ids whose faces may open this door")
@@ -66,7 +78,17 @@ class DoorConfig(_Strict):
     timezone: str = "UTC"
     k_frames: int = Field(3, ge=1, description="matching frames of one identity needed for a decision")
     window_s: float = Field(3.0, gt=0, description="those frames must fall within this many seconds")
-    min_face_px: float = Field(80.0, ge=12, description="smaller faces do not vote")
+    min_face_px: float = Field(
+        50.0, ge=12, description="smaller faces do not vote (door cameras typically see 60-90 px faces)"
+    )
+    min_sharpness: float = Field(
+        10.0, ge=0, description="blurrier faces (variance of the Laplacian at 112 px) do not vote"
+    )
+    liveness: LivenessMode = Field(
+        "any",
+        description="evidence a grant needs inside the vote window: blink, motion (head turn), any, all, off",
+    )
+    second_factor: SecondFactorConfig | None = None
     cooldown_s: float = Field(10.0, ge=0, description="after a decision for a person, wait this long")
     max_frame_age_s: float = Field(2.0, gt=0, description="older frames (capture_time) fail closed")
     secret: SecretStr | None = Field(None, description="HMAC key; prefer secret_env")

@@ -17,17 +17,36 @@ import numpy as np
 
 from pipeline.doors.audit import CHECKPOINT_EVENT, AuditLog, open_audit_log
 from pipeline.doors.config import DoorConfig
+from pipeline.doors.lockdown import Lockdown, lockdown_path
 from pipeline.doors.policy import DoorPolicy, FaceVote
+from pipeline.doors.second_factor import SecondFactorListener
 from pipeline.doors.signing import sign_event
 from pipeline.events import Event
 from pipeline.faces.config import FacesConfig
 from pipeline.faces.enroll import FaceEngine, shared_engine
 from pipeline.faces.gallery import Gallery
-from pipeline.faces.matcher import Matcher
-from pipeline.faces.quality import crop_face, face_side
-from pipeline.types import FrameResult
+from pipeline.faces.liveness import Evidence, LivenessSettings, LivenessTracker
+from pipeline.faces.matcher import Match, Matcher
+from pipeline.faces.quality import crop_face, face_side, sharpness
+from pipeline.faces.tracks import FaceTracker
+from pipeline.types import FaceMatch, FrameResult
 
 log = logging.getLogger(__name__)
+
+# Used only when neither the config nor `faces calibrate` gives a threshold for the model: the calibrated
+# operating point of the dlib ResNet on the project's open-set evaluation (BENCHMARKS.md), rounded down.
+DEFAULT_THRESHOLD = 0.45
+
+
+def operating_point(cfg: FacesConfig, gallery: Gallery, model_id: str) -> tuple[float, float, str]:
+    """(threshold, margin, where they came from): the config's threshold when set, else the one `faces
+    calibrate` stored with the model, else the built-in default."""
+    if cfg.threshold is not None:
+        return cfg.threshold, cfg.margin, "faces.threshold in the config"
+    cal = gallery.calibration(model_id)
+    if cal is not None:
+        return cal[0], cal[1], f"calibrated for {model_id} (faces calibrate)"
+    return DEFAULT_THRESHOLD, cfg.margin, "built-in default (not calibrated: run `faces calibrate`)"
 
 
 class _Door:
@@ -39,6 +58,7 @@ class _Door:
         if base_dir is not None and not path.is_absolute():
             path = base_dir / path
         self.audit: AuditLog = open_audit_log(path)
+        self.lockdown = Lockdown(lockdown_path(path))  # consulted before every grant (fails closed)
 
 
 class FaceAccessAnalyzer:
@@ -50,6 +70,7 @@ class FaceAccessAnalyzer:
         engine: FaceEngine | None = None,
         clock: Callable[[], float] = time.time,
         base_dir: str | Path | None = None,
+        redis_url: str | None = None,
     ) -> None:
         """``base_dir``: relative paths in the config (gallery, audit log, crops) are resolved against it
         (default: the working directory)."""
@@ -63,8 +84,29 @@ class FaceAccessAnalyzer:
         self.gallery = Gallery(self._resolve(faces.gallery_path))
         self._gallery_version: tuple | None = None
         self._gallery_checked = 0.0
-        self.matcher = Matcher({}, faces.threshold)
+        self.matcher = Matcher({}, DEFAULT_THRESHOLD)
+        self.threshold_source = ""
         self._reload_gallery(force=True)
+        window = max((d.cfg.window_s for d in self.doors), default=3.0)
+        self.tracker = FaceTracker(max_gap_s=window)
+        self.liveness: LivenessTracker | None = None
+        if any(d.cfg.liveness != "off" for d in self.doors):
+            from pipeline.models.dlib_shape import ShapePredictor
+
+            lv = faces.liveness
+            settings = LivenessSettings(lv.blink_ear, lv.blink_open_delta, lv.motion_min_residual, window)
+            self.liveness = LivenessTracker(settings, ShapePredictor.default())
+        self.second_factor: SecondFactorListener | None = None
+        channels = [d.cfg.second_factor.channel for d in self.doors if d.cfg.second_factor is not None]
+        if channels:
+            if not redis_url:
+                raise ValueError(
+                    f"camera {camera_id}: a door needs a second factor on Redis channel(s) {channels}, "
+                    "but no redis.url is configured to listen on"
+                )
+            self.second_factor = SecondFactorListener(redis_url, channels, clock=clock)
+            for d in self.doors:
+                d.policy.second_factor = self.second_factor.check
         self._crop_dir = self._resolve(faces.unknown_crops.dir)
         self._last_unknown = -float("inf")
 
@@ -93,15 +135,34 @@ class FaceAccessAnalyzer:
                 now,
             )
 
-        result.extras["faces"] = [
-            {
-                "box": [round(float(v), 1) for v in dets.boxes[i]],
-                "identity": m.identity,
-                "distance": None if m.distance == float("inf") else round(m.distance, 4),
-            }
+        boxes = dets.boxes
+        track_ids = self.tracker.assign(boxes, frame.capture_time)
+        evidence = self._liveness(frame.image, boxes, track_ids, frame.capture_time)
+        result.faces = [
+            FaceMatch(
+                box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+                identity=m.identity,
+                nearest=m.nearest,
+                distance=None if m.distance == float("inf") else m.distance,
+                margin=None if m.margin == float("inf") else m.margin,
+                track_id=track_ids[i],
+                reason=m.reason,
+            )
+            for i, (b, m) in enumerate(zip(boxes, matches, strict=True))
+        ]
+        votes = [
+            FaceVote(
+                m.identity,
+                m.distance,
+                face_side(boxes[i]),
+                track_id=track_ids[i],
+                sharpness=sharpness(frame.image, boxes[i]),
+                blink_at=evidence[i].blink_at,
+                motion_at=evidence[i].motion_at,
+                reason=m.reason,
+            )
             for i, m in enumerate(matches)
         ]
-        votes = [FaceVote(m.identity, m.distance, face_side(dets.boxes[i])) for i, m in enumerate(matches)]
         decisions = [d for door in self.doors for d in door.policy.observe(frame.capture_time, votes, now)]
         events = self._decisions(result, decisions, now)
         unknown = [i for i, m in enumerate(matches) if m.identity is None]
@@ -121,6 +182,8 @@ class FaceAccessAnalyzer:
 
     def close(self) -> list[Event]:
         self.gallery.close()
+        if self.second_factor is not None:
+            self.second_factor.close()
         return []
 
     # ---- helpers ---------------------------------------------------------------------------------------
@@ -130,17 +193,40 @@ class FaceAccessAnalyzer:
         if not force and now - self._gallery_checked < self.cfg.gallery_reload_s:
             return
         self._gallery_checked = now
-        version = self.gallery.version()
+        version = (self.gallery.version(), self.gallery.calibration(self.engine.model_id))
         if force or version != self._gallery_version:
-            self.matcher = Matcher(self.gallery.templates(self.engine.model_id), self.cfg.threshold)
+            threshold, margin, source = operating_point(self.cfg, self.gallery, self.engine.model_id)
+            self.matcher = Matcher(self.gallery.templates(self.engine.model_id), threshold, margin)
             self._gallery_version = version
-            log.info("camera %s: gallery loaded, %d people", self.camera_id, len(self.matcher))
+            self.threshold_source = source
+            log.info(
+                "camera %s: gallery loaded, %d people; threshold %.3f, margin %.3f: %s",
+                self.camera_id,
+                len(self.matcher),
+                threshold,
+                margin,
+                source,
+            )
+
+    def _liveness(
+        self, image: np.ndarray, boxes: np.ndarray, track_ids: list[int], t: float
+    ) -> list[Evidence]:
+        """Liveness evidence per face (empty evidence when no door asks for liveness)."""
+        if self.liveness is None or not len(boxes):
+            return [Evidence()] * len(boxes)
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        return [
+            self.liveness.observe(tid, t, self.liveness.landmarks(grey, box))
+            for tid, box in zip(track_ids, boxes, strict=True)
+        ]
 
     def _decisions(self, result: FrameResult | None, decisions: list[dict], now: float) -> list[Event]:
         events = []
         by_id = {d.cfg.id: d for d in self.doors}
         for dec in decisions:
             door = by_id[dec["door_id"]]
+            if dec["decision"] == "granted" and door.lockdown.is_locked(door.cfg.id):
+                dec = {**dec, "decision": "denied", "reason": "door locked down"}
             frame = result.frame if result else None
             ev = Event.for_frame("doors.decision", frame, dec, camera_id=self.camera_id, ts=now)
             ev = sign_event(ev, door.cfg.id, door.key, now=now)
@@ -153,7 +239,9 @@ class FaceAccessAnalyzer:
                 )
         return events
 
-    def _unknown_event(self, result: FrameResult, boxes: np.ndarray, idx: list[int], matches: list) -> Event:
+    def _unknown_event(
+        self, result: FrameResult, boxes: np.ndarray, idx: list[int], matches: list[Match]
+    ) -> Event:
         frame = result.frame
         faces = []
         for i in idx:

@@ -31,11 +31,30 @@ class UnknownCropsConfig(_Strict):
     cooldown_s: float = Field(10.0, ge=0, description="at most one faces.unknown event per camera this often")
 
 
+class LivenessConfig(_Strict):
+    """Thresholds of the liveness evidence (see pipeline/faces/liveness.py for how they were measured)."""
+
+    blink_ear: float = Field(0.21, gt=0, lt=1, description="eye aspect ratio at or below which eyes are shut")
+    blink_open_delta: float = Field(0.06, gt=0, lt=1, description="how much wider the eyes are before/after")
+    motion_min_residual: float = Field(
+        0.05,
+        gt=0,
+        description="landmark residual to one homography (inter-ocular units) that a photo cannot make",
+    )
+
+
 class FacesConfig(_Strict):
     enabled: bool = False
     gallery_path: str = Field("var/faces.sqlite", description="SQLite gallery of enrolled people")
-    threshold: float = Field(
-        0.6, gt=0, le=2.0, description="largest mean template distance still counted as the same person"
+    threshold: float | None = Field(
+        None,
+        gt=0,
+        le=2.0,
+        description="largest mean template distance still counted as the same person; "
+        "None = the threshold `faces calibrate` stored for the model (else a conservative built-in)",
+    )
+    margin: float = Field(
+        0.04, ge=0, le=2.0, description="the second-best person must be at least this much further away"
     )
     detector_min_face_px: float = Field(40.0, ge=12, description="MTCNN min_face_size (pixels)")
     detector_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8)
@@ -52,6 +71,7 @@ class FacesConfig(_Strict):
         default_factory=dict, description="group name -> enrolled person names (doors may allow groups)"
     )
     unknown_crops: UnknownCropsConfig = Field(default_factory=UnknownCropsConfig)
+    liveness: LivenessConfig = Field(default_factory=LivenessConfig)
     api: FaceApiConfig = Field(default_factory=FaceApiConfig)
     max_photo_bytes: int = Field(
         20_000_000, ge=1024, description="enrollment: larger photo files are refused before they are read"

@@ -32,6 +32,13 @@ CREATE TABLE IF NOT EXISTS templates (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS templates_person ON templates(person_id);
+CREATE TABLE IF NOT EXISTS calibration (
+    model_id TEXT PRIMARY KEY,
+    threshold REAL NOT NULL,
+    margin REAL NOT NULL,
+    report TEXT NOT NULL,
+    created REAL NOT NULL
+);
 """
 
 
@@ -205,3 +212,23 @@ class Gallery:
             t = self._db.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM templates").fetchone()
             p = self._db.execute("SELECT id, name FROM persons ORDER BY id").fetchall()
         return (tuple(t), tuple(p))
+
+    # ---- calibration (written by `faces calibrate`, read by the face analyzer) -------------------------
+
+    def set_calibration(self, model_id: str, threshold: float, margin: float, report: str) -> None:
+        """Store the operating point chosen for ``model_id`` (one per model: distances of different models
+        are not comparable), with the JSON report it was chosen from."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO calibration(model_id, threshold, margin, report, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (model_id, float(threshold), float(margin), report, time.time()),
+            )
+
+    def calibration(self, model_id: str) -> tuple[float, float, str] | None:
+        """(threshold, margin, report JSON) stored for ``model_id``, or None when never calibrated."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT threshold, margin, report FROM calibration WHERE model_id = ?", (model_id,)
+            ).fetchone()
+        return None if row is None else (float(row[0]), float(row[1]), str(row[2]))

@@ -55,9 +55,11 @@ class TfConv(nn.Module):
         super().__init__()
         out_ch, _, k, _ = weight.shape
         self.conv = nn.Conv2d(weight.shape[1] * groups, out_ch, k, stride, 0, groups=groups, bias=True)
+        conv_bias = self.conv.bias
+        assert conv_bias is not None  # bias=True above
         with torch.no_grad():
             self.conv.weight.copy_(weight)
-            self.conv.bias.copy_(bias)
+            conv_bias.copy_(bias)
         self.k = int(k)
         self.stride = stride
         self.relu6 = relu6
@@ -190,6 +192,9 @@ def ssd_anchors(
 class SSDLite(nn.Module):
     """The whole network plus anchors and box decoding; see the module docstring for inputs and outputs."""
 
+    anchors: torch.Tensor  # (A, 4) cy, cx, h, w buffer
+    num_classes: int  # object classes, background not counted
+
     def __init__(self, graph_path: str | Path) -> None:
         super().__init__()
         path = Path(graph_path)
@@ -224,10 +229,8 @@ class SSDLite(nn.Module):
                     w.conv(expand.rsplit("/", 1)[0]),
                 )
             )
-        self.predictors = nn.ModuleList(
-            BoxPredictor(w, f"BoxPredictor_{k}") for k in range(2 + len(self.extras))
-        )
-        sizes = [INPUT_SIZE]
+        predictors = [BoxPredictor(w, f"BoxPredictor_{k}") for k in range(2 + len(self.extras))]
+        self.predictors = nn.ModuleList(predictors)
         probe = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
         with torch.no_grad():
             sizes = [int(f.shape[2]) for f in self._features(probe)]
@@ -236,7 +239,7 @@ class SSDLite(nn.Module):
         self.scale_factors = tuple(
             float(w.const(f"Postprocessor/Decode/truediv{s}/y")) for s in ("", "_1", "_2", "_3")
         )  # y, x, h, w
-        self.num_classes = self.predictors[0].num_classes - 1
+        self.num_classes = predictors[0].num_classes - 1
         nms = "Postprocessor/BatchMultiClassNonMaxSuppression/map/while/MultiClassNonMaxSuppression"
         #: the graph's own post-processing settings (per-class NMS IoU); the detector uses them by default
         self.nms_iou = (

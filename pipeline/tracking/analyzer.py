@@ -255,33 +255,14 @@ class TrackingAnalyzer:
 
     # -- identities ----------------------------------------------------------------------------------
     def _apply_identities(self, result: FrameResult, active: list[Track]) -> None:
-        """Give face identities found in this frame to the tracks they belong to, as sub-labels.
-
-        Two sources: ``extras["faces"]`` (the face stage: dicts with ``box`` and ``identity``) and
-        ``extras["identities"]`` (per row of ``result.detections``: a name, ``{"name": ...}`` or None; or
-        a {row: name} dict). A named face goes to the track matched to that very row (when faces are tracked)
-        and to the smallest person track seen this frame whose upper half holds the face's centre.
-        """
-        named: list[tuple[np.ndarray, str, int | None]] = []
-        for face in result.extras.get("faces") or []:
-            name = face.get("identity") if isinstance(face, dict) else None
-            if isinstance(name, str) and name and face.get("box") is not None:
-                named.append((np.asarray(face["box"], np.float64), name, None))
-        ids = result.extras.get("identities")
-        if ids:
-            boxes = result.detections.boxes
-            for row, ident in ids.items() if isinstance(ids, dict) else enumerate(ids):
-                name = ident.get("name") if isinstance(ident, dict) else ident
-                if isinstance(name, str) and name and 0 <= int(row) < len(boxes):
-                    named.append((boxes[int(row)].astype(np.float64), name, int(row)))
+        """Give face identities found in this frame (``result.faces``, from the face stage) to the tracks
+        they belong to, as sub-labels: the smallest person track seen this frame whose upper half holds the
+        face's centre."""
+        named = [(np.asarray(f.box, np.float64), f.identity) for f in result.faces or [] if f.identity]
         if not named:
             return
         seen = [t for t in active if t.det_index >= 0]
-        for fbox, name, row in named:
-            if row is not None:
-                for t in seen:
-                    if t.det_index == row:
-                        self.set_sub_label(t.track_id, name)
+        for fbox, name in named:
             fx, fy = (fbox[0] + fbox[2]) / 2, (fbox[1] + fbox[3]) / 2
             best, best_area = None, np.inf
             for t in seen:

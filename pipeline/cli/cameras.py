@@ -1,0 +1,134 @@
+"""cameras subcommand: list, add, edit, pause, resume or remove cameras in the config file, or in a
+running pipeline through its web app's JSON API (which also writes the file).
+
+    python run_pipeline.py cameras list
+    python run_pipeline.py cameras add --id lobby --source rtsp://user:pass@10.0.0.5/stream [--detect-fps 5]
+    python run_pipeline.py cameras edit lobby --source rtsp://... [--detect-fps 5]
+    python run_pipeline.py cameras pause|resume|remove lobby
+    ... --url http://127.0.0.1:8080   apply to the running pipeline now (token: $VIDPIPE_FACES_TOKEN)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from pipeline.config import CameraConfig, ConfigError, format_validation_error, load_config
+from pipeline.sources import redact_url
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="configs/default.yaml", help="YAML config (default: %(default)s)")
+    parser.add_argument("--url", help="a running pipeline's web app: change it live (and its config file)")
+    parser.add_argument(
+        "--token-env", default="VIDPIPE_FACES_TOKEN", help="variable holding the API token for --url"
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="list the cameras")
+    for name in ("add", "edit"):
+        p = sub.add_parser(name, help=f"{name} a camera")
+        if name == "add":
+            p.add_argument("--id", required=True)
+            p.add_argument("--source", required=True)
+        else:
+            p.add_argument("id")
+            p.add_argument("--source")
+        p.add_argument("--detect-fps", type=float)
+        p.add_argument("--loop", action="store_true", help="restart a file source when it ends")
+        p.add_argument("--realtime", action="store_true", help="pace a file source at its frame rate")
+    for name in ("pause", "resume", "remove"):
+        sub.add_parser(name, help=f"{name} a camera").add_argument("id")
+
+
+def _camera(args: argparse.Namespace, base: dict[str, Any]) -> CameraConfig:
+    data = dict(base)
+    data["id"] = args.id
+    if args.source:
+        data["source"] = args.source
+    if args.detect_fps is not None:
+        data["detect_fps"] = args.detect_fps
+    for flag in ("loop", "realtime"):
+        if getattr(args, flag):
+            data[flag] = True
+    from pydantic import ValidationError
+
+    try:
+        return CameraConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, f"camera {args.id}")) from None
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    token = os.environ.get(args.token_env, "")
+    if not token:
+        raise ConfigError(f"--url needs the API token in ${args.token_env}")
+    raw = b"" if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        args.url.rstrip("/") + path,
+        data=raw if method != "GET" else None,
+        method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            why = json.loads(exc.read()).get("error", "")
+        except ValueError:
+            why = ""
+        raise ConfigError(f"{args.url}: {method} {path}: HTTP {exc.code} {why}") from None
+    except urllib.error.URLError as exc:
+        raise ConfigError(f"{args.url}: not reachable ({exc.reason})") from None
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return _main(args)
+    except (ConfigError, KeyError, ValueError) as exc:
+        print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
+    from pipeline.config_edit import camera_dict, edit_cameras
+
+    if args.action == "list":
+        if args.url:
+            for c in _call(args, "GET", "/api/cameras")["cameras"]:
+                print(f"{c['id']}\t{c['status']}\t{c['source']}")
+            return 0
+        for cam in load_config(args.config).cameras:
+            print(f"{cam.id}\t{'enabled' if cam.enabled else 'paused'}\t{redact_url(cam.source)}")
+        return 0
+    if args.action in ("add", "edit"):
+        base: dict[str, Any] = {}
+        if args.action == "edit":
+            current = next((c for c in load_config(args.config).cameras if c.id == args.id), None)
+            if current is None and not args.url:
+                raise KeyError(f"{args.config}: no camera {args.id!r}")
+            base = camera_dict(current) if current else {}
+        cam = _camera(args, base)
+        if args.url:
+            if args.action == "add":
+                _call(args, "POST", "/api/cameras", camera_dict(cam))
+            else:
+                _call(args, "PUT", f"/api/cameras/{cam.id}", camera_dict(cam))
+        else:
+            edit_cameras(args.config, "add" if args.action == "add" else "update", cam.id, cam)
+        print(f"camera {cam.id}: {args.action} done{'' if args.url else f' in {args.config}'}")
+        return 0
+    if args.url:
+        if args.action == "remove":
+            _call(args, "DELETE", f"/api/cameras/{args.id}")
+        else:
+            _call(args, "POST", f"/api/cameras/{args.id}/{args.action}", {})
+    else:
+        edit_cameras(args.config, args.action, args.id)
+    print(f"camera {args.id}: {args.action} done{'' if args.url else f' in {args.config}'}")
+    return 0

@@ -1,0 +1,105 @@
+"""``run`` with ``executor: ray`` (or ``--ray ADDRESS``): the driver's side of a sharded run.
+
+The driver holds no camera: it places shards, supervises them, prints the merged status line and serves
+the merged Prometheus metrics. ``--print-events`` reads the events back from Redis pub/sub (shards publish
+there), since the shards' processes have no terminal. The web app needs an in-process Pipeline and is not
+served in this mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import PipelineConfig
+
+log = logging.getLogger("vidpipe")
+
+
+def _print_events(url: str, prefix: str, stop: threading.Event) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, decode_responses=True)
+    sub = client.pubsub(ignore_subscribe_messages=True)
+    sub.psubscribe(f"{prefix}:*")
+    try:
+        while not stop.is_set():
+            msg = sub.get_message(timeout=0.5)
+            if msg and isinstance(msg.get("data"), str):
+                print(msg["data"], flush=True)
+    except redis.RedisError as exc:
+        log.warning("--print-events: lost Redis (%s); events stay in the streams", exc)
+    finally:
+        sub.close()
+
+
+def run_sharded(cfg: PipelineConfig, args: argparse.Namespace, var_dir: Path) -> int:
+    """Run every camera as shards on Ray until the files end, ``--duration`` passes or a signal comes."""
+    from pipeline.cli.run import _status_printer
+    from pipeline.scale.executor import RayExecutor, connect
+
+    if cfg.web.enabled and not getattr(args, "no_web", False):
+        log.warning("the web app is not served with executor: ray (it needs an in-process pipeline)")
+    assert cfg.redis.url is not None  # the caller started a local redis-server when none was configured
+    try:
+        connect(cfg.ray.address)
+    except Exception as exc:  # noqa: BLE001 - a start error is reported, not dumped
+        log.error("cannot reach Ray at %r (ray.address / --ray): %s", cfg.ray.address, exc)
+        return 1
+    executor = RayExecutor(cfg, var_dir)
+    try:
+        executor.start()
+    except ValueError as exc:  # e.g. doors that do not fit one shard
+        log.error("cannot place the cameras: %s", exc)
+        return 2
+    print(
+        f"executor ray: {len(executor.shards)} shard(s) for {len(cfg.cameras)} camera(s); shards keep their "
+        f"spools under {executor.shards_dir}",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    if args.print_events:
+        threads.append(
+            threading.Thread(target=_print_events, args=(cfg.redis.url, cfg.redis.prefix, stop), daemon=True)
+        )
+    threads.append(
+        threading.Thread(
+            target=_status_printer, args=(executor, cfg.metrics.status_interval_s, stop), daemon=True
+        )
+    )
+    metrics_server = None
+    if cfg.metrics.http_port is not None:
+        from pipeline.metrics_http import MetricsServer
+
+        metrics_server = MetricsServer(
+            executor.metrics, cfg.metrics.http_host, cfg.metrics.http_port, executor.health
+        ).start()
+        print(f"metrics: http://{cfg.metrics.http_host}:{metrics_server.port}/metrics", file=sys.stderr)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("%s: stopping every shard", signal.Signals(signum).name)
+        executor.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    for t in threads:
+        t.start()
+    try:
+        if not executor.wait(args.duration):
+            executor.stop()
+        ok = executor.join(timeout=cfg.redis.flush_timeout_s + 10)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(2.0)
+        if metrics_server:
+            metrics_server.stop()
+    print(f"shards stopped; placement: {executor.placement()}", file=sys.stderr)
+    return 0 if ok else 1

@@ -1,0 +1,113 @@
+"""Door lock-down: a locked-down door grants nobody (fails closed on a damaged state file), and every
+lock and lift is in the door's audit chain."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from pipeline.demo_media import encode_bgr_video
+from pipeline.doors.audit import verify_log
+from pipeline.doors.config import DoorConfig
+from pipeline.doors.lockdown import Lockdown, lockdown_path
+from pipeline.faces.analyzer import FaceAccessAnalyzer
+from pipeline.faces.config import FacesConfig
+from pipeline.faces.enroll import FaceEngine, enroll_images
+from pipeline.faces.gallery import Gallery
+from pipeline.types import Detections, Frame, FrameResult
+
+KEY = "front-door-secret-0123456789"
+
+
+def test_lock_state_is_audited_and_a_damaged_file_fails_closed(tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    ld = Lockdown(lockdown_path(audit))
+    assert not ld.is_locked("front")
+    ld.set("front", True, by="test", reason="fire drill", audit_log=audit)
+    assert ld.is_locked("front") and not ld.is_locked("back")
+    assert Lockdown(lockdown_path(audit)).is_locked("front")  # another reader (process) agrees
+    ld.set("front", False, by="test", reason="drill over", audit_log=audit)
+    assert not ld.is_locked("front")
+    ok, n, _, _ = verify_log(audit)
+    records = [json.loads(line)["record"] for line in audit.read_text().splitlines()]
+    assert ok and n == 2
+    assert [(r["type"], r["door_id"], r["locked"], r["reason"]) for r in records] == [
+        ("doors.lockdown", "front", True, "fire drill"),
+        ("doors.lockdown", "front", False, "drill over"),
+    ]
+    lockdown_path(audit).write_text("{not json")
+    assert ld.is_locked("front") and ld.is_locked("back"), "an unreadable state must lock every door"
+
+
+def _face_video(path: Path, face: np.ndarray, n: int = 6) -> Path:
+    rng = np.random.default_rng(1)
+    bg = cv2.GaussianBlur(rng.integers(0, 255, (360, 480, 3), dtype=np.uint8), (0, 0), 3)
+    fh, fw = face.shape[:2]
+
+    def frames():
+        for t in range(n):
+            img = bg.copy()
+            img[(360 - fh) // 2 : (360 - fh) // 2 + fh, 20 + 8 * t : 20 + 8 * t + fw] = face
+            yield img
+
+    return encode_bgr_video(path, frames(), 10, crf=20)
+
+
+@pytest.fixture(scope="module")
+def engine() -> FaceEngine:
+    return FaceEngine.from_config(FacesConfig())
+
+
+def _decisions(tmp_path: Path, engine: FaceEngine, video: Path) -> list[dict]:
+    faces = FacesConfig(enabled=True, gallery_path=str(tmp_path / "gallery.sqlite"), detector_min_face_px=40)
+    door = DoorConfig(
+        id="front", cameras=["cam1"], allow_people=["eileen"], secret=KEY, k_frames=3, window_s=60,
+        min_face_px=50, max_frame_age_s=30, audit_log=str(tmp_path / "audit.jsonl"),
+        liveness="off",  # the video is a moving photo; liveness has its own tests
+    )  # fmt: skip
+    analyzer = FaceAccessAnalyzer(faces, [door], "cam1", engine=engine)
+    out = []
+    try:
+        t0 = time.time()
+        with av.open(str(video)) as c:
+            for i, f in enumerate(c.decode(video=0)):
+                # capture time on the stream clock: the frames are 0.1 s apart however slow this machine is
+                # (face tracks, and so door votes, break on gaps in capture time)
+                pts = float(f.pts * f.time_base)
+                frame = Frame("cam1", i, pts, t0 + pts, f.to_ndarray(format="bgr24"))
+                for ev in analyzer.process(FrameResult(frame, Detections.empty(), "yolo")):
+                    if ev.type == "doors.decision":
+                        out.append(ev.data)
+    finally:
+        analyzer.close()
+    return out
+
+
+def test_a_locked_down_door_does_not_grant_an_enrolled_face(tmp_path, engine):
+    ast = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    with Gallery(tmp_path / "gallery.sqlite") as g:
+        assert enroll_images(g, engine, FacesConfig(), "eileen", [("a.png", ast)]).accepted == ["a.png"]
+    face = cv2.resize(cv2.flip(ast[0:400, 50:450], 1), (300, 300), interpolation=cv2.INTER_AREA)
+    video = _face_video(tmp_path / "eileen.mp4", face)
+    audit = tmp_path / "audit.jsonl"
+
+    Lockdown(lockdown_path(audit)).set("front", True, by="test", reason="incident", audit_log=audit)
+    locked = _decisions(tmp_path, engine, video)
+    assert locked and all(d["decision"] == "denied" for d in locked)
+    assert {d["reason"] for d in locked} == {"door locked down"} and locked[0]["person"] == "eileen"
+
+    Lockdown(lockdown_path(audit)).set("front", False, by="test", reason="all clear", audit_log=audit)
+    lifted = _decisions(tmp_path, engine, video)
+    assert lifted and lifted[0]["decision"] == "granted", "the same face must be granted once lifted"
+    ok, n, _, _ = verify_log(audit)
+    kinds = [json.loads(line)["record"].get("type") for line in audit.read_text().splitlines()]
+    # one chain: the lock, the decisions while locked, the lift, the decisions after
+    assert ok and n == len(kinds) == 2 + len(locked) + len(lifted)
+    assert kinds[0] == "doors.lockdown" and kinds[1 + len(locked)] == "doors.lockdown"
