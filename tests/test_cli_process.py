@@ -33,7 +33,9 @@ def write_cfg(tmp_path: Path, data: dict, name: str = "cfg.yaml") -> Path:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, str(REPO / "run_pipeline.py"), *args]
+    # runs go without the web app: its fixed default port would collide between parallel runs
+    extra = [] if args and args[0] == "faces" else ["--no-web"]
+    return [sys.executable, str(REPO / "run_pipeline.py"), *args, *extra]
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
