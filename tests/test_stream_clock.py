@@ -82,7 +82,7 @@ def test_rtsp_frame_handed_out_late_is_stamped_old_and_does_not_vote(rtsp_server
     assert all(abs((t + mono_to_wall) - f.capture_time) < 1.0 for t, f in arrivals if f in fresh)
 
     door = DoorConfig(id="front", cameras=["cam1"], allow_people=["alice"], secret="s" * 16, k_frames=1,
-                      min_face_px=50, max_frame_age_s=1.0)  # fmt: skip
+                      min_face_px=50, max_frame_age_s=1.0, liveness="off")  # fmt: skip
     policy = DoorPolicy(door)
     out = policy.observe(frame.capture_time, [FaceVote("alice", 0.3, 100)], now=arrived)
     assert [d["decision"] for d in out] == ["denied"] and "stale frame" in out[0]["reason"]
