@@ -165,3 +165,26 @@ def test_second_factor_badge_on_redis(redis_server, redis_client):
 def test_second_factor_without_a_listener_never_grants():
     p = DoorPolicy(door(liveness="off", second_factor={"channel": "badges"}))
     assert feed(p, [[vote()]] * 10) == []
+
+
+def test_second_factor_not_used_up_by_a_person_in_cooldown():
+    # a PIN pad (no person) event is meant for the next person; alice, still in front of the door in her
+    # cooldown after being let in, must not consume it
+    pins: list[float] = []
+
+    def check(door_id: str, person: str, since: float, until: float) -> bool:
+        for i, t in enumerate(pins):
+            if since <= t <= until:
+                del pins[i]
+                return True
+        return False
+
+    p = DoorPolicy(door(liveness="off", second_factor={"channel": "pins", "within_s": 5}))
+    p.second_factor = check
+    pins.append(T0)
+    assert [x["person"] for x in feed(p, [[vote()]] * 3)] == ["alice"]
+    pins.append(T0 + 1.0)  # bob types the PIN while alice (cooling down) is still seen
+    assert feed(p, [[vote()]] * 3, t0=T0 + 1.0) == []
+    assert pins == [T0 + 1.0]
+    d = feed(p, [[vote("bob", track=2)]] * 3, t0=T0 + 1.5)
+    assert [(x["decision"], x["person"]) for x in d] == [("granted", "bob")]

@@ -130,7 +130,8 @@ class DoorPolicy:
             mine = [(t, d) for t, ident, d in votes if ident == key]
             if len(mine) < self.door.k_frames:
                 continue
-            if key != UNKNOWN and key in self.allowed:
+            # in cooldown _decide returns None: do not use up a second-factor event meant for someone else
+            if key != UNKNOWN and key in self.allowed and not self._cooling(key, now):
                 hold = self._hold_back(key, live_by_track.get(track), capture_time, now)
                 if hold is not None:
                     self.why_not(hold, f"{key} matched on {len(mine)} frames", now)
