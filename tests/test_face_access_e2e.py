@@ -240,3 +240,18 @@ def test_analysis_error_fails_closed(setup):
         ("denied", True)
     ] * 2
     assert all("signature" in e.data for e in evs)
+
+
+def test_face_tracking_or_liveness_error_fails_closed(setup):
+    # the per-face work after the match (tracker, liveness landmarks, sharpness) fails closed too
+    analyzer, _ = setup
+
+    def broken(boxes, t):
+        raise RuntimeError("landmarks exploded")
+
+    analyzer.tracker.assign = broken
+    frame = Frame("cam1", 0, 0.0, time.time(), np.zeros((H, W, 3), np.uint8))
+    evs = analyzer.process(FrameResult(frame, Detections.empty(), "yolo"))[::2]
+    assert [(e.data["decision"], "landmarks exploded" in e.data["reason"]) for e in evs] == [
+        ("denied", True)
+    ] * 2

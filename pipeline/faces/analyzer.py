@@ -123,6 +123,10 @@ class FaceAccessAnalyzer:
                 dets = dets.select(order)
             embs = self.engine.embed(frame.image, dets) if len(dets) else np.zeros((0, 128), np.float32)
             matches = [self.matcher.identify(e) for e in embs]
+            boxes = dets.boxes
+            track_ids = self.tracker.assign(boxes, frame.capture_time)
+            evidence = self._liveness(frame.image, boxes, track_ids, frame.capture_time)
+            sharp = [sharpness(frame.image, b) for b in boxes]
         except Exception as exc:  # noqa: BLE001 - any failure denies, loudly
             log.exception("camera %s: face analysis failed on frame %d", self.camera_id, frame.seq)
             return self._decisions(
@@ -135,9 +139,6 @@ class FaceAccessAnalyzer:
                 now,
             )
 
-        boxes = dets.boxes
-        track_ids = self.tracker.assign(boxes, frame.capture_time)
-        evidence = self._liveness(frame.image, boxes, track_ids, frame.capture_time)
         result.faces = [
             FaceMatch(
                 box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
@@ -156,7 +157,7 @@ class FaceAccessAnalyzer:
                 m.distance,
                 face_side(boxes[i]),
                 track_id=track_ids[i],
-                sharpness=sharpness(frame.image, boxes[i]),
+                sharpness=sharp[i],
                 blink_at=evidence[i].blink_at,
                 motion_at=evidence[i].motion_at,
                 reason=m.reason,
