@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.faces.quality import face_side
+
 
 class FaceTracker:
     def __init__(self, max_gap_s: float = 3.0, max_move: float = 1.0, max_scale: float = 1.6) -> None:
@@ -28,10 +30,10 @@ class FaceTracker:
         alive = [tr for tr in self._tracks if t - tr[2] <= self.max_gap_s]
         pairs = []
         for r, b in enumerate(boxes):
-            size_b = max(min(b[2] - b[0], b[3] - b[1]), 1.0)
+            size_b = max(face_side(b), 1.0)
             cb = (b[:2] + b[2:]) / 2
             for c, (_, p, _) in enumerate(alive):
-                size_p = max(min(p[2] - p[0], p[3] - p[1]), 1.0)
+                size_p = max(face_side(p), 1.0)
                 move = float(np.linalg.norm(cb - (p[:2] + p[2:]) / 2)) / max(size_b, size_p)
                 scale = max(size_b, size_p) / min(size_b, size_p)
                 if move <= self.max_move and scale <= self.max_scale:
