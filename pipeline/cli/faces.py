@@ -119,7 +119,6 @@ def _main(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, cfg: FacesConfig) -> int:
     """The web app without a pipeline: the Faces page and /api/persons (login or bearer token)."""
     import threading
-    from pathlib import Path
 
     from pipeline.web.config import WebConfig
     from pipeline.web.server import WebServer, first_login_note, make_context
