@@ -4,6 +4,7 @@ lock and lift is in the door's audit chain."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -44,6 +45,19 @@ def test_lock_state_is_audited_and_a_damaged_file_fails_closed(tmp_path):
     ]
     lockdown_path(audit).write_text("{not json")
     assert ld.is_locked("front") and ld.is_locked("back"), "an unreadable state must lock every door"
+
+
+def test_a_lock_written_in_the_same_clock_tick_is_seen(tmp_path):
+    # file timestamps are coarse (a kernel tick): a lock written by another instance (the web app, the CLI)
+    # right after the decision path read the file can carry the same mtime; it must still be seen
+    audit = tmp_path / "audit.jsonl"
+    reader, writer = Lockdown(lockdown_path(audit)), Lockdown(lockdown_path(audit))
+    writer.set("back", True, by="test", reason="first", audit_log=audit)
+    assert not reader.is_locked("front")
+    mtime = lockdown_path(audit).stat().st_mtime_ns
+    writer.set("front", True, by="test", reason="second", audit_log=audit)
+    os.utime(lockdown_path(audit), ns=(mtime, mtime))  # what a write in the same tick looks like
+    assert reader.is_locked("front")
 
 
 def _face_video(path: Path, face: np.ndarray, n: int = 6) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,31 +31,23 @@ class LockdownError(Exception):
 
 
 class Lockdown:
-    """Reads (cached by mtime) and writes the lock-down file. Thread-safe; one instance per file is fine."""
+    """Reads and writes the lock-down file. Read afresh on every question: it is asked once per grant (and
+    per web request), and a cache keyed by the file's mtime could miss a change made in the same clock
+    tick (file timestamps are coarse) and let a locked-down door grant."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
-        self._cache: tuple[float, dict[str, dict[str, Any]]] | None = None
 
     def _read(self) -> dict[str, dict[str, Any]]:
         try:
-            mtime = self.path.stat().st_mtime_ns
+            data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
-        except OSError as exc:
-            raise LockdownError(f"{self.path}: cannot stat ({exc})") from None
-        with self._lock:
-            if self._cache is not None and self._cache[0] == mtime:
-                return self._cache[1]
-            try:
-                data = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise LockdownError(f"{self.path}: unreadable lock-down state ({exc})") from None
-            if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-                raise LockdownError(f"{self.path}: expected an object of door id -> state")
-            self._cache = (mtime, data)
-            return data
+        except (OSError, ValueError) as exc:
+            raise LockdownError(f"{self.path}: unreadable lock-down state ({exc})") from None
+        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+            raise LockdownError(f"{self.path}: expected an object of door id -> state")
+        return data
 
     def is_locked(self, door_id: str) -> bool:
         """True while ``door_id`` is locked down, and also when the state cannot be read (fail closed)."""
@@ -67,7 +58,7 @@ class Lockdown:
 
     def states(self) -> dict[str, dict[str, Any]]:
         """door id -> {locked, by, reason, ts}; raises LockdownError when the file is damaged."""
-        return dict(self._read())
+        return self._read()
 
     def set(self, door_id: str, locked: bool, *, by: str, reason: str, audit_log: str | Path) -> None:
         """Lock or unlock ``door_id``: audited first (so no unaudited change can take effect), then an
@@ -90,5 +81,3 @@ class Lockdown:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        with self._lock:
-            self._cache = None
