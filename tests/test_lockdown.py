@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -58,6 +59,26 @@ def test_a_lock_written_in_the_same_clock_tick_is_seen(tmp_path):
     writer.set("front", True, by="test", reason="second", audit_log=audit)
     os.utime(lockdown_path(audit), ns=(mtime, mtime))  # what a write in the same tick looks like
     assert reader.is_locked("front")
+
+
+def test_concurrent_locks_of_doors_sharing_the_file_are_all_kept(tmp_path):
+    # the web app sets lock-downs from a thread pool; doors auditing into one folder share the state file,
+    # so two requests at once must not lose one of the locks (the audit would say locked, the file not)
+    audit = tmp_path / "audit.jsonl"
+    doors = [f"door{i}" for i in range(16)]
+    barrier = threading.Barrier(len(doors))
+
+    def lock(door_id: str) -> None:
+        barrier.wait()
+        Lockdown(lockdown_path(audit)).set(door_id, True, by="test", reason="incident", audit_log=audit)
+
+    threads = [threading.Thread(target=lock, args=(d,)) for d in doors]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    reader = Lockdown(lockdown_path(audit))
+    assert [d for d in doors if not reader.is_locked(d)] == []
 
 
 def _face_video(path: Path, face: np.ndarray, n: int = 6) -> Path:

@@ -9,6 +9,7 @@ unlocked a door, and when, is as tamper-evident as the decisions themselves.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -62,7 +63,14 @@ class Lockdown:
 
     def set(self, door_id: str, locked: bool, *, by: str, reason: str, audit_log: str | Path) -> None:
         """Lock or unlock ``door_id``: audited first (so no unaudited change can take effect), then an
-        atomic rewrite of the file."""
+        atomic rewrite of the file. Changes are serialized (``flock`` on ``<file>.lock``, across threads and
+        processes), so two at once, for doors sharing the file, cannot lose one."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock_fh:
+            fcntl.flock(lock_fh, fcntl.LOCK_EX)  # released when the file is closed
+            self._set(door_id, locked, by=by, reason=reason, audit_log=audit_log)
+
+    def _set(self, door_id: str, locked: bool, *, by: str, reason: str, audit_log: str | Path) -> None:
         try:
             current = self._read()
         except LockdownError:
@@ -70,7 +78,6 @@ class Lockdown:
         state = {"locked": bool(locked), "by": by, "reason": reason, "ts": time.time()}
         open_audit_log(audit_log).append({"type": "doors.lockdown", "door_id": door_id, **state})
         data = {**current, door_id: state}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".lockdown-", suffix=".json")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
