@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pipeline.faces.matcher import decide
+from pipeline.faces.matcher import decide, mean_distance
 
 GRID = np.round(np.arange(0.30, 0.8001, 0.005), 3)
 
@@ -47,10 +47,6 @@ class Attempts:
     genuine: np.ndarray  # (A,) bool: the probe's identity is in its gallery
 
 
-def _mean_dist(templates: np.ndarray, probe: np.ndarray) -> float:
-    return float(np.linalg.norm(templates - probe, axis=1).mean())
-
-
 def gallery_attempts(gallery: dict[str, np.ndarray]) -> Attempts:
     names = sorted(gallery)
     rows: list[list[float]] = []
@@ -59,10 +55,10 @@ def gallery_attempts(gallery: dict[str, np.ndarray]) -> Attempts:
     for p_idx, person in enumerate(names):
         temps = np.asarray(gallery[person], np.float32)
         for i, probe in enumerate(temps):
-            others = [_mean_dist(np.asarray(gallery[n], np.float32), probe) for n in names]
+            others = [mean_distance(np.asarray(gallery[n], np.float32), probe) for n in names]
             if len(temps) > 1:  # genuine: this template out of its own person
                 g = list(others)
-                g[p_idx] = _mean_dist(np.delete(temps, i, axis=0), probe)
+                g[p_idx] = mean_distance(np.delete(temps, i, axis=0), probe)
                 rows.append(g)
                 truth.append(person)
                 genuine.append(True)
@@ -76,7 +72,7 @@ def gallery_attempts(gallery: dict[str, np.ndarray]) -> Attempts:
 
 def external_attempts(gallery: dict[str, np.ndarray], probes: np.ndarray) -> Attempts:
     names = sorted(gallery)
-    rows = [[_mean_dist(np.asarray(gallery[n], np.float32), p) for n in names] for p in probes]
+    rows = [[mean_distance(np.asarray(gallery[n], np.float32), p) for n in names] for p in probes]
     return Attempts(
         np.asarray(rows, np.float64).reshape(-1, len(names)), [None] * len(rows), np.zeros(len(rows), bool)
     )

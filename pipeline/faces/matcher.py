@@ -25,6 +25,12 @@ class Match:
     reason: str | None = None  # why ``identity`` is None (REASON_*), None when accepted
 
 
+def mean_distance(templates: np.ndarray, embedding: np.ndarray) -> float:
+    """Mean Euclidean distance from ``embedding`` to one person's templates (N, D)."""
+    e = np.asarray(embedding, np.float32).reshape(-1)
+    return float(np.linalg.norm(np.asarray(templates, np.float32) - e, axis=1).mean())
+
+
 class Matcher:
     def __init__(self, templates: dict[str, np.ndarray], threshold: float, margin: float = 0.0) -> None:
         if threshold <= 0:
@@ -40,8 +46,7 @@ class Matcher:
         return len(self.names)
 
     def mean_distances(self, embedding: np.ndarray) -> np.ndarray:
-        e = np.asarray(embedding, np.float32).reshape(-1)
-        return np.array([float(np.linalg.norm(t - e, axis=1).mean()) for t in self._templates], np.float64)
+        return np.array([mean_distance(t, embedding) for t in self._templates], np.float64)
 
     def identify(self, embedding: np.ndarray) -> Match:
         if not self.names:
