@@ -41,6 +41,11 @@ class FaceVote:
     motion_at: float | None = None  # capture time of the track's last non-planar head motion
     reason: str | None = None  # the matcher's reason for no identity ("above threshold", "below margin")
 
+    @property
+    def track_key(self) -> int | str:
+        """What the vote is keyed by: the track id, else the identity (``UNKNOWN`` for an unknown face)."""
+        return self.track_id if self.track_id is not None else (self.identity or UNKNOWN)
+
 
 # (door_id, person) -> whether a second-factor event arrived in [since, until] (see doors/second_factor.py)
 SecondFactorCheck = Callable[[str, str, float, float], bool]
@@ -104,14 +109,12 @@ class DoorPolicy:
             if f.reason is not None:
                 self.why_not(f.reason, f"nearest distance {f.distance:.3f}", now)
             ident = f.identity or UNKNOWN
-            track: int | str = f.track_id if f.track_id is not None else ident
+            track = f.track_key
             if track in seen:  # one vote per track per frame
                 continue
             seen.add(track)
             self._votes.setdefault(track, deque()).append((capture_time, ident, f.distance))
-        live_by_track = {
-            (f.track_id if f.track_id is not None else (f.identity or UNKNOWN)): f for f in faces
-        }
+        live_by_track = {f.track_key: f for f in faces}
         for track in list(self._votes):
             votes = self._votes[track]
             while votes and votes[0][0] < capture_time - self.door.window_s:
