@@ -226,3 +226,16 @@ def test_enrollment_survives_a_crash(tmp_path):
     assert r.returncode == 9 and "enrolled" in r.stdout, r.stderr
     with Gallery(tmp_path / "g.sqlite") as g:
         assert g.templates("m1")["dora"].shape == (2, 128)
+
+
+def test_faces_serve_keeps_the_var_dir_given_before_it():
+    # `faces --var-dir D serve` must use D (the gallery is resolved against it), not serve's default
+    import argparse
+
+    from pipeline.cli import faces
+
+    p = argparse.ArgumentParser()
+    faces.add_arguments(p)
+    assert p.parse_args(["--var-dir", "/srv/vidpipe", "serve"]).var_dir == "/srv/vidpipe"
+    assert p.parse_args(["serve", "--var-dir", "/srv/other"]).var_dir == "/srv/other"
+    assert p.parse_args(["serve"]).var_dir == "var"

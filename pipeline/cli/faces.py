@@ -47,7 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("serve", help="serve the web app's Faces page and /api/persons without a pipeline")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--var-dir", default="var", help="where the web login password hash lives")
+    # SUPPRESS: without --var-dir here, the one given before `serve` (or its default) stays in force
+    p.add_argument(
+        "--var-dir",
+        default=argparse.SUPPRESS,
+        help="where the web login password hash lives (and the gallery)",
+    )
     p = sub.add_parser(
         "verify-audit",
         help="check a door audit log's keyed chain and its checkpoints (key: $VIDPIPE_AUDIT_KEY[_FILE])",
