@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pipeline.config import PipelineConfig
+    from pipeline.faces.config import FacesConfig
 
 VAR_PREFIX = "var/"
 
@@ -50,11 +51,22 @@ def resolve_runtime_paths(cfg: PipelineConfig, var_dir: str | Path) -> PipelineC
     paths = RuntimePaths(var_dir)
     out = cfg.model_copy(deep=True)
     out.redis.spool_path = str(paths.resolve(out.redis.spool_path))
-    out.faces.gallery_path = str(paths.resolve(out.faces.gallery_path))
-    out.faces.unknown_crops.dir = str(paths.resolve(out.faces.unknown_crops.dir))
-    if out.faces.enroll_audit_log:
-        out.faces.enroll_audit_log = str(paths.resolve(out.faces.enroll_audit_log))
+    _resolve_faces(out.faces, paths)
     for door in out.doors:
         door.audit_log = str(paths.resolve(door.audit_log))
     out.sinks = out.sinks.with_spools_under(paths.var_dir)
     return out
+
+
+def resolve_faces_paths(faces: FacesConfig, var_dir: str | Path) -> FacesConfig:
+    """A copy of the ``faces:`` section with its runtime paths resolved (for the ``faces`` CLI)."""
+    out = faces.model_copy(deep=True)
+    _resolve_faces(out, RuntimePaths(var_dir))
+    return out
+
+
+def _resolve_faces(faces: FacesConfig, paths: RuntimePaths) -> None:
+    faces.gallery_path = str(paths.resolve(faces.gallery_path))
+    faces.unknown_crops.dir = str(paths.resolve(faces.unknown_crops.dir))
+    if faces.enroll_audit_log:
+        faces.enroll_audit_log = str(paths.resolve(faces.enroll_audit_log))

@@ -239,3 +239,19 @@ def test_faces_serve_keeps_the_var_dir_given_before_it():
     assert p.parse_args(["--var-dir", "/srv/vidpipe", "serve"]).var_dir == "/srv/vidpipe"
     assert p.parse_args(["serve", "--var-dir", "/srv/other"]).var_dir == "/srv/other"
     assert p.parse_args(["serve"]).var_dir == "var"
+
+
+def test_faces_cli_resolves_every_faces_path_under_var_dir(monkeypatch, tmp_path):
+    # `faces enroll --var-dir D` must write the enrollment audit where a run with D does (one chain)
+    import argparse
+    from types import SimpleNamespace
+
+    from pipeline.cli import faces
+
+    cfg = FacesConfig(enroll_audit_log="var/enroll_audit.jsonl", unknown_crops={"dir": "var/crops"})
+    monkeypatch.setattr(faces, "load_config", lambda path: SimpleNamespace(faces=cfg))
+    args = argparse.Namespace(config="x.yaml", gallery=None, var_dir=str(tmp_path))
+    out = faces._faces_config(args)
+    assert out.gallery_path == str(tmp_path / "faces.sqlite")
+    assert out.enroll_audit_log == str(tmp_path / "enroll_audit.jsonl")
+    assert out.unknown_crops.dir == str(tmp_path / "crops")

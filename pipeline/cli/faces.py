@@ -22,7 +22,7 @@ from pathlib import Path
 from pipeline.cli import faces_tools
 from pipeline.config import ConfigError, load_config
 from pipeline.faces.config import FacesConfig
-from pipeline.paths import RuntimePaths
+from pipeline.paths import resolve_faces_paths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,8 +67,9 @@ def _faces_config(args: argparse.Namespace) -> FacesConfig:
     cfg = load_config(args.config).faces if args.config else FacesConfig()
     if args.gallery:
         cfg = cfg.model_copy(update={"gallery_path": args.gallery})
-    # the same rule as a run (pipeline/paths.py), so `faces enroll` and the run use the same gallery
-    return cfg.model_copy(update={"gallery_path": str(RuntimePaths(args.var_dir).resolve(cfg.gallery_path))})
+    # the same rule as a run (pipeline/paths.py), so `faces enroll` and the run use the same gallery and
+    # enrollment audit log
+    return resolve_faces_paths(cfg, args.var_dir)
 
 
 def main(args: argparse.Namespace) -> int:
