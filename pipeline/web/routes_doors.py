@@ -20,6 +20,7 @@ from pipeline.events import Event
 from pipeline.web.app import back, checked_form, ctx_of, json_body, page
 from pipeline.web.context import WebContext
 from pipeline.web.events_store import EventFilter, EventStore
+from pipeline.web.routes_events import event_store
 
 
 def audit_path(ctx: WebContext, door: DoorConfig) -> Path:
@@ -91,13 +92,7 @@ def door_rows(ctx: WebContext, store: EventStore | None) -> tuple[list[dict[str,
 
 
 def _store(request: Request) -> EventStore | None:
-    ctx = ctx_of(request)
-    if not ctx.redis_url:
-        return None
-    store: EventStore | None = getattr(request.app.state, "events", None)
-    if store is None:
-        store = request.app.state.events = EventStore(ctx.redis_url, ctx.redis_prefix)
-    return store
+    return event_store(request) if ctx_of(request).redis_url else None
 
 
 async def doors_page(request: Request) -> Response:
