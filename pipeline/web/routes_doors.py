@@ -22,6 +22,9 @@ from pipeline.web.context import WebContext
 from pipeline.web.events_store import EventFilter, EventStore
 from pipeline.web.routes_events import event_store
 
+#: newest decisions shown per door (each one's signature is checked)
+SHOWN_DECISIONS = 30
+
 
 def audit_path(ctx: WebContext, door: DoorConfig) -> Path:
     return ctx.resolve(door.audit_log)
@@ -62,8 +65,10 @@ def door_rows(ctx: WebContext, store: EventStore | None) -> tuple[list[dict[str,
             state = lockdown_for(ctx, door).states().get(door.id, {})
         except LockdownError as exc:
             state = {"locked": True, "reason": f"state unreadable, failing closed: {exc}"}
-        rows = []
+        rows: list[dict[str, Any]] = []
         for r in decisions:
+            if len(rows) == SHOWN_DECISIONS:
+                break
             if r["data"].get("door_id") != door.id:
                 continue
             ev = Event(
@@ -85,7 +90,7 @@ def door_rows(ctx: WebContext, store: EventStore | None) -> tuple[list[dict[str,
                 "audit_ok": ok,
                 "audit_entries": n,
                 "audit_problem": why,
-                "decisions": rows[:30],
+                "decisions": rows,
             }
         )
     return out, problem
