@@ -81,16 +81,16 @@ def export_onnx(
                 dynamic_axes=axes,
                 do_constant_folding=True,
             )
+        if metadata:
+            import onnx
+
+            model = onnx.load(str(tmp))
+            for k, v in metadata.items():
+                entry = model.metadata_props.add()
+                entry.key, entry.value = k, v
+            onnx.save(model, str(tmp))
     except Exception as exc:
         tmp.unlink(missing_ok=True)
         raise EngineError(f"ONNX export of {name} failed: {exc}") from exc
-    if metadata:
-        import onnx
-
-        model = onnx.load(str(tmp))
-        for k, v in metadata.items():
-            entry = model.metadata_props.add()
-            entry.key, entry.value = k, v
-        onnx.save(model, str(tmp))
     os.replace(tmp, path)
     return path

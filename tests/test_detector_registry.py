@@ -163,3 +163,25 @@ def test_exported_darknet_onnx_keeps_stretch_by_its_metadata_not_its_name(tmp_pa
     # detector.resize still wins over the metadata
     again = build_detector(DetectorConfig(model=str(copy), classes=None, resize="letterbox"))
     assert isinstance(again, YoloDetector) and again.preprocess.resize == "letterbox"
+
+
+def test_onnx_file_that_is_not_a_yolo_closes_its_engine(tmp_path, monkeypatch):
+    """A rejected .onnx (its output is no YOLO layout) is an error naming the file, and the engine opened
+    to probe it is closed, not left holding its session."""
+    from torch import nn
+
+    from engines.export import export_onnx
+    from engines.onnx_engine import OnnxRuntimeEngine
+
+    path = export_onnx(nn.Conv2d(3, 2, 1), (1, 3, 32, 32), tmp_path / "not_yolo.onnx")
+    closed: list[bool] = []
+    real_close = OnnxRuntimeEngine.close
+
+    def recording_close(self: OnnxRuntimeEngine) -> None:
+        closed.append(True)
+        real_close(self)
+
+    monkeypatch.setattr(OnnxRuntimeEngine, "close", recording_close)
+    with pytest.raises(ModelError, match="not_yolo.onnx"):
+        build_detector(DetectorConfig(model=str(path), input_size=32, classes=None))
+    assert closed == [True]

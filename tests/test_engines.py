@@ -50,6 +50,20 @@ def test_export_is_cached_by_weights_and_shape(cache):
     assert export_onnx(net, (1, 3, 16, 16), name="small") != p1  # other weights
 
 
+def test_failed_metadata_write_leaves_no_part_file(cache, monkeypatch):
+    """Writing ``metadata`` into the exported file is part of the export: a failure there is an EngineError
+    and leaves neither the cached file nor its temporary ``.part`` behind."""
+    import onnx
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(onnx, "save", broken_save)
+    with pytest.raises(EngineError, match="disk full"):
+        export_onnx(SmallNet(), (1, 3, 16, 16), name="small", metadata={"k": "v"})
+    assert list((cache / "onnx").iterdir()) == []
+
+
 def test_torch_and_onnxruntime_agree_with_dynamic_batch(cache):
     torch.manual_seed(0)
     net = SmallNet()

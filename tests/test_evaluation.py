@@ -312,3 +312,27 @@ def test_cli_runs_real_yolo_on_real_photos(tmp_path, capsys) -> None:
     assert inter / (w * h + 240 * 282 - inter) > 0.5  # xywh conversion and category mapping are right
     assert _table_value(out, "AP50") == pytest.approx(evaluate_coco(gt, dets).stats["AP50"], abs=1e-4)
     assert _table_value(out, "AP50") >= 0.5
+
+
+def test_bad_tiles_option_still_closes_the_detector(tmp_path, monkeypatch) -> None:
+    """A --tiles value the tiling config rejects is reported, and the detector already built is closed."""
+    import argparse
+
+    from pipeline.cli import evaluate as evaluate_cli
+    from pipeline.detectors import factory
+    from pipeline.detectors.base import NullDetector
+
+    closed: list[bool] = []
+
+    class Recording(NullDetector):
+        def close(self) -> None:
+            closed.append(True)
+
+    monkeypatch.setattr(factory, "build_detector", lambda cfg: Recording())
+    parser = argparse.ArgumentParser()
+    evaluate_cli.add_arguments(parser)
+    args = parser.parse_args(["--annotations", "gt.json", "--tiles", "8"])  # tiles must be >= 32 px
+    gt, _ = synthetic(9, n_images=1)
+    with pytest.raises(evaluate_cli.EvaluationError, match="--tiles"):
+        evaluate_cli._run_detector(args, gt, gt["images"], tmp_path)
+    assert closed == [True]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.tracking.config import CameraZonesConfig
-from pipeline.types import Detections, Frame, FrameResult
+from pipeline.types import Detections, FaceMatch, Frame, FrameResult
 from pipeline.web.render import annotate, encode_jpeg
 
 
@@ -20,7 +20,7 @@ def test_annotate_draws_everything_on_a_copy():
         labels=["person"],
     )
     result = FrameResult(Frame("cam", 7, 0.0, 0.0, image), dets, "yolo")
-    result.extras["faces"] = [{"box": [200, 20, 260, 90], "identity": "eileen"}]
+    result.faces = [FaceMatch((200, 20, 260, 90), "eileen", "eileen", 0.3, 0.2)]
     zones = CameraZonesConfig.model_validate(
         {
             "zones": {

@@ -225,11 +225,11 @@ def _run_detector(
         detector = build_detector(cfg)
     except Exception as exc:  # noqa: BLE001 - any build failure is reported with the model named
         raise EvaluationError(f"cannot build detector {args.model!r}: {exc}") from None
-    planner = _tile_planner(args, detector)
-    cat_of = label_to_category_id(gt, list(detector.labels))
     detections: list[dict] = []
     elapsed = 0.0
     try:
+        planner = _tile_planner(args, detector)
+        cat_of = label_to_category_id(gt, list(detector.labels))
         for im in images:
             path = folder / im["file_name"]
             img = cv2.imread(str(path), cv2.IMREAD_COLOR)

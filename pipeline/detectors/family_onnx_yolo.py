@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from engines import create_engine
+from engines.base import InferenceEngine
 from pipeline.config import DetectorConfig
 from pipeline.detectors.yolo import PREPROCESS, PREPROCESS_KEY, YoloDetector, default_labels, preprocess_for
 from pipeline.detectors.yolo_decode import Layout, detect_layout
@@ -29,6 +30,14 @@ def build(cfg: DetectorConfig) -> YoloDetector:
             f"detector.backend: 'torch' cannot run ONNX file {path}; use onnxruntime or tensorrt"
         )
     engine = create_engine(path, backend=cfg.backend, device=cfg.device, threads=cfg.threads)
+    try:
+        return _detector(engine, path, cfg)
+    except BaseException:
+        engine.close()  # a file rejected here does not keep its session (or GPU memory)
+        raise
+
+
+def _detector(engine: InferenceEngine, path: Path, cfg: DetectorConfig) -> YoloDetector:
     size = cfg.input_size
     shape = engine.input_shape()
     if shape and len(shape) == 4 and all(isinstance(d, int) for d in shape[2:]):

@@ -70,7 +70,3 @@ def resolve_family(cfg: DetectorConfig) -> str:
     family = infer_family(cfg.model)
     log.info("detector.model %s: family %s (inferred; set detector.family to choose)", cfg.model, family)
     return family
-
-
-def build(cfg: DetectorConfig) -> Detector:
-    return BUILDERS[resolve_family(cfg)](cfg)

@@ -36,7 +36,8 @@ def _cut_mask(boxes: np.ndarray, crop: Crop, width: int, height: int) -> np.ndar
     return cut
 
 
-def _concat(parts: list[Detections]) -> Detections:
+def concat_detections(parts: list[Detections]) -> Detections:
+    """The rows of ``parts`` in order; landmarks kept only when every non-empty part has them."""
     parts = [p for p in parts if len(p)]
     with_lm = bool(parts) and all(p.landmarks is not None for p in parts)
     if not parts:
@@ -78,7 +79,7 @@ def merge_crops(
     if extra is not None and len(extra):
         shifted.append(extra)
         cut_parts.append(np.zeros(len(extra), bool))
-    merged = _concat(shifted)
+    merged = concat_detections(shifted)
     if len(merged) == 0:
         return merged
     cut = np.concatenate(cut_parts)

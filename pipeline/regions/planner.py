@@ -27,7 +27,7 @@ import numpy as np
 from pipeline.detectors.base import Detector
 from pipeline.nms import iou_matrix
 from pipeline.regions.config import CameraDetectConfig
-from pipeline.regions.merge import Crop, merge_crops
+from pipeline.regions.merge import Crop, concat_detections, merge_crops
 from pipeline.regions.motion import MotionDetector
 from pipeline.types import Detections, ScanInfo
 
@@ -219,7 +219,7 @@ class RegionPlanner:
         still = self._stillness(found)
         if self.motion is not None:
             sure = found.scores >= self.object_score
-            self._objects = _concat_same(found.select(sure), carried)
+            self._objects = concat_detections([found.select(sure), carried])
             self._still = np.concatenate([still[sure], carried_still])
         return out, ScanInfo(
             kind=plan.kind, crops=len(plan.crops), carried=len(carried), motion_boxes=plan.motion_boxes
@@ -255,20 +255,3 @@ def _rows_in(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if len(a) == 0 or len(b) == 0:
         return np.zeros(len(a), bool)
     return (a[:, None, :] == b[None, :, :]).all(axis=2).any(axis=1)
-
-
-def _concat_same(a: Detections, b: Detections) -> Detections:
-    if len(b) == 0:
-        return a
-    if len(a) == 0:
-        return b
-    lm = None
-    if a.landmarks is not None and b.landmarks is not None:
-        lm = np.concatenate([a.landmarks, b.landmarks])
-    return Detections(
-        boxes=np.concatenate([a.boxes, b.boxes]).astype(np.float32),
-        scores=np.concatenate([a.scores, b.scores]).astype(np.float32),
-        class_ids=np.concatenate([a.class_ids, b.class_ids]).astype(np.int32),
-        labels=list(a.labels) + list(b.labels),
-        landmarks=lm,
-    )

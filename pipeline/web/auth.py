@@ -8,6 +8,7 @@ restart logs everyone out, which is the safe failure.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -89,27 +90,37 @@ class Auth:
         """Seconds until ``client`` may try again (0 = now)."""
         now = time.time() if now is None else now
         with self._lock:
-            q = self._failures.get(client)
-            if not q:
-                return 0.0
-            while q and q[0] < now - self.window_s:
-                q.popleft()
-            if len(q) < self.max_attempts:
-                return 0.0
-            return max(0.0, q[0] + self.window_s - now)
+            return self._retry_after_locked(client, now)
+
+    def _retry_after_locked(self, client: str, now: float) -> float:
+        q = self._failures.get(client)
+        if not q:
+            return 0.0
+        while q and q[0] < now - self.window_s:
+            q.popleft()
+        if len(q) < self.max_attempts:
+            return 0.0
+        return max(0.0, q[0] + self.window_s - now)
 
     def login(self, client: str, password: str) -> str | None:
-        """A new session id, or None (wrong password; counted against ``client``)."""
-        if self.retry_after(client) > 0:
-            return None
+        """A new session id, or None (wrong password; counted against ``client``).
+
+        The attempt counts as a failure from before the password check until it succeeds, so guesses
+        running in parallel cannot all pass the rate limit before any of them is counted."""
+        with self._lock:
+            if self._retry_after_locked(client, time.time()) > 0:
+                return None
+            if len(self._failures) > 10_000:  # bounded memory under a spray of client addresses
+                self._failures.clear()
+            attempt = time.time()
+            q = self._failures.setdefault(client, deque())
+            q.append(attempt)
         if not check_password(password, self.password_hash):
-            with self._lock:
-                if len(self._failures) > 10_000:  # bounded memory under a spray of client addresses
-                    self._failures.clear()
-                self._failures.setdefault(client, deque()).append(time.time())
             return None
         sid = secrets.token_urlsafe(32)
         with self._lock:
+            with contextlib.suppress(ValueError):
+                q.remove(attempt)
             self._prune()
             self._sessions[sid] = Session(secrets.token_urlsafe(32), time.time() + self.session_ttl_s)
         return sid

@@ -73,16 +73,8 @@ def annotate(
 
 
 def _faces(result: FrameResult) -> list[tuple[Sequence[float], str]]:
-    """(box, name or 'unknown') per face the face stage saw: the typed ``FrameResult.faces`` where the
-    face stage sets it, else the older ``extras["faces"]`` dicts."""
-    out: list[tuple[Sequence[float], str]] = []
-    typed = getattr(result, "faces", None)
-    for face in typed if typed is not None else result.extras.get("faces") or []:
-        box = face.get("box") if isinstance(face, dict) else getattr(face, "box", None)
-        who = face.get("identity") if isinstance(face, dict) else getattr(face, "identity", None)
-        if box is not None and len(box) == 4:
-            out.append((box, str(who or "unknown")))
-    return out
+    """(box, name or 'unknown') per face the face stage saw (``FrameResult.faces``)."""
+    return [(f.box, f.identity or "unknown") for f in result.faces or []]
 
 
 def encode_jpeg(img: np.ndarray, quality: int = 75) -> bytes:

@@ -20,6 +20,10 @@ from pipeline.events import Event
 from pipeline.web.app import back, checked_form, ctx_of, json_body, page
 from pipeline.web.context import WebContext
 from pipeline.web.events_store import EventFilter, EventStore
+from pipeline.web.routes_events import event_store
+
+#: newest decisions shown per door (each one's signature is checked)
+SHOWN_DECISIONS = 30
 
 
 def audit_path(ctx: WebContext, door: DoorConfig) -> Path:
@@ -61,8 +65,10 @@ def door_rows(ctx: WebContext, store: EventStore | None) -> tuple[list[dict[str,
             state = lockdown_for(ctx, door).states().get(door.id, {})
         except LockdownError as exc:
             state = {"locked": True, "reason": f"state unreadable, failing closed: {exc}"}
-        rows = []
+        rows: list[dict[str, Any]] = []
         for r in decisions:
+            if len(rows) == SHOWN_DECISIONS:
+                break
             if r["data"].get("door_id") != door.id:
                 continue
             ev = Event(
@@ -84,20 +90,14 @@ def door_rows(ctx: WebContext, store: EventStore | None) -> tuple[list[dict[str,
                 "audit_ok": ok,
                 "audit_entries": n,
                 "audit_problem": why,
-                "decisions": rows[:30],
+                "decisions": rows,
             }
         )
     return out, problem
 
 
 def _store(request: Request) -> EventStore | None:
-    ctx = ctx_of(request)
-    if not ctx.redis_url:
-        return None
-    store: EventStore | None = getattr(request.app.state, "events", None)
-    if store is None:
-        store = request.app.state.events = EventStore(ctx.redis_url, ctx.redis_prefix)
-    return store
+    return event_store(request) if ctx_of(request).redis_url else None
 
 
 async def doors_page(request: Request) -> Response:

@@ -43,7 +43,8 @@ def _filter(request: Request) -> EventFilter:
     )
 
 
-def _store(request: Request) -> EventStore:
+def event_store(request: Request) -> EventStore:
+    """The app's one EventStore (created on first use); 404 when no Redis is configured."""
     ctx = ctx_of(request)
     if not ctx.redis_url:
         raise HTTPException(404, "no Redis configured for this server (events need the pipeline's Redis)")
@@ -55,7 +56,7 @@ def _store(request: Request) -> EventStore:
 
 async def _recent(request: Request, flt: EventFilter) -> tuple[list[dict], str]:
     try:
-        return await anyio.to_thread.run_sync(_store(request).recent, flt), ""
+        return await anyio.to_thread.run_sync(event_store(request).recent, flt), ""
     except redis.RedisError as exc:
         return [], f"Redis is not reachable ({exc}); events wait in the spool"
 
@@ -84,7 +85,7 @@ async def api_events(request: Request) -> Response:
 async def api_events_stream(request: Request) -> Response:
     """Server-sent events: one ``data:`` line per new matching event, a comment every few seconds."""
     flt = _filter(request)
-    store = _store(request)
+    store = event_store(request)
     fams = flt.families()
     ids = await anyio.to_thread.run_sync(store.tail_ids, fams)
 

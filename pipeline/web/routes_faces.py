@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -224,8 +225,12 @@ async def unknown_image(request: Request) -> Response:
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
+@functools.cache
 def calibrate_available() -> bool:
-    """``faces calibrate`` comes with the door decision work (issue 9): available once the faces CLI has it."""
+    """``faces calibrate`` comes with the door decision work (issue 9): available once the faces CLI has it.
+
+    Cached: the answer is fixed for the process, and building the faces CLI's parser on every Faces page
+    (on the event loop) is wasted work."""
     import argparse
 
     from pipeline.cli import faces as faces_cli
