@@ -18,7 +18,7 @@ from skimage import data
 from pipeline.demo_media import encode_bgr_video
 from pipeline.doors.audit import verify_log
 from pipeline.doors.config import DoorConfig
-from pipeline.doors.lockdown import Lockdown, lockdown_path
+from pipeline.doors.lockdown import Lockdown, LockdownError, lockdown_path
 from pipeline.faces.analyzer import FaceAccessAnalyzer
 from pipeline.faces.config import FacesConfig
 from pipeline.faces.enroll import FaceEngine, enroll_images
@@ -46,6 +46,14 @@ def test_lock_state_is_audited_and_a_damaged_file_fails_closed(tmp_path):
     ]
     lockdown_path(audit).write_text("{not json")
     assert ld.is_locked("front") and ld.is_locked("back"), "an unreadable state must lock every door"
+    # an attacker (or a slip) cannot lift that by changing one door: rewriting the damaged file from an
+    # empty state would unlock every other door, so no change is made until the file is repaired
+    for locked in (False, True):
+        with pytest.raises(LockdownError, match="unreadable lock-down state"):
+            ld.set("front", locked, by="test", reason="after damage", audit_log=audit)
+        assert ld.is_locked("front") and ld.is_locked("back")
+    assert lockdown_path(audit).read_text() == "{not json"
+    assert verify_log(audit)[1] == 2, "a refused change is not audited as made"
 
 
 def test_a_lock_written_in_the_same_clock_tick_is_seen(tmp_path):

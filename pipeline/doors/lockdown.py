@@ -63,7 +63,8 @@ class Lockdown:
 
     def set(self, door_id: str, locked: bool, *, by: str, reason: str, audit_log: str | Path) -> None:
         """Lock or unlock ``door_id``: audited first (so no unaudited change can take effect), then an
-        atomic rewrite of the file. Changes are serialized (``flock`` on ``<file>.lock``, across threads and
+        atomic rewrite of the file. A damaged file is never overwritten (LockdownError: every door stays
+        locked until it is repaired or removed). Changes are serialized (``flock`` on ``<file>.lock``, across threads and
         processes), so two at once, for doors sharing the file, cannot lose one."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_name(self.path.name + ".lock"), "a") as lock_fh:
@@ -71,10 +72,10 @@ class Lockdown:
             self._set(door_id, locked, by=by, reason=reason, audit_log=audit_log)
 
     def _set(self, door_id: str, locked: bool, *, by: str, reason: str, audit_log: str | Path) -> None:
-        try:
-            current = self._read()
-        except LockdownError:
-            current = {}  # a damaged file is replaced by a good one (the audit chain keeps the history)
+        # A damaged file locks every door (``is_locked``). Rewriting it from an empty state would silently
+        # lift that for every door but this one, so no change is made until an operator repairs or removes
+        # the file (raises LockdownError).
+        current = self._read()
         state = {"locked": bool(locked), "by": by, "reason": reason, "ts": time.time()}
         open_audit_log(audit_log).append({"type": "doors.lockdown", "door_id": door_id, **state})
         data = {**current, door_id: state}

@@ -115,6 +115,10 @@ def set_lockdown(ctx: WebContext, door_id: str, locked: bool, by: str, reason: s
         raise HTTPException(
             503, f"door {door_id}: the change cannot be audited, so it was not made: {exc}"
         ) from None
+    except LockdownError as exc:
+        raise HTTPException(
+            409, f"door {door_id}: every door stays locked until the state file is repaired or removed: {exc}"
+        ) from None
 
 
 async def form_lockdown(request: Request) -> Response:
