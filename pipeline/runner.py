@@ -89,7 +89,7 @@ class Pipeline:
         self.deliveries: list[DeliveryStage] = [self.publisher]
         try:
             self.deliveries += build_sinks(
-                cfg.sinks.with_spools_under(self.var_dir),
+                cfg.sinks,  # its spools already under --var-dir (resolve_runtime_paths)
                 self.metrics,
                 callables=self.sinks,
                 redis_spool_path=cfg.redis.spool_path,
