@@ -60,6 +60,7 @@ class DetectStage(Stage):
         self.sink = sink
         self.batch_cfg = batch
         self._open = set(self.inputs)
+        self._inputs_lock = threading.Lock()  # set_input vs. the detect thread dropping a closed queue
         self._rr = 0
         self._on_all_closed = on_all_inputs_closed
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent batch sizes, for metrics/tests
@@ -80,8 +81,9 @@ class DetectStage(Stage):
         The dict and set are replaced, never mutated, so the detect thread's round in progress keeps a
         consistent view; a queue dropped this way is simply no longer polled.
         """
-        self.inputs = {**self.inputs, camera_id: queue}
-        self._open = self._open | {camera_id}
+        with self._inputs_lock:
+            self.inputs = {**self.inputs, camera_id: queue}
+            self._open = self._open | {camera_id}
         self.wakeup.set()
 
     def _poll_round(self, batch: list[Frame], limit: int) -> bool:
@@ -95,10 +97,13 @@ class DetectStage(Stage):
         for cam in cams[start:] + cams[:start]:
             if len(batch) >= limit:
                 break
+            q = self.inputs[cam]
             try:
-                item = self.inputs[cam].get(timeout=0)
+                item = q.get(timeout=0)
             except QueueClosed:
-                self._open.discard(cam)
+                with self._inputs_lock:
+                    if self.inputs.get(cam) is q:  # not replaced meanwhile by set_input
+                        self._open = self._open - {cam}
                 continue
             if item is not None:
                 batch.append(item)
