@@ -194,6 +194,11 @@ class Pipeline:
             i = self._index(cam.id)
             self._check_running()
             counted = cam.id in self.analytics
+            if counted and not cam.enabled:
+                with self._left_lock:
+                    last = self._analytics_left == 1
+                if last:  # its analytics would end, and with them the run (as for remove_camera)
+                    raise ValueError(f"camera {cam.id!r} is the last running camera; pause it instead")
             self._stop_camera(cam.id, end_analytics=True, forget=False)
             self.cfg.cameras[i] = cam
             if cam.enabled:
