@@ -87,17 +87,6 @@ class Pipeline:
         self.events_q: BoundedQueue[Event] = BoundedQueue(cfg.redis.queue_size, "block", "events")
         self.publisher = Publisher(cfg.redis, self.events_q, self.metrics)
         self.deliveries: list[DeliveryStage] = [self.publisher]
-        try:
-            self.deliveries += build_sinks(
-                cfg.sinks,  # its spools already under --var-dir (resolve_runtime_paths)
-                self.metrics,
-                callables=self.sinks,
-                redis_spool_path=cfg.redis.spool_path,
-            )
-        except Exception:
-            self.publisher.spool.close()
-            raise
-        self._deliveries_left = len(self.deliveries)
 
         cameras = [c for c in cfg.cameras if c.enabled]
         self.frame_wakeup = threading.Event()
@@ -115,21 +104,32 @@ class Pipeline:
         self._cams_lock = threading.RLock()
         self._placeholders: dict[str, BoundedQueue[Frame]] = {}  # paused cameras: empty, open detector inputs
         self._make_analyzers = make_analyzers
-        for cam in cameras:
-            self._build_camera(cam)
-
-        self.detect = DetectStage(
-            self.detector,
-            self.frame_queues,
-            self.frame_wakeup,
-            self._route_result,
-            cfg.detector.batch,
-            self.metrics,
-            on_all_inputs_closed=self._close_inboxes,
-            camera_detect={c.id: c.detect for c in cameras},
-            nms_iou=cfg.detector.nms_iou,
-            detect_fps={c.id: c.detect_fps for c in cameras if c.detect_fps},
-        )
+        try:
+            self.deliveries += build_sinks(
+                cfg.sinks,  # its spools already under --var-dir (resolve_runtime_paths)
+                self.metrics,
+                callables=self.sinks,
+                redis_spool_path=cfg.redis.spool_path,
+            )
+            for cam in cameras:
+                self._build_camera(cam)
+            self.detect = DetectStage(
+                self.detector,
+                self.frame_queues,
+                self.frame_wakeup,
+                self._route_result,
+                cfg.detector.batch,
+                self.metrics,
+                on_all_inputs_closed=self._close_inboxes,
+                camera_detect={c.id: c.detect for c in cameras},
+                nms_iou=cfg.detector.nms_iou,
+                detect_fps={c.id: c.detect_fps for c in cameras if c.detect_fps},
+            )
+        except Exception:
+            for delivery in self.deliveries:  # release the spools opened so far (their file locks)
+                delivery.spool.close()
+            raise
+        self._deliveries_left = len(self.deliveries)
         self._stopping = threading.Event()
         self._done = threading.Event()
         for delivery in self.deliveries:
