@@ -205,14 +205,21 @@ class DetectStage(Stage):
             spans.append((start, len(inputs)))
         return plans, spans, inputs, plan_ms
 
-    def configure_camera(self, camera_id: str, detect: CameraDetectConfig | None) -> None:
+    def configure_camera(
+        self, camera_id: str, detect: CameraDetectConfig | None, detect_fps: float | None = None
+    ) -> None:
         """Set (or with None / both off, drop) a camera's regions/tiling while running, e.g. a camera added
         or edited at run time. A new planner starts with a full scan; frames already planned finish with
-        the planner that planned them."""
+        the planner that planned them. ``detect_fps`` (None: drop) sets its rate watch, as at start."""
         if detect is None or not detect.active:
             self.planners.pop(camera_id, None)
         else:
             self.planners[camera_id] = RegionPlanner(detect, self._crop_size, self._nms_iou)
+        # replaced, not mutated: the detect thread iterates the watches (_check_rates)
+        watches = {cam: w for cam, w in self.rate_watches.items() if cam != camera_id}
+        if detect_fps:
+            watches[camera_id] = DetectRateWatch(camera_id, detect_fps)
+        self.rate_watches = watches
 
     def _count_scan(self, scan: ScanInfo) -> None:
         """Process counters: detector inputs run for region/tile cameras, and scans by kind."""

@@ -257,7 +257,8 @@ class Pipeline:
                     self._analytics_left += 1
             self._build_camera(cam)
             self.analytics[cam.id].start()
-        self.detect.configure_camera(cam.id, cam.detect)  # its regions/tiling follow its (new) settings
+        # its regions/tiling and its rate watch follow its (new) settings
+        self.detect.configure_camera(cam.id, cam.detect, cam.detect_fps)
         self.detect.set_input(cam.id, self.frame_queues[cam.id])
         self.decoders[cam.id].start()
 

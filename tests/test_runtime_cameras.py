@@ -145,3 +145,26 @@ def test_disabling_the_last_running_camera_by_an_edit_does_not_end_the_pipeline(
     finally:
         pipe.stop()
         assert pipe.join(30)
+
+
+def test_a_camera_added_or_edited_at_run_time_gets_its_detect_rate_watched(demo_mp4, redis_server, tmp_path):
+    """detect_fps of a camera added or edited while running is watched like one in the config at start (an
+    edit's new rate, not the old one, judges it), and a removed camera's watch goes with it."""
+    cfg = parse_config(
+        {
+            "cameras": [_cam("a", demo_mp4.path).model_dump()],
+            "detector": {"model": "none"},
+            "redis": {"url": redis_server.url, "spool_path": str(tmp_path / "spool.sqlite")},
+        }
+    )
+    pipe = Pipeline(cfg, detector=NullDetector(), var_dir=tmp_path).start()
+    try:
+        pipe.add_camera(_cam("b", demo_mp4.path, detect_fps=5.0))
+        assert pipe.detect.rate_watches["b"].target_fps == 5.0
+        pipe.update_camera(_cam("b", demo_mp4.path, detect_fps=2.0))
+        assert pipe.detect.rate_watches["b"].target_fps == 2.0
+        pipe.remove_camera("b")
+        assert "b" not in pipe.detect.rate_watches
+    finally:
+        pipe.stop()
+        assert pipe.join(30)
