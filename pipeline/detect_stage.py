@@ -60,6 +60,7 @@ class DetectStage(Stage):
         self.sink = sink
         self.batch_cfg = batch
         self._open = set(self.inputs)
+        self._inputs_lock = threading.Lock()  # set_input vs. the detect thread dropping a closed queue
         self._rr = 0
         self._on_all_closed = on_all_inputs_closed
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent batch sizes, for metrics/tests
@@ -80,8 +81,9 @@ class DetectStage(Stage):
         The dict and set are replaced, never mutated, so the detect thread's round in progress keeps a
         consistent view; a queue dropped this way is simply no longer polled.
         """
-        self.inputs = {**self.inputs, camera_id: queue}
-        self._open = self._open | {camera_id}
+        with self._inputs_lock:
+            self.inputs = {**self.inputs, camera_id: queue}
+            self._open = self._open | {camera_id}
         self.wakeup.set()
 
     def _poll_round(self, batch: list[Frame], limit: int) -> bool:
@@ -95,10 +97,13 @@ class DetectStage(Stage):
         for cam in cams[start:] + cams[:start]:
             if len(batch) >= limit:
                 break
+            q = self.inputs[cam]
             try:
-                item = self.inputs[cam].get(timeout=0)
+                item = q.get(timeout=0)
             except QueueClosed:
-                self._open.discard(cam)
+                with self._inputs_lock:
+                    if self.inputs.get(cam) is q:  # not replaced meanwhile by set_input
+                        self._open = self._open - {cam}
                 continue
             if item is not None:
                 batch.append(item)
@@ -200,14 +205,21 @@ class DetectStage(Stage):
             spans.append((start, len(inputs)))
         return plans, spans, inputs, plan_ms
 
-    def configure_camera(self, camera_id: str, detect: CameraDetectConfig | None) -> None:
+    def configure_camera(
+        self, camera_id: str, detect: CameraDetectConfig | None, detect_fps: float | None = None
+    ) -> None:
         """Set (or with None / both off, drop) a camera's regions/tiling while running, e.g. a camera added
         or edited at run time. A new planner starts with a full scan; frames already planned finish with
-        the planner that planned them."""
+        the planner that planned them. ``detect_fps`` (None: drop) sets its rate watch, as at start."""
         if detect is None or not detect.active:
             self.planners.pop(camera_id, None)
         else:
             self.planners[camera_id] = RegionPlanner(detect, self._crop_size, self._nms_iou)
+        # replaced, not mutated: the detect thread iterates the watches (_check_rates)
+        watches = {cam: w for cam, w in self.rate_watches.items() if cam != camera_id}
+        if detect_fps:
+            watches[camera_id] = DetectRateWatch(camera_id, detect_fps)
+        self.rate_watches = watches
 
     def _count_scan(self, scan: ScanInfo) -> None:
         """Process counters: detector inputs run for region/tile cameras, and scans by kind."""

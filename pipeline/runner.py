@@ -87,17 +87,6 @@ class Pipeline:
         self.events_q: BoundedQueue[Event] = BoundedQueue(cfg.redis.queue_size, "block", "events")
         self.publisher = Publisher(cfg.redis, self.events_q, self.metrics)
         self.deliveries: list[DeliveryStage] = [self.publisher]
-        try:
-            self.deliveries += build_sinks(
-                cfg.sinks.with_spools_under(self.var_dir),
-                self.metrics,
-                callables=self.sinks,
-                redis_spool_path=cfg.redis.spool_path,
-            )
-        except Exception:
-            self.publisher.spool.close()
-            raise
-        self._deliveries_left = len(self.deliveries)
 
         cameras = [c for c in cfg.cameras if c.enabled]
         self.frame_wakeup = threading.Event()
@@ -115,21 +104,32 @@ class Pipeline:
         self._cams_lock = threading.RLock()
         self._placeholders: dict[str, BoundedQueue[Frame]] = {}  # paused cameras: empty, open detector inputs
         self._make_analyzers = make_analyzers
-        for cam in cameras:
-            self._build_camera(cam)
-
-        self.detect = DetectStage(
-            self.detector,
-            self.frame_queues,
-            self.frame_wakeup,
-            self._route_result,
-            cfg.detector.batch,
-            self.metrics,
-            on_all_inputs_closed=self._close_inboxes,
-            camera_detect={c.id: c.detect for c in cameras},
-            nms_iou=cfg.detector.nms_iou,
-            detect_fps={c.id: c.detect_fps for c in cameras if c.detect_fps},
-        )
+        try:
+            self.deliveries += build_sinks(
+                cfg.sinks,  # its spools already under --var-dir (resolve_runtime_paths)
+                self.metrics,
+                callables=self.sinks,
+                redis_spool_path=cfg.redis.spool_path,
+            )
+            for cam in cameras:
+                self._build_camera(cam)
+            self.detect = DetectStage(
+                self.detector,
+                self.frame_queues,
+                self.frame_wakeup,
+                self._route_result,
+                cfg.detector.batch,
+                self.metrics,
+                on_all_inputs_closed=self._close_inboxes,
+                camera_detect={c.id: c.detect for c in cameras},
+                nms_iou=cfg.detector.nms_iou,
+                detect_fps={c.id: c.detect_fps for c in cameras if c.detect_fps},
+            )
+        except Exception:
+            for delivery in self.deliveries:  # release the spools opened so far (their file locks)
+                delivery.spool.close()
+            raise
+        self._deliveries_left = len(self.deliveries)
         self._stopping = threading.Event()
         self._done = threading.Event()
         for delivery in self.deliveries:
@@ -194,6 +194,11 @@ class Pipeline:
             i = self._index(cam.id)
             self._check_running()
             counted = cam.id in self.analytics
+            if counted and not cam.enabled:
+                with self._left_lock:
+                    last = self._analytics_left == 1
+                if last:  # its analytics would end, and with them the run (as for remove_camera)
+                    raise ValueError(f"camera {cam.id!r} is the last running camera; pause it instead")
             self._stop_camera(cam.id, end_analytics=True, forget=False)
             self.cfg.cameras[i] = cam
             if cam.enabled:
@@ -252,7 +257,8 @@ class Pipeline:
                     self._analytics_left += 1
             self._build_camera(cam)
             self.analytics[cam.id].start()
-        self.detect.configure_camera(cam.id, cam.detect)  # its regions/tiling follow its (new) settings
+        # its regions/tiling and its rate watch follow its (new) settings
+        self.detect.configure_camera(cam.id, cam.detect, cam.detect_fps)
         self.detect.set_input(cam.id, self.frame_queues[cam.id])
         self.decoders[cam.id].start()
 

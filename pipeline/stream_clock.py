@@ -12,8 +12,8 @@ frames; the wall clock says when frames arrive. So:
   hour; the offset may therefore rise by at most ``max_drift`` (1 ms per second) of elapsed time, far too
   little to hide a frame that is seconds late.
 * Re-anchored (``reanchors`` counts it) on every new connection (``reset``) and on a discontinuity: pts
-  going backwards (stream restart, RTCP resync), or a capture time ahead of the wall clock by more than
-  ``max_ahead_s`` (the wall clock stepped back).
+  going backwards (stream restart, RTCP resync). The offset never exceeds the frame's own ``arrival - pts``,
+  so a capture time is never ahead of the wall clock (a wall clock stepped back pulls the offset down).
 * A frame without pts falls back to its arrival time (``no_pts`` counts them): there is no better clock.
 """
 
@@ -21,9 +21,8 @@ from __future__ import annotations
 
 
 class StreamClock:
-    def __init__(self, max_drift: float = 1e-3, max_ahead_s: float = 0.5) -> None:
+    def __init__(self, max_drift: float = 1e-3) -> None:
         self.max_drift = max_drift
-        self.max_ahead_s = max_ahead_s
         self.reanchors = 0
         self.no_pts = 0
         self._offset: float | None = None
@@ -47,8 +46,5 @@ class StreamClock:
         else:
             drifted = self._offset + self.max_drift * max(0.0, arrival - self._last_arrival)
             self._offset = min(drifted, lag)
-            if pts + self._offset > arrival + self.max_ahead_s:
-                self._offset = lag
-                self.reanchors += 1
         self._last_pts, self._last_arrival = pts, arrival
         return pts + self._offset

@@ -163,3 +163,28 @@ def test_analytics_handles_loss_at_once_but_a_files_end_after_its_queued_frames(
     assert stage.join(5)
     assert seen[0] == "offline"  # a lost camera is acted on before anything still queued
     assert seen[1:] == ["frame0", "frame1", "frame2", "ended"]
+
+
+def test_a_queue_replaced_while_it_closes_keeps_the_camera_open():
+    """set_input (pause/resume from another thread) can swap a camera's queue between the detect thread
+    reading the old queue and that queue reporting closed: the closure of the old queue must not drop the
+    camera, or its new queue is never polled (and with it the last camera, the detect stage would end)."""
+    wake = threading.Event()
+    old: BoundedQueue[Frame] = BoundedQueue(4, "latest", "old", wake)
+    new: BoundedQueue[Frame] = BoundedQueue(4, "latest", "new", wake)
+    stage = DetectStage(
+        RecordingDetector(), {"a": old}, wake, lambda r: None, BatchConfig(max_batch=1), MetricsRegistry()
+    )
+    real_get = old.get
+
+    def get_racing_a_swap(timeout=None):
+        stage.set_input("a", new)  # the operator paused camera a: its decoder's queue is being replaced
+        old.close()  # ... and the stopped decoder closed it
+        return real_get(timeout=timeout)
+
+    old.get = get_racing_a_swap  # type: ignore[method-assign]
+    stage._poll_round([], limit=1)
+    assert stage._open == {"a"}
+    new.put(_frame("a", 1))
+    batch: list[Frame] = []
+    assert stage._poll_round(batch, limit=1) and batch[0].seq == 1

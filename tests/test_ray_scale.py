@@ -111,6 +111,25 @@ def test_merged_prometheus_labels_every_sample_with_its_shard_and_node():
     assert lines.index("# TYPE vidpipe_x counter") > max(i for i, x in enumerate(lines) if "stage_fps{" in x)
 
 
+def test_each_shard_gets_its_own_sink_spools(tmp_path):
+    """The driver resolves every spool path under its --var-dir before it shards; a shard must move the
+    MQTT and webhook spools into its own var dir like the Redis one, or two shards lock the same file."""
+    from pipeline.paths import resolve_runtime_paths
+    from pipeline.scale.shard import shard_config
+
+    sinks = {"mqtt": {"url": "mqtt://broker"}, "webhooks": [{"name": "alarm", "url": "http://h/hook"}]}
+    cfg = resolve_runtime_paths(parse_config(_cfg(2, sinks=sinks)), tmp_path / "var")
+    spools = []
+    for i, cam in enumerate(["c0", "c1"]):
+        shard_dir = tmp_path / f"shard-{i}"
+        sc = shard_config(cfg, [cam], shard_dir)
+        assert sc.sinks.mqtt is not None
+        owned = [sc.redis.spool_path, sc.sinks.mqtt.spool_path, sc.sinks.webhooks[0].spool_path]
+        assert all(Path(p).parent == shard_dir for p in owned), owned
+        spools += owned
+    assert len(set(spools)) == len(spools)
+
+
 def test_a_shard_is_the_single_writer_of_its_var_dir_and_says_where_it_runs(demo_mp4, redis_server, tmp_path):
     """Without Ray: the shard body itself. A second shard on the same var dir (a replacement while the old
     one still lives) cannot start; status events carry the shard and node."""

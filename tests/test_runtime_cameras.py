@@ -116,3 +116,55 @@ def test_the_last_camera_cannot_be_removed_but_can_be_paused(demo_mp4, redis_ser
     finally:
         pipe.stop()
         assert pipe.join(30)
+
+
+def test_disabling_the_last_running_camera_by_an_edit_does_not_end_the_pipeline(
+    demo_mp4, redis_server, tmp_path
+):
+    """An edit with ``enabled: false`` ends the camera's analytics; for the last running one that would finish
+    the whole run (as removing it would), so it is refused like removal: pause it instead."""
+    cfg = parse_config(
+        {
+            "cameras": [_cam("a", demo_mp4.path).model_dump()],
+            "detector": {"model": "none"},
+            "redis": {"url": redis_server.url, "spool_path": str(tmp_path / "spool.sqlite")},
+        }
+    )
+    rec = SeqRecorder()
+    pipe = Pipeline(cfg, detector=NullDetector(), event_sinks=[rec], var_dir=tmp_path).start()
+    try:
+        assert rec.wait_more("a", 5)
+        try:
+            pipe.update_camera(_cam("a", demo_mp4.path, enabled=False))
+            raise AssertionError("disabling the last running camera was accepted")
+        except ValueError as exc:
+            assert "pause it instead" in str(exc)
+        time.sleep(1.0)
+        assert not pipe.wait(0.1), "disabling the only camera ended the pipeline"
+        assert rec.wait_more("a", 5), "the refused edit stopped the camera"
+    finally:
+        pipe.stop()
+        assert pipe.join(30)
+
+
+def test_a_camera_added_or_edited_at_run_time_gets_its_detect_rate_watched(demo_mp4, redis_server, tmp_path):
+    """detect_fps of a camera added or edited while running is watched like one in the config at start (an
+    edit's new rate, not the old one, judges it), and a removed camera's watch goes with it."""
+    cfg = parse_config(
+        {
+            "cameras": [_cam("a", demo_mp4.path).model_dump()],
+            "detector": {"model": "none"},
+            "redis": {"url": redis_server.url, "spool_path": str(tmp_path / "spool.sqlite")},
+        }
+    )
+    pipe = Pipeline(cfg, detector=NullDetector(), var_dir=tmp_path).start()
+    try:
+        pipe.add_camera(_cam("b", demo_mp4.path, detect_fps=5.0))
+        assert pipe.detect.rate_watches["b"].target_fps == 5.0
+        pipe.update_camera(_cam("b", demo_mp4.path, detect_fps=2.0))
+        assert pipe.detect.rate_watches["b"].target_fps == 2.0
+        pipe.remove_camera("b")
+        assert "b" not in pipe.detect.rate_watches
+    finally:
+        pipe.stop()
+        assert pipe.join(30)

@@ -504,3 +504,27 @@ def test_cli_with_an_mqtt_sink_prints_delivers_and_keeps_its_spool_under_var_dir
     assert len([e for e in printed if e.type == "detections.frame"]) == demo_mp4.frames
     assert "mosquitto_sub" in proc.stderr and "top-secret" not in proc.stderr + proc.stdout
     assert (var_dir / "spool-mqtt.sqlite").exists()  # --var-dir moved the default spool path
+
+
+def test_a_pipeline_that_fails_to_build_releases_every_spool(tmp_path):
+    """A camera whose analyzers cannot be built (a bad gallery ...) fails the Pipeline's construction after
+    the sinks' spools were opened and locked: they must be released, or a retry in the same process (a shard,
+    a test) finds its own spools "in use by another process"."""
+    from pipeline.spool import Spool
+
+    cfg = parse_config(
+        {
+            "cameras": [{"id": "a", "source": "/v/a.mp4"}],
+            "detector": {"model": "none"},
+            "redis": {"url": "redis://127.0.0.1:1", "spool_path": str(tmp_path / "spool.sqlite")},
+            "sinks": {"webhooks": [{"name": "hook", "url": "http://127.0.0.1:1/"}]},
+        }
+    )
+
+    def no_analyzers(camera_id: str) -> list:
+        raise RuntimeError(f"camera {camera_id}: cannot build analyzers")
+
+    with pytest.raises(RuntimeError, match="cannot build analyzers"):
+        Pipeline(cfg, detector=NullDetector(), var_dir=tmp_path, analyzers_factory=no_analyzers)
+    for path in [tmp_path / "spool.sqlite", tmp_path / "spool-webhook-hook.sqlite"]:
+        Spool(path).close()  # not "in use by another process"

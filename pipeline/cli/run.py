@@ -228,7 +228,7 @@ def main(args: argparse.Namespace) -> int:
             pipeline.join(timeout=1)
             if local_redis:
                 local_redis.stop()
-            return 2
+            return EXIT_STARTUP
 
     signals_seen = 0
 

@@ -41,12 +41,15 @@ class ShardPipeline(Pipeline):
 
 
 def shard_config(cfg: PipelineConfig, camera_ids: list[str], var_dir: Path) -> PipelineConfig:
-    """The config of one shard: its cameras, the doors among them, its own spools and audit logs."""
+    """The config of one shard: its cameras, the doors among them, its own spools (Redis and every sink) and
+    audit logs."""
     data = cfg.model_dump()
     wanted = set(camera_ids)
     data["cameras"] = [c for c in data["cameras"] if c["id"] in wanted]
     data["doors"] = [d for d in data["doors"] if set(d["cameras"]) <= wanted]
     data["redis"]["spool_path"] = str(var_dir / "spool.sqlite")
+    for sink in [*([data["sinks"]["mqtt"]] if data["sinks"]["mqtt"] else []), *data["sinks"]["webhooks"]]:
+        sink["spool_path"] = str(var_dir / Path(sink["spool_path"]).name)  # one writer per spool, as above
     for door in data["doors"]:
         door["audit_log"] = str(var_dir / Path(door["audit_log"]).name)
     data["metrics"]["http_port"] = None  # the driver serves every shard's metrics
