@@ -59,6 +59,15 @@ def row(ev: Event, stream_id: str) -> dict[str, Any]:
     }
 
 
+def matching_row(stream_id: bytes, fields: dict[bytes, bytes], flt: EventFilter) -> dict[str, Any] | None:
+    """The timeline row of one stream entry, or None when it is not an event or the filter rejects it."""
+    try:
+        ev = Event.from_json(fields[b"event"])
+    except (KeyError, ValueError):
+        return None
+    return row(ev, stream_id.decode()) if flt.matches(ev) else None
+
+
 class EventStore:
     def __init__(self, url: str, prefix: str) -> None:
         # Any: redis-py's stubs type replies as unions of every RESP shape
@@ -76,12 +85,9 @@ class EventStore:
         for fam in flt.families():
             rows = []
             for sid, fields in self.client.xrevrange(self.key(fam), hi, lo, count=scan):
-                try:
-                    ev = Event.from_json(fields[b"event"])
-                except (KeyError, ValueError):
-                    continue
-                if flt.matches(ev):
-                    rows.append(row(ev, sid.decode()))
+                r = matching_row(sid, fields, flt)
+                if r is not None:
+                    rows.append(r)
             per_family.append(rows)
         merged = heapq.merge(
             *per_family, key=lambda r: tuple(int(x) for x in r["id"].split("-")), reverse=True
@@ -102,10 +108,7 @@ class EventStore:
         for key, entries in got:
             for sid, fields in entries:
                 ids[key.decode()] = sid.decode()
-                try:
-                    ev = Event.from_json(fields[b"event"])
-                except (KeyError, ValueError):
-                    continue
-                if flt.matches(ev):
-                    rows.append(row(ev, sid.decode()))
+                r = matching_row(sid, fields, flt)
+                if r is not None:
+                    rows.append(r)
         return rows
