@@ -143,6 +143,11 @@ class DetectorConfig(_Strict):
     )
     calibration_limit: int = Field(32, ge=1, description="at most this many calibration images")
 
+    @property
+    def fp16(self) -> bool:
+        """Half precision where a GPU backend builds the engine (ONNX Runtime keeps its exported fp32)."""
+        return self.device.startswith("cuda") and self.backend != "onnxruntime"
+
     @model_validator(mode="after")
     def _int8_needs_onnxruntime(self) -> DetectorConfig:
         if self.precision == "int8" and self.backend != "onnxruntime":

@@ -53,7 +53,7 @@ def build_darknet_detector(
         device=cfg.device,
         input_shape=(1, 3, size, size),
         threads=cfg.threads,
-        fp16=cfg.device.startswith("cuda") and cfg.backend != "onnxruntime",
+        fp16=cfg.fp16,
         name=name,
         metadata={PREPROCESS_KEY: "darknet"},  # the exported .onnx keeps its stretch preprocessing
     )

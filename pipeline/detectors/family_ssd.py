@@ -74,7 +74,7 @@ def build(cfg: DetectorConfig) -> SsdDetector:
         device=cfg.device,
         input_shape=(1, 3, INPUT_SIZE, INPUT_SIZE),
         threads=cfg.threads,
-        fp16=cfg.device.startswith("cuda") and cfg.backend != "onnxruntime",
+        fp16=cfg.fp16,
         name=name,
         output_names=("boxes", "scores"),
     )
