@@ -2,7 +2,7 @@
 
 Clips: /work/shared/data/videos/traffic_motorway.mp4 (real 1280x720 H.264, 30 fps, 368 frames) and a 1080p
 version of it made here with PyAV (bilinear upscale, libx264 veryfast, crf 23). Without the shared data the
-generated demo scene (pipeline.demo_media) is used at both sizes instead.
+generated demo scene (pipeline.ingest.demo_media) is used at both sizes instead.
 
     .venv/bin/python benchmarks/bench_decode.py [--repeats 3] [--cache DIR] [--video PATH]
 
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import av
 
-from pipeline.config import CameraConfig
-from pipeline.decoder import DecoderStage
-from pipeline.demo_media import write_demo_video
-from pipeline.metrics import MetricsRegistry
-from pipeline.queues import BoundedQueue, QueueClosed
+from pipeline.config.schema import CameraConfig
+from pipeline.ingest.decoder import DecoderStage
+from pipeline.ingest.demo_media import write_demo_video
+from pipeline.core.metrics import MetricsRegistry
+from pipeline.core.queues import BoundedQueue, QueueClosed
 
 SHARED_720P = Path("/work/shared/data/videos/traffic_motorway.mp4")
 

@@ -35,9 +35,9 @@ from engines.quantize import (
     quantize_onnx,
 )
 from engines.torch_engine import TorchEngine
-from pipeline.config import DetectorConfig
-from pipeline.detectors.factory import build_detector
-from pipeline.detectors.yolo import PREPROCESS, YoloDetector, default_labels
+from pipeline.config.schema import DetectorConfig
+from pipeline.detect.detectors.factory import build_detector
+from pipeline.detect.detectors.yolo import PREPROCESS, YoloDetector, default_labels
 from pipeline.models.darknet import load_darknet
 
 DATA = Path("/work/shared/data")

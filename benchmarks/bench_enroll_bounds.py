@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.demo_media import write_png_bomb  # noqa: E402
+from pipeline.ingest.demo_media import write_png_bomb  # noqa: E402
 
 OLD_DECODE = (
     "import sys, cv2, numpy as np\n"

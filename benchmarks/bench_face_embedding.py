@@ -26,8 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines.model_store import get_model_files  # noqa: E402
-from pipeline.faces import align  # noqa: E402
-from pipeline.faces.embedder import FaceEmbedder  # noqa: E402
+from pipeline.analyze.faces import align  # noqa: E402
+from pipeline.analyze.faces.embedder import FaceEmbedder  # noqa: E402
 
 
 def load_celeb5(root: Path) -> list[tuple[str, str, np.ndarray]]:
@@ -142,7 +142,7 @@ def main() -> int:
 
     import dlib
 
-    from pipeline.detectors.mtcnn import build_mtcnn
+    from pipeline.detect.detectors.mtcnn import build_mtcnn
 
     files = get_model_files("dlib-face-resnet")
     det = dlib.get_frontal_face_detector()

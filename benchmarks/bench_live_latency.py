@@ -12,7 +12,7 @@ second), with the same config, for the same time. Measured in each child, the sa
   10 s are warm-up and not counted;
 * achieved detections per second per camera;
 * resident memory (VmRSS, sampled every second; the peak is reported);
-* under-rate warnings logged by ``pipeline.rate_watch`` (the new code only).
+* under-rate warnings logged by ``pipeline.core.rate_watch`` (the new code only).
 
 Prints a markdown table. The machine may be shared: compare the two rows of one run, not across runs.
 """
@@ -56,9 +56,9 @@ def worker(tree: Path, url: str, redis_url: str, seconds: float, tmp: Path) -> d
             init(self, frames_q if name.startswith("frames[") else maxsize, policy, name, wakeup)
 
         queues.BoundedQueue.__init__ = patched  # type: ignore[method-assign]
-    from pipeline.config import parse_config
-    from pipeline.detect_stage import DetectStage
-    from pipeline.runner import Pipeline
+    from pipeline.config.schema import parse_config
+    from pipeline.detect.detect_stage import DetectStage
+    from pipeline.run.runner import Pipeline
 
     ages: dict[str, list[float]] = {}
     t_start = [0.0]
@@ -81,7 +81,7 @@ def worker(tree: Path, url: str, redis_url: str, seconds: float, tmp: Path) -> d
             warnings.append(record.getMessage())
 
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("pipeline.rate_watch").addHandler(Catch())
+    logging.getLogger("pipeline.core.rate_watch").addHandler(Catch())
 
     cfg = parse_config(
         {
@@ -140,8 +140,8 @@ def main() -> int:
         return 0
 
     sys.path.insert(0, str(REPO))
-    from pipeline.demo_media import write_demo_video
-    from pipeline.redis_server import LocalRedis
+    from pipeline.ingest.demo_media import write_demo_video
+    from pipeline.deliver.redis_server import LocalRedis
     from tests.support.rtsp_fixtures import RtspServer
 
     trees = ([("before", args.before)] if args.before else []) + [("after", REPO)]

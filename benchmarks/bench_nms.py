@@ -1,4 +1,4 @@
-"""CPU NMS: pipeline/nms.py against torchvision.ops in the same run, and whether both keep the same boxes.
+"""CPU NMS: pipeline/core/nms.py against torchvision.ops in the same run, and whether both keep the same boxes.
 
 Inputs: detector-like clustered boxes (engines/cuda/synthetic.py) in a 1000x1000 image, scores rounded to
 2 decimals so ties occur. Rows: class-agnostic ``nms`` vs ``torchvision.ops.nms``, and 80 classes
@@ -27,7 +27,7 @@ from torchvision.ops.boxes import _batched_nms_vanilla
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines.cuda.synthetic import clustered_detections  # noqa: E402
-from pipeline.nms import batched_nms, nms  # noqa: E402
+from pipeline.core.nms import batched_nms, nms  # noqa: E402
 
 
 def _alternate(ours, theirs, repeats: int) -> tuple[list[float], list[float]]:

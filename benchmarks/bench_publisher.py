@@ -20,11 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis  # noqa: E402
 
-from pipeline.config import RedisConfig  # noqa: E402
-from pipeline.events import Event  # noqa: E402
-from pipeline.publisher import Publisher  # noqa: E402
-from pipeline.redis_server import LocalRedis, free_port  # noqa: E402
-from pipeline.spool import Spool  # noqa: E402
+from pipeline.config.schema import RedisConfig  # noqa: E402
+from pipeline.core.events import Event  # noqa: E402
+from pipeline.deliver.publisher import Publisher  # noqa: E402
+from pipeline.deliver.redis_server import LocalRedis, free_port  # noqa: E402
+from pipeline.deliver.spool import Spool  # noqa: E402
 
 STREAM = "vidpipe:stream:detections"
 

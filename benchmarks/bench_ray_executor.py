@@ -29,10 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from pipeline.config import parse_config  # noqa: E402
-from pipeline.demo_media import write_demo_video  # noqa: E402
-from pipeline.events import Event  # noqa: E402
-from pipeline.redis_server import LocalRedis  # noqa: E402
+from pipeline.config.schema import parse_config  # noqa: E402
+from pipeline.ingest.demo_media import write_demo_video  # noqa: E402
+from pipeline.core.events import Event  # noqa: E402
+from pipeline.deliver.redis_server import LocalRedis  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -134,7 +134,7 @@ def main() -> int:
 
     try:
         # 1. local
-        from pipeline.runner import Pipeline
+        from pipeline.run.runner import Pipeline
 
         pipe = Pipeline(parse_config(cfg("local", 1)), var_dir=tmp / "local").start()
         time.sleep(args.warmup)

@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 
 from benchmarks.bench_publisher import make_event, wait  # noqa: E402
-from pipeline.config import RedisConfig  # noqa: E402
-from pipeline.publisher import Publisher  # noqa: E402
-from pipeline.redis_server import LocalRedis  # noqa: E402
+from pipeline.config.schema import RedisConfig  # noqa: E402
+from pipeline.deliver.publisher import Publisher  # noqa: E402
+from pipeline.deliver.redis_server import LocalRedis  # noqa: E402
 
 STREAM = "vidpipe:stream:detections"
 OLD_REV = "48bc4a7"  # main before the sinks split
@@ -41,7 +41,7 @@ OLD_REV = "48bc4a7"  # main before the sinks split
 
 def load_old_publisher(rev: str) -> ModuleType:
     src = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{rev}:pipeline/publisher.py"],
+        ["git", "-C", str(ROOT), "show", f"{rev}:pipeline/deliver/publisher.py"],
         capture_output=True,
         text=True,
         check=True,
@@ -49,7 +49,7 @@ def load_old_publisher(rev: str) -> ModuleType:
     spec = importlib.util.spec_from_loader("old_publisher", loader=None)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
-    exec(compile(src, f"{rev}:pipeline/publisher.py", "exec"), module.__dict__)  # noqa: S102
+    exec(compile(src, f"{rev}:pipeline/deliver/publisher.py", "exec"), module.__dict__)  # noqa: S102
     return module
 
 
@@ -130,9 +130,9 @@ def bench_mqtt(events: list, tmp: str, reps: int) -> list[tuple[float, float]]:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from pipeline.sinks.config import MqttConfig
-    from pipeline.sinks.delivery import DeliveryStage
-    from pipeline.sinks.mqtt import MqttTransport
+    from pipeline.config.sinks import MqttConfig
+    from pipeline.deliver.delivery import DeliveryStage
+    from pipeline.deliver.mqtt import MqttTransport
     from tests.support.mqtt_fixtures import LocalMosquitto
 
     broker = LocalMosquitto(Path(tmp)).start()

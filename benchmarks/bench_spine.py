@@ -19,10 +19,10 @@ import av
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import parse_config  # noqa: E402
-from pipeline.detectors.base import NullDetector  # noqa: E402
-from pipeline.redis_server import LocalRedis  # noqa: E402
-from pipeline.runner import Pipeline  # noqa: E402
+from pipeline.config.schema import parse_config  # noqa: E402
+from pipeline.detect.detectors.base import NullDetector  # noqa: E402
+from pipeline.deliver.redis_server import LocalRedis  # noqa: E402
+from pipeline.run.runner import Pipeline  # noqa: E402
 
 SHARED_CLIP = Path(__file__).resolve().parents[2] / "shared/data/videos/traffic_motorway.mp4"
 
@@ -78,7 +78,7 @@ def main() -> int:
         tmp = Path(td)
         clip = args.clip or (SHARED_CLIP if SHARED_CLIP.exists() else None)
         if clip is None:
-            from pipeline.demo_media import write_demo_video
+            from pipeline.ingest.demo_media import write_demo_video
 
             clip = write_demo_video(tmp / "clip720.mp4", width=1280, height=720, seconds=10)
         with av.open(str(clip)) as c:

@@ -21,8 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import DetectorConfig  # noqa: E402
-from pipeline.detectors.factory import build_detector  # noqa: E402
+from pipeline.config.schema import DetectorConfig  # noqa: E402
+from pipeline.detect.detectors.factory import build_detector  # noqa: E402
 
 SHARED = Path(os.environ.get("VIDPIPE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 VIDEO = SHARED / "videos" / "vtest.mp4"
@@ -39,7 +39,7 @@ def _frames(n: int) -> list[np.ndarray]:
             out.append(frame)
         cap.release()
         return out
-    from pipeline.demo_media import render_frames
+    from pipeline.ingest.demo_media import render_frames
 
     return list(render_frames(480, 360, n_frames=n))
 

@@ -1,4 +1,4 @@
-"""COCO evaluation of a detector on /work/shared/data/coco_subset, scored by pipeline.evaluation and, on the
+"""COCO evaluation of a detector on /work/shared/data/coco_subset, scored by pipeline.detect.evaluation and, on the
 same detections, by pycocotools (the two must agree to 1e-3).
 
 Run: .venv/bin/python benchmarks/eval_coco.py [--model yolov3-tiny] [--backend onnxruntime] [--limit N]
@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import run_pipeline  # noqa: E402
-from pipeline.evaluation import category_ids_for, evaluate_coco, load_coco  # noqa: E402
+from pipeline.detect.evaluation import category_ids_for, evaluate_coco, load_coco  # noqa: E402
 
 DATA = Path("/work/shared/data/coco_subset")
 

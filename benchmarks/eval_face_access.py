@@ -5,7 +5,7 @@ the k-frame vote, and ms per face.
 
 Data: celeb5 (5 identities; train = gallery, val = probes) + fr_examples (5 identities; train = gallery,
 test = probes, named after who is in them). Pipeline: MTCNN -> 5-point alignment -> dlib ResNet (the
-product's FaceEngine); identity = smallest mean distance to a person's templates (pipeline.faces.matcher).
+product's FaceEngine); identity = smallest mean distance to a person's templates (pipeline.analyze.faces.matcher).
 
 - Threshold calibration on the GALLERY only (leave-one-image-out within train): the largest threshold whose
   false-accept rate (probe vs another person's templates) is <= --target-far.
@@ -28,10 +28,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.faces.config import FacesConfig
-from pipeline.faces.enroll import FaceEngine
-from pipeline.faces.matcher import Matcher
-from pipeline.faces.quality import enrollment_problem
+from pipeline.config.faces import FacesConfig
+from pipeline.analyze.faces.enroll import FaceEngine
+from pipeline.analyze.faces.matcher import Matcher
+from pipeline.analyze.faces.quality import enrollment_problem
 
 FR_TEST = {
     "alex_lacamoire1.jpg": {"alex_lacamoire"},

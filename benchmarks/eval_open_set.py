@@ -29,11 +29,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.doors.config import DoorConfig
-from pipeline.doors.policy import DoorPolicy, FaceVote
-from pipeline.faces import calibrate as cal
-from pipeline.faces.config import FacesConfig
-from pipeline.faces.matcher import Match, decide
+from pipeline.config.doors import DoorConfig
+from pipeline.analyze.doors.policy import DoorPolicy, FaceVote
+from pipeline.analyze.faces import calibrate as cal
+from pipeline.config.faces import FacesConfig
+from pipeline.analyze.faces.matcher import Match, decide
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm"}
 
@@ -61,8 +61,8 @@ def embed_all(photos: list[tuple[str, str, Path]], cache: Path) -> dict[str, np.
     if cache.is_file():
         with np.load(cache) as z:
             return {k: z[k] for k in z.files}
-    from pipeline.faces.enroll import FaceEngine
-    from pipeline.faces.identify import largest_face_embedding
+    from pipeline.analyze.faces.enroll import FaceEngine
+    from pipeline.analyze.faces.identify import largest_face_embedding
 
     engine = FaceEngine.from_config(FacesConfig())
     out: dict[str, np.ndarray] = {}

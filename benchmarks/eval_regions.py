@@ -1,5 +1,5 @@
 """Labelled video at native resolution: recall, AP@0.5 and CPU cost per frame of full-frame detection,
-motion-gated regions and tiles, per model and preprocessing (pipeline/regions/).
+motion-gated regions and tiles, per model and preprocessing (pipeline/detect/regions/).
 
 Data (../shared/data/tracks, see its MANIFEST.md):
 - MOT17-04-FRCNN: 8 consecutive 1920x1080 frames of a square seen from high up. Counted: people at least
@@ -34,11 +34,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import DetectorConfig  # noqa: E402
-from pipeline.detectors.factory import build_detector  # noqa: E402
-from pipeline.evaluation import evaluate_coco, label_to_category_id  # noqa: E402
-from pipeline.regions.config import CameraDetectConfig  # noqa: E402
-from pipeline.regions.planner import RegionPlanner, detector_input_size  # noqa: E402
+from pipeline.config.schema import DetectorConfig  # noqa: E402
+from pipeline.detect.detectors.factory import build_detector  # noqa: E402
+from pipeline.detect.evaluation import evaluate_coco, label_to_category_id  # noqa: E402
+from pipeline.config.regions import CameraDetectConfig  # noqa: E402
+from pipeline.detect.regions.planner import RegionPlanner, detector_input_size  # noqa: E402
 
 
 def _shared_data() -> Path:

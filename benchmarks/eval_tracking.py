@@ -32,10 +32,10 @@ from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.nms import batched_nms  # noqa: E402
-from pipeline.tracking.analyzer import TrackingAnalyzer  # noqa: E402
-from pipeline.tracking.config import CameraZonesConfig, TrackingConfig  # noqa: E402
-from pipeline.types import Detections, Frame, FrameResult  # noqa: E402
+from pipeline.core.nms import batched_nms  # noqa: E402
+from pipeline.analyze.tracking.analyzer import TrackingAnalyzer  # noqa: E402
+from pipeline.config.tracking import CameraZonesConfig, TrackingConfig  # noqa: E402
+from pipeline.core.types import Detections, Frame, FrameResult  # noqa: E402
 
 DATA = Path("/work/shared/data")
 GT_PATH = Path(__file__).with_name("data") / "tracking_gt.json"

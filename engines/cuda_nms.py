@@ -6,7 +6,7 @@ stream:
 
 1. ``prepare_candidates`` (plain PyTorch ops, runs on any device): keep boxes with score >=
    ``score_threshold``, sort each image's boxes by score descending -- ties broken by the lower original
-   index (a stable sort), the order torchvision.ops.nms and pipeline/nms.py use -- and cut to ``top_k``.
+   index (a stable sort), the order torchvision.ops.nms and pipeline/core/nms.py use -- and cut to ``top_k``.
 2. ``nms_mask_kernel``: IoU > threshold bitmasks in 64x64 tiles, one 64-bit word per (box, column tile).
 3. ``nms_reduce_kernel``: one thread block per image scans the mask words in shared memory and writes the
    kept indices, highest score first, padded with -1 to ``max_output``.
@@ -204,7 +204,7 @@ def batched_nms_cuda(
     _check_inputs(boxes, scores, class_ids, batch_idx, iou_threshold, top_k, max_output)
     if boxes.device.type != "cuda":
         raise EngineError(
-            f"cuda nms: inputs are on {boxes.device}, not a CUDA device; use pipeline.nms.batched_nms on the CPU"
+            f"cuda nms: inputs are on {boxes.device}, not a CUDA device; use pipeline.core.nms.batched_nms on the CPU"
         )
     cand = prepare_candidates(boxes, scores, class_ids, score_threshold, top_k, batch_idx, num_images)
     return nms_on_candidates(cand, iou_threshold, max_output, max_mask_bytes)

@@ -61,7 +61,7 @@ def builtin_calibration_images(limit: int = DEFAULT_LIMIT) -> list[np.ndarray]:
     """
     from skimage import data
 
-    from pipeline.demo_media import render_frames
+    from pipeline.ingest.demo_media import render_frames
 
     photos = []
     for name in (

@@ -2,7 +2,7 @@
 
 import os
 
-# The door audit chain needs its own key (pipeline/doors/audit.py); tests (and the processes they start)
+# The door audit chain needs its own key (pipeline/analyze/doors/audit.py); tests (and the processes they start)
 # use this one unless the environment already sets one.
 os.environ.setdefault("VIDPIPE_AUDIT_KEY", "test-audit-key-not-a-door-secret")
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import RedisConfig
-from pipeline.doors.audit import CHECKPOINT_EVENT, AuditError, AuditLog, checkpoints_path
-from pipeline.doors.signing import canonical, sign_event
-from pipeline.events import Event
-from pipeline.publisher import Publisher
+from pipeline.config.schema import RedisConfig
+from pipeline.analyze.doors.audit import CHECKPOINT_EVENT, AuditError, AuditLog, checkpoints_path
+from pipeline.analyze.doors.signing import canonical, sign_event
+from pipeline.core.events import Event
+from pipeline.deliver.publisher import Publisher
 
 AUDIT_KEY = "audit-key-for-these-tests-0123"
 DOOR_KEY = "d" * 32

@@ -20,7 +20,7 @@ import pytest
 import redis
 import yaml
 
-from pipeline.events import Event
+from pipeline.core.events import Event
 
 REPO = Path(__file__).resolve().parents[1]
 DRAIN_DEADLINE_S = 15.0  # flush_timeout_s (5 s here) + join slack: what a service manager should wait
@@ -152,7 +152,7 @@ def test_start_without_redis_spools_and_says_so(demo_mp4, tmp_path):
     r = run_cli("--config", str(cfg), "--var-dir", str(tmp_path / "var"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "does not resolve (DNS)" in r.stderr and "starting anyway" in r.stderr
-    from pipeline.spool import Spool
+    from pipeline.deliver.spool import Spool
 
     with Spool(tmp_path / "spool.sqlite") as spool:
         assert spool.count() >= demo_mp4.frames  # every detections.frame event waits in the spool

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torchvision
 
-from pipeline.config import ConfigError, load_config, parse_config
-from pipeline.nms import batched_nms, iou_matrix, nms, soft_nms
-from pipeline.queues import BoundedQueue, QueueClosed
+from pipeline.config.schema import ConfigError, load_config, parse_config
+from pipeline.core.nms import batched_nms, iou_matrix, nms, soft_nms
+from pipeline.core.queues import BoundedQueue, QueueClosed
 
 
 def test_latest_queue_drops_oldest_and_counts():

@@ -7,12 +7,12 @@ import time
 
 import numpy as np
 
-from pipeline.config import BatchConfig
-from pipeline.detect_stage import DetectStage
-from pipeline.detectors.base import Detector
-from pipeline.metrics import MetricsRegistry
-from pipeline.queues import BoundedQueue
-from pipeline.types import Detections, Frame, FrameResult
+from pipeline.config.schema import BatchConfig
+from pipeline.detect.detect_stage import DetectStage
+from pipeline.detect.detectors.base import Detector
+from pipeline.core.metrics import MetricsRegistry
+from pipeline.core.queues import BoundedQueue
+from pipeline.core.types import Detections, Frame, FrameResult
 
 
 class RecordingDetector(Detector):
@@ -133,8 +133,8 @@ def test_stage_ends_only_when_every_camera_queue_is_closed():
 
 
 def test_analytics_handles_loss_at_once_but_a_files_end_after_its_queued_frames():
-    from pipeline.analyzers import AnalyticsStage
-    from pipeline.types import Detections as D
+    from pipeline.analyze.analyzers import AnalyticsStage
+    from pipeline.core.types import Detections as D
 
     seen: list[str] = []
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import DetectorConfig
-from pipeline.detectors import registry
-from pipeline.detectors.base import NullDetector
-from pipeline.detectors.factory import build_detector
-from pipeline.detectors.ssd import SsdDetector
-from pipeline.detectors.yolo import YoloDetector
+from pipeline.config.schema import DetectorConfig
+from pipeline.detect.detectors import registry
+from pipeline.detect.detectors.base import NullDetector
+from pipeline.detect.detectors.factory import build_detector
+from pipeline.detect.detectors.ssd import SsdDetector
+from pipeline.detect.detectors.yolo import YoloDetector
 from pipeline.models.darknet import ModelError
 
 SHARED = Path(os.environ.get("VIDPIPE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

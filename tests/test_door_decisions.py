@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from pipeline.doors.config import DoorConfig
-from pipeline.doors.policy import DoorPolicy, FaceVote
-from pipeline.doors.second_factor import SecondFactorListener
-from pipeline.faces.matcher import REASON_MARGIN, REASON_THRESHOLD, Matcher
-from pipeline.faces.tracks import FaceTracker
+from pipeline.config.doors import DoorConfig
+from pipeline.analyze.doors.policy import DoorPolicy, FaceVote
+from pipeline.analyze.doors.second_factor import SecondFactorListener
+from pipeline.analyze.faces.matcher import REASON_MARGIN, REASON_THRESHOLD, Matcher
+from pipeline.analyze.faces.tracks import FaceTracker
 
 KEY = "k" * 32
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC).timestamp()  # a Monday, 10:00 UTC
@@ -91,7 +91,7 @@ def test_strangers_are_decided_without_liveness():
 
 
 def test_why_not_voting_is_logged_once_a_minute_per_reason(caplog):
-    caplog.set_level(logging.INFO, "pipeline.doors.policy")
+    caplog.set_level(logging.INFO, "pipeline.analyze.doors.policy")
     p = DoorPolicy(door(liveness="any", min_sharpness=20))
     small = FaceVote("alice", 0.3, 30.0, track_id=1)
     blurry = FaceVote("alice", 0.3, 100.0, track_id=2, sharpness=3.0)

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, parse_config
-from pipeline.doors.audit import AuditError, AuditLog, verify_log
-from pipeline.doors.config import DoorConfig, TimeWindow
+from pipeline.config.schema import ConfigError, parse_config
+from pipeline.analyze.doors.audit import AuditError, AuditLog, verify_log
+from pipeline.config.doors import DoorConfig, TimeWindow
 from pipeline.doors.controller import DoorController
-from pipeline.doors.policy import DoorPolicy, FaceVote
-from pipeline.doors.signing import Verifier, VerifyError, sign_event
-from pipeline.events import Event
-from pipeline.publisher import channel_for
+from pipeline.analyze.doors.policy import DoorPolicy, FaceVote
+from pipeline.analyze.doors.signing import Verifier, VerifyError, sign_event
+from pipeline.core.events import Event
+from pipeline.deliver.publisher import channel_for
 
 KEY = "k" * 32
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC).timestamp()  # a Monday, 10:00 UTC
@@ -370,7 +370,7 @@ def test_controller_refuses_to_start_with_unreadable_replay_state(redis_server, 
 
 
 def test_counter_store_refuses_reordered_events_in_process(tmp_path):
-    from pipeline.doors.signing import CounterStore
+    from pipeline.analyze.doors.signing import CounterStore
 
     first = sign_event(decision_event(), "front", KEY.encode()).to_json()
     second = sign_event(decision_event(), "front", KEY.encode()).to_json()
@@ -388,7 +388,7 @@ def test_counter_store_refuses_reordered_events_in_process(tmp_path):
 
 
 def test_signing_counter_keeps_increasing_across_a_pipeline_restart():
-    from pipeline.doors import signing
+    from pipeline.analyze.doors import signing
 
     first = sign_event(decision_event(), "front", KEY.encode()).data["signature"]["counter"]
     burst = [signing.next_counter("front") for _ in range(1000)]

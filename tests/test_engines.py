@@ -14,9 +14,9 @@ from engines.export import export_onnx, module_sha256
 from engines.model_store import get_model_files
 from engines.onnx_engine import OnnxRuntimeEngine
 from engines.torch_engine import TorchEngine
-from pipeline.detectors.yolo import PREPROCESS, YoloDetector, default_labels
+from pipeline.detect.detectors.yolo import PREPROCESS, YoloDetector, default_labels
 from pipeline.models.darknet import load_darknet
-from pipeline.nms import iou_matrix
+from pipeline.core.nms import iou_matrix
 
 
 class SmallNet(nn.Module):
@@ -138,8 +138,8 @@ def test_tensorrt_backend_without_tensorrt_falls_back_with_one_clear_log_line(ca
     import numpy as np
     from skimage import data
 
-    from pipeline.config import DetectorConfig
-    from pipeline.detectors.factory import build_detector
+    from pipeline.config.schema import DetectorConfig
+    from pipeline.detect.detectors.factory import build_detector
 
     with caplog.at_level(logging.WARNING):
         det = build_detector(DetectorConfig(backend="tensorrt"))

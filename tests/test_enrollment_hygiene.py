@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from skimage import data
 
-from pipeline.demo_media import write_png_bomb
-from pipeline.doors.audit import AuditLog, verify_log
-from pipeline.faces.config import FacesConfig
-from pipeline.faces.enroll import decode_image, enroll_images, read_photo
-from pipeline.faces.gallery import Gallery, GalleryError, check_name, display_name
+from pipeline.ingest.demo_media import write_png_bomb
+from pipeline.analyze.doors.audit import AuditLog, verify_log
+from pipeline.config.faces import FacesConfig
+from pipeline.analyze.faces.enroll import decode_image, enroll_images, read_photo
+from pipeline.analyze.faces.gallery import Gallery, GalleryError, check_name, display_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -185,7 +185,7 @@ class _FailingAudit(AuditLog):
 def test_nothing_enrolled_is_lost_on_any_error(tmp_path, face_photos):
     """A failure at the last moment (the audit entry cannot be written, inside the gallery transaction)
     leaves the person exactly as before; so do the refused requests."""
-    from pipeline.faces.enroll import FaceEngine
+    from pipeline.analyze.faces.enroll import FaceEngine
 
     cfg = FacesConfig(gallery_path=str(tmp_path / "g.sqlite"))
     engine = FaceEngine.from_config(cfg)

@@ -1,4 +1,4 @@
-"""pipeline.evaluation: COCO mAP must match pycocotools; VOC 11-point AP on a case worked out by hand."""
+"""pipeline.detect.evaluation: COCO mAP must match pycocotools; VOC 11-point AP on a case worked out by hand."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from pipeline.evaluation import (
+from pipeline.detect.evaluation import (
     DARKNET_TO_COCO_ID,
     EvaluationError,
     category_ids_for,
@@ -319,8 +319,8 @@ def test_bad_tiles_option_still_closes_the_detector(tmp_path, monkeypatch) -> No
     import argparse
 
     from pipeline.cli import evaluate as evaluate_cli
-    from pipeline.detectors import factory
-    from pipeline.detectors.base import NullDetector
+    from pipeline.detect.detectors import factory
+    from pipeline.detect.detectors.base import NullDetector
 
     closed: list[bool] = []
 

@@ -15,8 +15,8 @@ dlib = pytest.importorskip("dlib")  # dlib-bin is a dev dependency; the referenc
 from skimage import data, transform  # noqa: E402
 
 from engines.model_store import get_model_files  # noqa: E402
-from pipeline.faces import align  # noqa: E402
-from pipeline.faces.embedder import FaceEmbedder  # noqa: E402
+from pipeline.analyze.faces import align  # noqa: E402
+from pipeline.analyze.faces.embedder import FaceEmbedder  # noqa: E402
 from pipeline.models.dlib_resnet import DlibFaceResNet, DlibModelError, read_dlib_net  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
@@ -198,7 +198,7 @@ def test_pyramid_halves_like_dlib():
 
 
 def test_mtcnn_landmarks_give_dlib_like_embedding(faces, ref, embedders):
-    from pipeline.detectors.mtcnn import MTCNNDetector
+    from pipeline.detect.detectors.mtcnn import MTCNNDetector
 
     _, _, fr = ref
     img, _, _, dlib_chip = faces["astronaut"]

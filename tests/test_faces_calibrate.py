@@ -12,10 +12,10 @@ import cv2
 import pytest
 
 import run_pipeline
-from pipeline.faces.analyzer import FaceAccessAnalyzer
-from pipeline.faces.config import FacesConfig
-from pipeline.faces.enroll import FaceEngine, enroll_images
-from pipeline.faces.gallery import Gallery
+from pipeline.analyze.faces.analyzer import FaceAccessAnalyzer
+from pipeline.config.faces import FacesConfig
+from pipeline.analyze.faces.enroll import FaceEngine, enroll_images
+from pipeline.analyze.faces.gallery import Gallery
 
 SHARED = Path(
     os.environ.get("VIDPIPE_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -69,7 +69,7 @@ def test_calibrate_stores_a_threshold_the_analyzer_uses(gallery_path, capsys, ca
         0.3 <= threshold <= 0.8 and threshold == rep["threshold"] and json.loads(stored)["model_id"] == model
     )
 
-    caplog.set_level("INFO", "pipeline.faces.analyzer")
+    caplog.set_level("INFO", "pipeline.analyze.faces.analyzer")
     cfg = FacesConfig(enabled=True, gallery_path=str(gallery_path), unknown_crops={"enabled": False})
     an = FaceAccessAnalyzer(cfg, [], "cam1")
     assert an.matcher.threshold == threshold and "calibrated" in an.threshold_source

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from skimage import data
 
-from pipeline.faces.analyzer import DEFAULT_THRESHOLD
-from pipeline.faces.config import FacesConfig
-from pipeline.faces.enroll import FaceEngine, enroll_images
-from pipeline.faces.gallery import Gallery, GalleryError
-from pipeline.faces.matcher import Matcher
+from pipeline.analyze.faces.analyzer import DEFAULT_THRESHOLD
+from pipeline.config.faces import FacesConfig
+from pipeline.analyze.faces.enroll import FaceEngine, enroll_images
+from pipeline.analyze.faces.gallery import Gallery, GalleryError
+from pipeline.analyze.faces.matcher import Matcher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -216,7 +216,7 @@ def test_enrollment_survives_a_crash(tmp_path):
     """A process killed right after enrolling (no close, no clean exit) loses nothing it reported."""
     code = (
         "import os, numpy as np\n"
-        "from pipeline.faces.gallery import Gallery\n"
+        "from pipeline.analyze.faces.gallery import Gallery\n"
         f"g = Gallery({str(tmp_path / 'g.sqlite')!r})\n"
         "g.enroll('dora', np.ones((2, 128), np.float32), ['a', 'b'], 'm1')\n"
         "print('enrolled', flush=True)\n"

@@ -305,7 +305,7 @@ def yolox_candidates(num_images: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     from PIL import Image
 
     from engines.onnx_engine import OnnxRuntimeEngine
-    from pipeline.detectors.yolo_decode import to_rows
+    from pipeline.detect.detectors.yolo_decode import to_rows
 
     engine = OnnxRuntimeEngine(SHARED / "weights" / "yolox_nano.onnx", threads=1)
     images = sorted((SHARED / "coco_subset" / "images").glob("*.jpg"))[:num_images]
@@ -328,7 +328,7 @@ def yolox_candidates(num_images: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def test_cpu_tensors_are_refused_with_a_clear_error():
-    with pytest.raises(EngineError, match="not a CUDA device.*pipeline.nms"):
+    with pytest.raises(EngineError, match="not a CUDA device.*pipeline.core.nms"):
         batched_nms_cuda(torch.zeros((1, 3, 4)), torch.zeros((1, 3)), iou_threshold=0.5)
 
 

@@ -23,14 +23,14 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.demo_media import encode_bgr_video
-from pipeline.doors.config import DoorConfig
-from pipeline.doors.signing import Verifier
-from pipeline.faces.analyzer import FaceAccessAnalyzer
-from pipeline.faces.config import FacesConfig
-from pipeline.faces.enroll import FaceEngine, enroll_images
-from pipeline.faces.gallery import Gallery
-from pipeline.types import Detections, Frame, FrameResult
+from pipeline.ingest.demo_media import encode_bgr_video
+from pipeline.config.doors import DoorConfig
+from pipeline.analyze.doors.signing import Verifier
+from pipeline.analyze.faces.analyzer import FaceAccessAnalyzer
+from pipeline.config.faces import FacesConfig
+from pipeline.analyze.faces.enroll import FaceEngine, enroll_images
+from pipeline.analyze.faces.gallery import Gallery
+from pipeline.core.types import Detections, Frame, FrameResult
 
 SHARED = Path(
     os.environ.get("VIDPIPE_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -208,7 +208,7 @@ def test_shape_predictor_matches_dlib_on_real_faces():
 
 @needs_data
 def test_still_photo_played_as_video_never_opens(tmp_path, engine, photo, caplog):
-    caplog.set_level(logging.INFO, "pipeline.doors.policy")
+    caplog.set_level(logging.INFO, "pipeline.analyze.doors.policy")
     analyzer = _analyzer(tmp_path, engine, photo)
     try:
         frames = _video(tmp_path, "still.mp4", [photo] * 36)  # 2.4 s at 15 fps

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import skimage.data
 
-from pipeline.detectors.mtcnn import MTCNNDetector
-from pipeline.nms import iou_matrix
+from pipeline.detect.detectors.mtcnn import MTCNNDetector
+from pipeline.core.nms import iou_matrix
 
 # Hand-annotated in skimage.data.astronaut() (512x512): the face from hairline to chin, cheek to cheek,
 # and the centres of the eyes as seen in the image.
@@ -184,8 +184,8 @@ def test_same_nets_as_facenet_pytorch() -> None:
 
 
 def test_detector_config_model_mtcnn_builds_the_face_detector():
-    from pipeline.config import DetectorConfig
-    from pipeline.detectors.factory import build_detector
+    from pipeline.config.schema import DetectorConfig
+    from pipeline.detect.detectors.factory import build_detector
 
     det = build_detector(DetectorConfig(model="mtcnn"))
     faces = det.detect([np.ascontiguousarray(skimage.data.astronaut()[..., ::-1])])[0]

@@ -17,11 +17,11 @@ import redis
 import yaml
 from skimage import data
 
-from pipeline.config import load_config
-from pipeline.demo_media import encode_bgr_video
-from pipeline.doors.signing import Verifier
-from pipeline.events import Event
-from pipeline.runner import Pipeline
+from pipeline.config.schema import load_config
+from pipeline.ingest.demo_media import encode_bgr_video
+from pipeline.analyze.doors.signing import Verifier
+from pipeline.core.events import Event
+from pipeline.run.runner import Pipeline
 from tests.test_face_access_e2e import _face_video
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,11 +15,11 @@ import pytest
 import redis
 import yaml
 
-from pipeline.config import parse_config
-from pipeline.detectors.base import NullDetector
-from pipeline.events import Event
-from pipeline.metrics_http import MetricsServer
-from pipeline.runner import Pipeline
+from pipeline.config.schema import parse_config
+from pipeline.detect.detectors.base import NullDetector
+from pipeline.core.events import Event
+from pipeline.serve.metrics_http import MetricsServer
+from pipeline.run.runner import Pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from pipeline.config import RedisConfig
-from pipeline.events import Event
-from pipeline.publisher import Publisher, PublisherError, make_client, probe_redis
-from pipeline.queues import BoundedQueue
-from pipeline.redis_server import LocalRedis, RedisServerError, free_port
-from pipeline.spool import Spool, SpoolError, SpoolRecord
+from pipeline.config.schema import RedisConfig
+from pipeline.core.events import Event
+from pipeline.deliver.publisher import Publisher, PublisherError, make_client, probe_redis
+from pipeline.core.queues import BoundedQueue
+from pipeline.deliver.redis_server import LocalRedis, RedisServerError, free_port
+from pipeline.deliver.spool import Spool, SpoolError, SpoolRecord
 
 STREAM = "vidpipe:stream:detections"
 
@@ -138,7 +138,7 @@ def test_streams_keep_production_order_per_family_with_filter_fields(redis_serve
 
 
 def test_redis_killed_mid_run_then_restarted_every_event_arrives_in_order_once(make_redis, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="pipeline.publisher")
+    caplog.set_level(logging.INFO, logger="pipeline.deliver.publisher")
     server = make_redis(persistence=True)  # so events sent before the kill are still there afterwards
     client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=5)
     pub = Publisher(fast_config(tmp_path), url=server.url)
@@ -268,7 +268,7 @@ def test_events_spooled_before_a_crash_are_replayed_on_next_start(redis_server, 
     path = tmp_path / "crash.sqlite"
     code = f"""
 import os, signal
-from pipeline.spool import Spool
+from pipeline.deliver.spool import Spool
 from tests.test_publisher import record
 spool = Spool({str(path)!r})
 for i in range(30):

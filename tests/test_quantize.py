@@ -23,11 +23,11 @@ from engines.quantize import (
     pad_inf_to_edge,
     quantize_onnx,
 )
-from pipeline.config import DetectorConfig
-from pipeline.demo_media import render_frames, write_demo_video
-from pipeline.detectors.factory import build_detector
+from pipeline.config.schema import DetectorConfig
+from pipeline.ingest.demo_media import render_frames, write_demo_video
+from pipeline.detect.detectors.factory import build_detector
 from pipeline.models.darknet import ModelError
-from pipeline.nms import iou_matrix
+from pipeline.core.nms import iou_matrix
 
 CALIB = 16
 CONFIDENT = 0.5

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from pipeline.rate_watch import DetectRateWatch
+from pipeline.core.rate_watch import DetectRateWatch
 
 
 class Clock:
@@ -30,7 +30,7 @@ def run(watch: DetectRateWatch, clock: Clock, fps: float, seconds: float) -> lis
 def test_warns_once_after_30s_below_80_percent_and_once_on_recovery(caplog):
     clock = Clock()
     w = DetectRateWatch("cam1", 5.0, clock=clock)
-    with caplog.at_level(logging.WARNING, logger="pipeline.rate_watch"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.core.rate_watch"):
         assert run(w, clock, 4.5, 60) == []  # 90 % of the asked rate: fine
         # 0.9 detections/s of 5 (the overload): nothing before 30 s below, then exactly one warning
         assert run(w, clock, 0.9, 28) == []

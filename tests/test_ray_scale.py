@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from pipeline.config import ConfigError, parse_config
-from pipeline.events import Event
+from pipeline.config.schema import ConfigError, parse_config
+from pipeline.core.events import Event
 from pipeline.scale.event_ids import StableEventIds
 from pipeline.scale.metrics import merge_prometheus
 from pipeline.scale.placement import camera_groups, choose_node, plan_shards
@@ -114,7 +114,7 @@ def test_merged_prometheus_labels_every_sample_with_its_shard_and_node():
 def test_each_shard_gets_its_own_sink_spools(tmp_path):
     """The driver resolves every spool path under its --var-dir before it shards; a shard must move the
     MQTT and webhook spools into its own var dir like the Redis one, or two shards lock the same file."""
-    from pipeline.paths import resolve_runtime_paths
+    from pipeline.config.paths import resolve_runtime_paths
     from pipeline.scale.shard import shard_config
 
     sinks = {"mqtt": {"url": "mqtt://broker"}, "webhooks": [{"name": "alarm", "url": "http://h/hook"}]}
@@ -237,8 +237,8 @@ def _entries(client: redis.Redis, family: str) -> list[tuple[float, Event]]:
 def test_cameras_added_and_removed_at_run_time_leave_the_others_undisturbed(
     two_node_cluster, redis_server, tmp_path: Path
 ):
-    from pipeline.config import CameraConfig
-    from pipeline.demo_media import write_demo_video
+    from pipeline.config.schema import CameraConfig
+    from pipeline.ingest.demo_media import write_demo_video
     from pipeline.scale.executor import RayExecutor
 
     clip = write_demo_video(tmp_path / "clip.mp4", width=160, height=120, fps=10, seconds=4)
@@ -299,7 +299,7 @@ def test_cameras_added_and_removed_at_run_time_leave_the_others_undisturbed(
 def test_killing_a_node_moves_its_cameras_within_15s_and_loses_no_frame(
     two_node_cluster, redis_server, tmp_path: Path
 ):
-    from pipeline.demo_media import write_demo_video
+    from pipeline.ingest.demo_media import write_demo_video
     from pipeline.scale.executor import RayExecutor
 
     cluster, worker = two_node_cluster

@@ -1,4 +1,4 @@
-"""Motion-gated regions and tiling (pipeline/regions/, cameras[].detect) on real frames and a real model."""
+"""Motion-gated regions and tiling (pipeline/detect/regions/, cameras[].detect) on real frames and a real model."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.config import BatchConfig, ConfigError, DetectorConfig, parse_config
-from pipeline.detect_stage import DetectStage
-from pipeline.metrics import MetricsRegistry
-from pipeline.nms import iou_matrix
-from pipeline.queues import BoundedQueue
-from pipeline.regions.config import CameraDetectConfig
-from pipeline.regions.merge import merge_crops
-from pipeline.regions.planner import RegionPlanner, pad_boxes, regions_for, tile_grid
-from pipeline.types import Detections, Frame, FrameResult
+from pipeline.config.schema import BatchConfig, ConfigError, DetectorConfig, parse_config
+from pipeline.detect.detect_stage import DetectStage
+from pipeline.core.metrics import MetricsRegistry
+from pipeline.core.nms import iou_matrix
+from pipeline.core.queues import BoundedQueue
+from pipeline.config.regions import CameraDetectConfig
+from pipeline.detect.regions.merge import merge_crops
+from pipeline.detect.regions.planner import RegionPlanner, pad_boxes, regions_for, tile_grid
+from pipeline.core.types import Detections, Frame, FrameResult
 from tests.support.walk_in import SHARED, YOLOX_NANO, walk_in_clip
 
 needs_shared = pytest.mark.skipif(
@@ -27,7 +27,7 @@ needs_shared = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def yolox():
-    from pipeline.detectors.factory import build_detector
+    from pipeline.detect.detectors.factory import build_detector
 
     det = build_detector(DetectorConfig(model=str(YOLOX_NANO), threads=1))
     yield det
@@ -212,7 +212,7 @@ def test_batched_stage_gives_each_camera_what_its_own_planner_gives_and_reports_
     detector call, each camera gets its own frame's boxes back, events and metrics say what ran."""
     import cv2
 
-    from pipeline.analyzers import detections_event
+    from pipeline.analyze.analyzers import detections_event
 
     image = cv2.imread(str(SHARED / "tracks" / "MOT17-04-FRCNN" / "img1" / "000001.jpg"))
     tiled = CameraDetectConfig.model_validate({"tiling": {"enabled": True, "size": 640}})
@@ -263,7 +263,7 @@ def test_batched_stage_gives_each_camera_what_its_own_planner_gives_and_reports_
 
 
 def test_a_camera_coming_back_at_another_resolution_starts_over_with_a_full_scan():
-    from pipeline.detectors.base import NullDetector
+    from pipeline.detect.detectors.base import NullDetector
 
     planner = RegionPlanner(CameraDetectConfig.model_validate({"regions": {"enabled": True}}), 416)
     rng = np.random.default_rng(1)
@@ -276,7 +276,7 @@ def test_a_camera_coming_back_at_another_resolution_starts_over_with_a_full_scan
 
 def test_regions_can_be_switched_on_and_off_for_a_running_camera():
     """configure_camera: what a camera added or edited at run time uses; the next frame follows it."""
-    from pipeline.detectors.base import NullDetector
+    from pipeline.detect.detectors.base import NullDetector
 
     wake = threading.Event()
     q: BoundedQueue[Frame] = BoundedQueue(10, "block", "cam", wake)

@@ -6,10 +6,10 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline.config import CameraConfig, parse_config
-from pipeline.detectors.base import NullDetector
-from pipeline.events import Event
-from pipeline.runner import Pipeline
+from pipeline.config.schema import CameraConfig, parse_config
+from pipeline.detect.detectors.base import NullDetector
+from pipeline.core.events import Event
+from pipeline.run.runner import Pipeline
 
 
 class SeqRecorder:

@@ -20,15 +20,15 @@ import pytest
 import redis
 from paho.mqtt.enums import CallbackAPIVersion
 
-from pipeline.config import ConfigError, parse_config
-from pipeline.detectors.base import NullDetector
-from pipeline.events import Event
-from pipeline.runner import Pipeline
-from pipeline.sinks.config import MqttConfig, WebhookConfig
-from pipeline.sinks.delivery import DeliveryStage
-from pipeline.sinks.mqtt import MqttTransport, topic_for
-from pipeline.sinks.webhook import WebhookTransport
-from pipeline.spool import Spool
+from pipeline.config.schema import ConfigError, parse_config
+from pipeline.detect.detectors.base import NullDetector
+from pipeline.core.events import Event
+from pipeline.run.runner import Pipeline
+from pipeline.config.sinks import MqttConfig, WebhookConfig
+from pipeline.deliver.delivery import DeliveryStage
+from pipeline.deliver.mqtt import MqttTransport, topic_for
+from pipeline.deliver.webhook import WebhookTransport
+from pipeline.deliver.spool import Spool
 
 
 class MqttSubscriber:
@@ -154,7 +154,7 @@ def test_mosquitto_killed_for_60s_loses_no_event_and_redis_and_cameras_keep_goin
 ):
     """A real 60 s broker outage (SIGKILL, then restart) under a live-paced camera: the MQTT subscriber ends up
     with every event the Redis stream has, in production order; Redis and the camera never noticed."""
-    caplog.set_level(logging.INFO, logger="pipeline.sinks")
+    caplog.set_level(logging.INFO, logger="pipeline.deliver")
     sub = MqttSubscriber(mosquitto.port)
     time.sleep(1.5)  # let the broker save the subscriber's session (autosave every 1 s)
     cameras = [{"id": "door", "source": str(demo_mp4.path), "loop": True, "realtime": True}]
@@ -207,9 +207,9 @@ def test_mosquitto_killed_for_60s_loses_no_event_and_redis_and_cameras_keep_goin
 def test_availability_is_retained_and_the_last_will_says_offline_when_the_process_dies(mosquitto, tmp_path):
     code = f"""
 import os, signal
-from pipeline.events import Event
-from pipeline.sinks.config import MqttConfig
-from pipeline.sinks.mqtt import MqttTransport
+from pipeline.core.events import Event
+from pipeline.config.sinks import MqttConfig
+from pipeline.deliver.mqtt import MqttTransport
 t = MqttTransport(MqttConfig(url={mosquitto.url()!r}))
 t.send([t.record(Event(type="status.camera", camera_id="c"))], replay=False)
 os.kill(os.getpid(), signal.SIGKILL)  # no clean disconnect: only the broker's last will can say offline
@@ -450,8 +450,8 @@ def test_sink_config_errors_name_the_key(tmp_path):
 
 def test_redis_restart_with_a_spool_backlog_says_how_many_events_wait(redis_server, tmp_path, caplog):
     """The defect: a restart with a spool backlog said nothing. Now one line says how many and where."""
-    from pipeline.config import RedisConfig
-    from pipeline.publisher import Publisher
+    from pipeline.config.schema import RedisConfig
+    from pipeline.deliver.publisher import Publisher
 
     cfg = RedisConfig(spool_path=str(tmp_path / "spool.sqlite"))
     first = Publisher(cfg, url="redis://127.0.0.1:1/0")  # nothing listens there: everything is spooled
@@ -510,7 +510,7 @@ def test_a_pipeline_that_fails_to_build_releases_every_spool(tmp_path):
     """A camera whose analyzers cannot be built (a bad gallery ...) fails the Pipeline's construction after
     the sinks' spools were opened and locked: they must be released, or a retry in the same process (a shard,
     a test) finds its own spools "in use by another process"."""
-    from pipeline.spool import Spool
+    from pipeline.deliver.spool import Spool
 
     cfg = parse_config(
         {

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from pipeline.doors.config import DoorConfig
-from pipeline.doors.policy import DoorPolicy, FaceVote
-from pipeline.stream_clock import StreamClock
+from pipeline.config.doors import DoorConfig
+from pipeline.analyze.doors.policy import DoorPolicy, FaceVote
+from pipeline.ingest.stream_clock import StreamClock
 from tests.test_decoder import Harness
 
 T0 = 1_800_000_000.0

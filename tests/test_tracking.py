@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import ConfigError, RedisConfig, parse_config
-from pipeline.events import Event
-from pipeline.publisher import Publisher
-from pipeline.tracking.analyzer import TrackingAnalyzer
-from pipeline.tracking.config import CameraZonesConfig, SnapshotConfig, TrackingConfig
-from pipeline.tracking.snapshots import SnapshotStore
-from pipeline.types import Detections, FaceMatch, Frame, FrameResult
+from pipeline.config.schema import ConfigError, RedisConfig, parse_config
+from pipeline.core.events import Event
+from pipeline.deliver.publisher import Publisher
+from pipeline.analyze.tracking.analyzer import TrackingAnalyzer
+from pipeline.config.tracking import CameraZonesConfig, SnapshotConfig, TrackingConfig
+from pipeline.analyze.tracking.snapshots import SnapshotStore
+from pipeline.core.types import Detections, FaceMatch, Frame, FrameResult
 from tests.support.tracking_scene import Mover, Scene
 
 RED, GREEN, BLUE, YELLOW, CYAN = (0, 0, 255), (0, 255, 0), (255, 0, 0), (0, 255, 255), (255, 255, 0)
@@ -489,7 +489,7 @@ def test_file_tracks_follow_video_time_not_processing_time(tmp_path, seconds_per
 
 
 def test_video_clock_runs_on_when_a_looping_file_starts_over():
-    from pipeline.tracking.analyzer import VideoClock
+    from pipeline.analyze.tracking.analyzer import VideoClock
 
     clock = VideoClock()
     img = np.zeros((2, 2, 3), np.uint8)
@@ -503,7 +503,7 @@ def test_video_clock_runs_on_when_a_looping_file_starts_over():
 
 
 def test_runner_times_file_cameras_on_video_time_and_live_ones_on_the_clock(tmp_path):
-    from pipeline.runner import build_analyzers
+    from pipeline.run.runner import build_analyzers
 
     cfg = parse_config({"cameras": [{"id": "f", "source": "clip.mp4"}, {"id": "l", "source": "rtsp://h/s"}],
                         "tracking": {"enabled": True}})  # fmt: skip

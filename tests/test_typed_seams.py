@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 
-from pipeline.events import Event
-from pipeline.paths import RuntimePaths
-from pipeline.states import CameraStatus, StageState
-from pipeline.types import Frame
+from pipeline.core.events import Event
+from pipeline.config.paths import RuntimePaths
+from pipeline.core.states import CameraStatus, StageState
+from pipeline.core.types import Frame
 
 
 def test_event_for_frame_carries_the_frame_time_base():

@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
-from pipeline.web import auth as auth_mod
-from pipeline.web.auth import Auth
+from pipeline.serve.web import auth as auth_mod
+from pipeline.serve.web.auth import Auth
 
 
 def test_parallel_wrong_logins_run_at_most_max_attempts_checks(monkeypatch) -> None:

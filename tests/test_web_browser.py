@@ -18,10 +18,10 @@ import cv2
 import pytest
 from skimage import data
 
-from pipeline.config import parse_config
-from pipeline.demo_media import default_demo_clip
-from pipeline.events import Event
-from pipeline.runner import Pipeline
+from pipeline.config.schema import parse_config
+from pipeline.ingest.demo_media import default_demo_clip
+from pipeline.core.events import Event
+from pipeline.run.runner import Pipeline
 from tests.support.web_fixtures import PASSWORD, WebHandle
 
 CHROMIUM = "/usr/bin/chromium"
@@ -255,8 +255,8 @@ def test_doors_page_verifies_signatures_and_locks_a_door_down(
 ):
     import redis as redis_lib
 
-    from pipeline.doors.signing import sign_event
-    from pipeline.publisher import stream_for
+    from pipeline.analyze.doors.signing import sign_event
+    from pipeline.deliver.publisher import stream_for
 
     key = "front-door-secret-0123456789"
     cfg = parse_config(
@@ -277,7 +277,7 @@ def test_doors_page_verifies_signatures_and_locks_a_door_down(
             ],
         }
     )
-    from pipeline.detectors.base import NullDetector
+    from pipeline.detect.detectors.base import NullDetector
 
     pipe = Pipeline(cfg, detector=NullDetector(), var_dir=tmp_path, analyzers_factory=lambda cam: []).start()
     try:

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import CameraConfig, parse_config
-from pipeline.detectors.base import NullDetector
-from pipeline.runner import Pipeline
+from pipeline.config.schema import CameraConfig, parse_config
+from pipeline.detect.detectors.base import NullDetector
+from pipeline.run.runner import Pipeline
 from tests.support.web_fixtures import PASSWORD, TOKEN
 
 REPO = Path(__file__).resolve().parents[1]

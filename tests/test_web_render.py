@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.tracking.config import CameraZonesConfig
-from pipeline.types import Detections, FaceMatch, Frame, FrameResult
-from pipeline.web.render import annotate, encode_jpeg
+from pipeline.config.tracking import CameraZonesConfig
+from pipeline.core.types import Detections, FaceMatch, Frame, FrameResult
+from pipeline.serve.web.render import annotate, encode_jpeg
 
 
 def test_annotate_draws_everything_on_a_copy():

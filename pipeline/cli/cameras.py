@@ -18,8 +18,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from pipeline.config import CameraConfig, ConfigError, format_validation_error, load_config
-from pipeline.sources import redact_url
+from pipeline.config.schema import CameraConfig, ConfigError, format_validation_error, load_config
+from pipeline.core.sources import redact_url
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,7 +96,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from pipeline.config_edit import camera_dict, edit_cameras
+    from pipeline.config.edit import camera_dict, edit_cameras
 
     if args.action == "list":
         if args.url:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from pipeline.evaluation import (
+from pipeline.detect.evaluation import (
     EvaluationError,
     category_ids_for,
     evaluate_coco,
@@ -33,8 +33,8 @@ from pipeline.evaluation import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.detectors.base import Detector
-    from pipeline.regions.planner import RegionPlanner
+    from pipeline.detect.detectors.base import Detector
+    from pipeline.detect.regions.planner import RegionPlanner
 
 
 class _ShowDefaults(argparse.HelpFormatter):
@@ -182,11 +182,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _tile_planner(args: argparse.Namespace, detector: Detector) -> RegionPlanner | None:
-    """With ``--tiles``: the tiling planner the pipeline would use for a camera (pipeline/regions/)."""
+    """With ``--tiles``: the tiling planner the pipeline would use for a camera (pipeline/detect/regions/)."""
     if not args.tiles:
         return None
-    from pipeline.regions.config import CameraDetectConfig
-    from pipeline.regions.planner import RegionPlanner, detector_input_size
+    from pipeline.config.regions import CameraDetectConfig
+    from pipeline.detect.regions.planner import RegionPlanner, detector_input_size
 
     try:
         cfg = CameraDetectConfig.model_validate(
@@ -201,8 +201,8 @@ def _run_detector(
     args: argparse.Namespace, gt: dict, images: list[dict], folder: Path
 ) -> tuple[list[dict], float, str]:
     """(COCO results, seconds in ``detect``, the detector's preprocessing as it describes it)."""
-    from pipeline.config import DetectorConfig
-    from pipeline.detectors.factory import build_detector
+    from pipeline.config.schema import DetectorConfig
+    from pipeline.detect.detectors.factory import build_detector
 
     try:
         cfg = DetectorConfig(

@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 
 from pipeline.cli import faces_tools
-from pipeline.config import ConfigError, load_config
-from pipeline.faces.config import FacesConfig
-from pipeline.paths import resolve_faces_paths
+from pipeline.config.schema import ConfigError, load_config
+from pipeline.config.faces import FacesConfig
+from pipeline.config.paths import resolve_faces_paths
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +67,7 @@ def _faces_config(args: argparse.Namespace) -> FacesConfig:
     cfg = load_config(args.config).faces if args.config else FacesConfig()
     if args.gallery:
         cfg = cfg.model_copy(update={"gallery_path": args.gallery})
-    # the same rule as a run (pipeline/paths.py), so `faces enroll` and the run use the same gallery and
+    # the same rule as a run (pipeline/config/paths.py), so `faces enroll` and the run use the same gallery and
     # enrollment audit log
     return resolve_faces_paths(cfg, args.var_dir)
 
@@ -86,7 +86,7 @@ def _main(args: argparse.Namespace) -> int:
 
         return verify_audit(args.file, args.redis, args.prefix)
 
-    from pipeline.faces.gallery import Gallery, display_name
+    from pipeline.analyze.faces.gallery import Gallery, display_name
 
     cfg = _faces_config(args)
     if args.action == "serve":
@@ -109,7 +109,7 @@ def _main(args: argparse.Namespace) -> int:
         if args.action in ("calibrate", "identify"):
             return faces_tools.run(args, cfg, gallery)
 
-        from pipeline.faces.enroll import FaceEngine, enroll_images
+        from pipeline.analyze.faces.enroll import FaceEngine, enroll_images
 
         if args.action == "enroll":
             photos = [(path, Path(path)) for path in args.photos]
@@ -126,8 +126,8 @@ def _serve(args: argparse.Namespace, cfg: FacesConfig) -> int:
     """The web app without a pipeline: the Faces page and /api/persons (login or bearer token)."""
     import threading
 
-    from pipeline.web.config import WebConfig
-    from pipeline.web.server import WebServer, first_login_note, make_context
+    from pipeline.config.web import WebConfig
+    from pipeline.serve.web.server import WebServer, first_login_note, make_context
 
     full = load_config(args.config) if args.config else None
     web = (full.web if full else WebConfig()).model_copy(

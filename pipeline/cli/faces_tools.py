@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.faces.config import FacesConfig
-from pipeline.faces.gallery import Gallery
+from pipeline.config.faces import FacesConfig
+from pipeline.analyze.faces.gallery import Gallery
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm"}
 
@@ -45,14 +45,14 @@ def _photos(dirs: list[str]) -> list[Path]:
 
 
 def run(args: argparse.Namespace, cfg: FacesConfig, gallery: Gallery) -> int:
-    from pipeline.faces.enroll import FaceEngine, load_photo
+    from pipeline.analyze.faces.enroll import FaceEngine, load_photo
 
     engine = FaceEngine.from_config(cfg)
     templates = gallery.templates(engine.model_id)
     if args.action == "identify":
-        from pipeline.faces.analyzer import operating_point
-        from pipeline.faces.identify import identify_image
-        from pipeline.faces.matcher import Matcher
+        from pipeline.analyze.faces.analyzer import operating_point
+        from pipeline.analyze.faces.identify import identify_image
+        from pipeline.analyze.faces.matcher import Matcher
 
         threshold, margin, source = operating_point(cfg, gallery, engine.model_id)
         matcher = Matcher(templates, threshold, margin)
@@ -70,8 +70,8 @@ def run(args: argparse.Namespace, cfg: FacesConfig, gallery: Gallery) -> int:
                 print(json.dumps(row))
         return 1 if bad else 0
 
-    from pipeline.faces import calibrate as cal
-    from pipeline.faces.identify import largest_face_embedding
+    from pipeline.analyze.faces import calibrate as cal
+    from pipeline.analyze.faces.identify import largest_face_embedding
 
     if not 0 < args.far < 1:
         raise ValueError(f"--far must be between 0 and 1, got {args.far}")

@@ -79,8 +79,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from engines.base import EngineError
-    from pipeline.config import DetectorConfig
-    from pipeline.detectors.factory import build_detector
+    from pipeline.config.schema import DetectorConfig
+    from pipeline.detect.detectors.factory import build_detector
     from pipeline.models.darknet import ModelError
 
     try:

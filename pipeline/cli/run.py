@@ -13,12 +13,12 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pipeline.config import CameraConfig, ConfigError, PipelineConfig, load_config
-from pipeline.events import Event
-from pipeline.paths import RuntimePaths, resolve_runtime_paths
-from pipeline.redis_server import LocalRedis, RedisServerError
-from pipeline.sources import redact_url
-from pipeline.states import CameraStatus
+from pipeline.config.schema import CameraConfig, ConfigError, PipelineConfig, load_config
+from pipeline.core.events import Event
+from pipeline.config.paths import RuntimePaths, resolve_runtime_paths
+from pipeline.deliver.redis_server import LocalRedis, RedisServerError
+from pipeline.core.sources import redact_url
+from pipeline.core.states import CameraStatus
 
 log = logging.getLogger("vidpipe")
 
@@ -102,7 +102,7 @@ def redis_cli_auth_hint(local_redis: LocalRedis | None, url_password: str | None
 
 def check_redis_at_start(cfg: PipelineConfig) -> str | None:
     """None to go on; else why the run must not start (Redis unusable and start_without_redis is off)."""
-    from pipeline.publisher import probe_redis
+    from pipeline.deliver.publisher import probe_redis
 
     assert cfg.redis.url is not None
     reason = probe_redis(cfg.redis.url, cfg.redis)
@@ -121,7 +121,7 @@ def check_redis_at_start(cfg: PipelineConfig) -> str | None:
 def _resolve_demo_sources(cfg: PipelineConfig, var_dir: Path) -> None:
     for cam in cfg.cameras:
         if cam.source == DEMO_SOURCE:
-            from pipeline.demo_media import default_demo_clip
+            from pipeline.ingest.demo_media import default_demo_clip
 
             cam.source = str(default_demo_clip(RuntimePaths(var_dir).demo))
             log.info("camera %s: demo clip %s (built from scikit-image's sample photos)", cam.id, cam.source)
@@ -129,7 +129,7 @@ def _resolve_demo_sources(cfg: PipelineConfig, var_dir: Path) -> None:
 
 def _status_printer(pipeline, interval: float, stop: threading.Event) -> None:
     while not stop.wait(interval):
-        line = pipeline.metrics.status_line()
+        line = pipeline.core.metrics.status_line()
         if line:
             print(f"[status] {line}", file=sys.stderr, flush=True)
 
@@ -169,7 +169,7 @@ def main(args: argparse.Namespace) -> int:
             if local_redis:
                 local_redis.stop()
 
-    from pipeline.runner import EventSink, Pipeline
+    from pipeline.run.runner import EventSink, Pipeline
 
     sinks: list[EventSink] = []
     if args.print_events:
@@ -203,11 +203,11 @@ def main(args: argparse.Namespace) -> int:
 
     metrics_server = None
     if cfg.metrics.http_port is not None:
-        from pipeline.metrics_http import MetricsServer
+        from pipeline.serve.metrics_http import MetricsServer
 
         try:
             metrics_server = MetricsServer(
-                pipeline.metrics, cfg.metrics.http_host, cfg.metrics.http_port, pipeline.health
+                pipeline.core.metrics, cfg.metrics.http_host, cfg.metrics.http_port, pipeline.health
             )
         except OSError as exc:
             print(
@@ -267,14 +267,14 @@ def main(args: argparse.Namespace) -> int:
     all_failed = bool(summary) and all(d.status == CameraStatus.FAILED for d in pipeline.decoders.values())
     verdict = "pipeline failed: every camera failed" if all_failed else "pipeline stopped"
     print(f"{verdict}; cameras: {json.dumps(summary)}", file=sys.stderr)
-    print(f"[status] {pipeline.metrics.status_line()}", file=sys.stderr)
+    print(f"[status] {pipeline.core.metrics.status_line()}", file=sys.stderr)
     return EXIT_ALL_CAMERAS_FAILED if all_failed else EXIT_OK
 
 
 def _start_web(cfg: PipelineConfig, pipeline, var_dir: Path, args: argparse.Namespace):  # noqa: ANN001, ANN202
     """Serve the web app (live view, events, faces, doors, cameras); print its URL and, on the very first
     start, the generated login password (only here, on the terminal)."""
-    from pipeline.web.server import WebServer, first_login_note, make_context
+    from pipeline.serve.web.server import WebServer, first_login_note, make_context
 
     if args.web_port is not None:
         cfg.web.port = args.web_port

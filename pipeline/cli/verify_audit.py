@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import redis
 
-from pipeline.doors.audit import (
+from pipeline.analyze.doors.audit import (
     CHECKPOINT_EVENT,
     AuditError,
     audit_key,
@@ -23,9 +23,9 @@ from pipeline.doors.audit import (
     iter_checkpoints,
     verify_log,
 )
-from pipeline.events import Event
-from pipeline.publisher import stream_for
-from pipeline.sources import redact_url
+from pipeline.core.events import Event
+from pipeline.deliver.publisher import stream_for
+from pipeline.core.sources import redact_url
 
 _SCAN = 1000  # stream entries read per round trip, newest first
 

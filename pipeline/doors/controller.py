@@ -24,8 +24,8 @@ from collections.abc import Callable
 
 import redis
 
-from pipeline.doors.signing import CounterStore, Verifier, VerifyError
-from pipeline.events import Event
+from pipeline.analyze.doors.signing import CounterStore, Verifier, VerifyError
+from pipeline.core.events import Event
 
 log = logging.getLogger("pipeline.doors.controller")
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.faces.align import similarity_lstsq
+from pipeline.models.align import similarity_lstsq
 from pipeline.models.dlib_resnet import DlibModelError, _Reader
 
 log = logging.getLogger(__name__)

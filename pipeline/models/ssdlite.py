@@ -18,7 +18,7 @@ factors) are taken from it. The network itself is written out here:
 TensorFlow's "SAME" padding puts the odd pixel after, not before, so every conv pads explicitly. Batch norm is
 folded into the convolutions. ``forward`` takes the preprocessed (N, 3, 300, 300) blob (RGB, scaled to
 [-1, 1]) and returns ``boxes`` (N, A, 4) and ``scores`` (N, A, 90): sigmoid per class, background dropped,
-column c = COCO category id c + 1. Per-class NMS is the detector's job (pipeline/detectors/ssd.py).
+column c = COCO category id c + 1. Per-class NMS is the detector's job (pipeline/detect/detectors/ssd.py).
 """
 
 from __future__ import annotations

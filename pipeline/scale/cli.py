@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PipelineConfig
+from pipeline.config.schema import PipelineConfig
 
 log = logging.getLogger("vidpipe")
 
@@ -76,7 +76,7 @@ def run_sharded(cfg: PipelineConfig, args: argparse.Namespace, var_dir: Path) ->
     )
     metrics_server = None
     if cfg.metrics.http_port is not None:
-        from pipeline.metrics_http import MetricsServer
+        from pipeline.serve.metrics_http import MetricsServer
 
         metrics_server = MetricsServer(
             executor.metrics, cfg.metrics.http_host, cfg.metrics.http_port, executor.health

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import uuid
 
-from pipeline.events import Event
+from pipeline.core.events import Event
 
 _NAMESPACE = uuid.UUID("0b7a6d8e-2f43-4e0f-9a55-1c7e3f0b9d21")
 

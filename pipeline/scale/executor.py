@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import CameraConfig, PipelineConfig
+from pipeline.config.schema import CameraConfig, PipelineConfig
 from pipeline.scale.metrics import ShardedMetrics
 from pipeline.scale.placement import ShardPlan, choose_node, plan_shards
 from pipeline.scale.shard import Shard

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from pipeline.config import PipelineConfig
+from pipeline.config.schema import PipelineConfig
 
 
 @dataclass

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import CameraConfig, PipelineConfig, parse_config
-from pipeline.detectors.base import Detector
-from pipeline.events import Event
-from pipeline.runner import Pipeline
+from pipeline.config.schema import CameraConfig, PipelineConfig, parse_config
+from pipeline.detect.detectors.base import Detector
+from pipeline.core.events import Event
+from pipeline.run.runner import Pipeline
 from pipeline.scale.event_ids import StableEventIds
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class Shard:
         self._detector: Detector | None = None
         if shard_id is None:
             if self.cfg.detector.model != "none":
-                from pipeline.detectors.factory import build_detector
+                from pipeline.detect.detectors.factory import build_detector
 
                 self._detector = build_detector(self.cfg.detector)
         else:

@@ -1,7 +1,7 @@
-"""Generated test media: real H.264 clips of scikit-image photos moving over a texture (pipeline.demo_media).
+"""Generated test media: real H.264 clips of scikit-image photos moving over a texture (pipeline.ingest.demo_media).
 
 Session-scoped, so each clip is encoded once per test run (about 0.5 s each). Every frame carries its index
-in a block code that ``pipeline.demo_media.read_frame_index`` reads back.
+in a block code that ``pipeline.ingest.demo_media.read_frame_index`` reads back.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.demo_media import write_damaged_copy, write_demo_video
+from pipeline.ingest.demo_media import write_damaged_copy, write_demo_video
 
 
 @dataclass(frozen=True)

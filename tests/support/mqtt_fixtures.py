@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.redis_server import free_port
+from pipeline.deliver.redis_server import free_port
 
 BINARY = "/usr/sbin/mosquitto"
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from pipeline.redis_server import LocalRedis
+from pipeline.deliver.redis_server import LocalRedis
 
 
 @pytest.fixture

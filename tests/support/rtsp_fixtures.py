@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.redis_server import free_port
+from pipeline.deliver.redis_server import free_port
 from tests.support.media_fixtures import Clip
 
 SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")

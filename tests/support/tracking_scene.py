@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from pipeline.types import Detections, Frame, FrameResult
+from pipeline.core.types import Detections, Frame, FrameResult
 
 BACKGROUND = (40, 40, 40)
 

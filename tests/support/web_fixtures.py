@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.config import PipelineConfig
-from pipeline.faces.config import FacesConfig
-from pipeline.web.config import WebConfig
-from pipeline.web.server import WebServer, make_context
+from pipeline.config.schema import PipelineConfig
+from pipeline.config.faces import FacesConfig
+from pipeline.config.web import WebConfig
+from pipeline.serve.web.server import WebServer, make_context
 
 PASSWORD = "correct horse battery staple"
 TOKEN = "api-token-0123456789abcdef"

@@ -1,0 +1,286 @@
+"""Face access analyzer: faces in each frame -> identities -> door decisions (signed, audited) and
+faces.unknown events with a saved crop.
+
+Runs on the camera's analytics thread (see pipeline/analyze/analyzers.py). Anything that goes wrong while
+analysing a frame becomes a signed ``denied`` decision for every door of the camera (fail closed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.analyze.doors.audit import CHECKPOINT_EVENT, AuditLog, open_audit_log
+from pipeline.config.doors import DoorConfig
+from pipeline.analyze.doors.lockdown import Lockdown, lockdown_path
+from pipeline.analyze.doors.policy import DoorPolicy, FaceVote
+from pipeline.analyze.doors.second_factor import SecondFactorListener
+from pipeline.analyze.doors.signing import sign_event
+from pipeline.core.events import Event
+from pipeline.config.faces import FacesConfig
+from pipeline.analyze.faces.enroll import FaceEngine, shared_engine
+from pipeline.analyze.faces.gallery import Gallery
+from pipeline.analyze.faces.liveness import Evidence, LivenessSettings, LivenessTracker
+from pipeline.analyze.faces.matcher import Match, Matcher
+from pipeline.analyze.faces.quality import crop_face, face_side, sharpness
+from pipeline.analyze.faces.tracks import FaceTracker
+from pipeline.core.types import FaceMatch, FrameResult
+
+log = logging.getLogger(__name__)
+
+# Used only when neither the config nor `faces calibrate` gives a threshold for the model: the calibrated
+# operating point of the dlib ResNet on the project's open-set evaluation (BENCHMARKS.md), rounded down.
+DEFAULT_THRESHOLD = 0.45
+
+
+def operating_point(cfg: FacesConfig, gallery: Gallery, model_id: str) -> tuple[float, float, str]:
+    """(threshold, margin, where they came from): the config's threshold when set, else the one `faces
+    calibrate` stored with the model, else the built-in default."""
+    if cfg.threshold is not None:
+        return cfg.threshold, cfg.margin, "faces.threshold in the config"
+    cal = gallery.calibration(model_id)
+    if cal is not None:
+        return cal[0], cal[1], f"calibrated for {model_id} (faces calibrate)"
+    return DEFAULT_THRESHOLD, cfg.margin, "built-in default (not calibrated: run `faces calibrate`)"
+
+
+class _Door:
+    def __init__(self, cfg: DoorConfig, groups: dict[str, list[str]], base_dir: Path | None) -> None:
+        self.cfg = cfg
+        self.policy = DoorPolicy(cfg, groups)
+        self.key = cfg.secret_bytes()  # raises now (naming the door) rather than at the first decision
+        path = Path(cfg.audit_log)
+        if base_dir is not None and not path.is_absolute():
+            path = base_dir / path
+        self.audit: AuditLog = open_audit_log(path)
+        self.lockdown = Lockdown(lockdown_path(path))  # consulted before every grant (fails closed)
+
+
+class FaceAccessAnalyzer:
+    def __init__(
+        self,
+        faces: FacesConfig,
+        doors: list[DoorConfig],
+        camera_id: str,
+        engine: FaceEngine | None = None,
+        clock: Callable[[], float] = time.time,
+        base_dir: str | Path | None = None,
+        redis_url: str | None = None,
+    ) -> None:
+        """``base_dir``: relative paths in the config (gallery, audit log, crops) are resolved against it
+        (default: the working directory)."""
+        self.cfg = faces
+        self.camera_id = camera_id
+        self.clock = clock
+        base = Path(base_dir) if base_dir is not None else None
+        self._resolve = lambda p: Path(p) if base is None or Path(p).is_absolute() else base / p
+        self.doors = [_Door(d, faces.groups, base) for d in doors if camera_id in d.cameras]
+        self.engine = engine or shared_engine(faces)
+        self.gallery = Gallery(self._resolve(faces.gallery_path))
+        self._gallery_version: tuple | None = None
+        self._gallery_checked = 0.0
+        self.matcher = Matcher({}, DEFAULT_THRESHOLD)
+        self.threshold_source = ""
+        self._reload_gallery(force=True)
+        window = max((d.cfg.window_s for d in self.doors), default=3.0)
+        self.tracker = FaceTracker(max_gap_s=window)
+        self.liveness: LivenessTracker | None = None
+        if any(d.cfg.liveness != "off" for d in self.doors):
+            from pipeline.models.dlib_shape import ShapePredictor
+
+            lv = faces.liveness
+            settings = LivenessSettings(lv.blink_ear, lv.blink_open_delta, lv.motion_min_residual, window)
+            self.liveness = LivenessTracker(settings, ShapePredictor.default())
+        self.second_factor: SecondFactorListener | None = None
+        channels = [d.cfg.second_factor.channel for d in self.doors if d.cfg.second_factor is not None]
+        if channels:
+            if not redis_url:
+                raise ValueError(
+                    f"camera {camera_id}: a door needs a second factor on Redis channel(s) {channels}, "
+                    "but no redis.url is configured to listen on"
+                )
+            self.second_factor = SecondFactorListener(redis_url, channels, clock=clock)
+            for d in self.doors:
+                d.policy.second_factor = self.second_factor.check
+        self._crop_dir = self._resolve(faces.unknown_crops.dir)
+        self._last_unknown = -float("inf")
+
+    # ---- analyzer protocol ------------------------------------------------------------------------------
+
+    def process(self, result: FrameResult) -> list[Event]:
+        frame = result.frame
+        now = self.clock()
+        try:
+            self._reload_gallery()
+            dets = self.engine.detect(frame.image)
+            if len(dets) > self.cfg.max_faces_per_frame:
+                order = np.argsort(-(dets.boxes[:, 2] - dets.boxes[:, 0]))[: self.cfg.max_faces_per_frame]
+                dets = dets.select(order)
+            embs = self.engine.embed(frame.image, dets) if len(dets) else np.zeros((0, 128), np.float32)
+            matches = [self.matcher.identify(e) for e in embs]
+            boxes = dets.boxes
+            track_ids = self.tracker.assign(boxes, frame.capture_time)
+            evidence = self._liveness(frame.image, boxes, track_ids, frame.capture_time)
+            sharp = [sharpness(frame.image, b) for b in boxes]
+        except Exception as exc:  # noqa: BLE001 - any failure denies, loudly
+            log.exception("camera %s: face analysis failed on frame %d", self.camera_id, frame.seq)
+            return self._decisions(
+                result,
+                [
+                    d
+                    for door in self.doors
+                    for d in door.policy.error(type(exc).__name__ + ": " + str(exc)[:200], now)
+                ],
+                now,
+            )
+
+        result.faces = [
+            FaceMatch(
+                box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+                identity=m.identity,
+                nearest=m.nearest,
+                distance=None if m.distance == float("inf") else m.distance,
+                margin=None if m.margin == float("inf") else m.margin,
+                track_id=track_ids[i],
+                reason=m.reason,
+            )
+            for i, (b, m) in enumerate(zip(boxes, matches, strict=True))
+        ]
+        votes = [
+            FaceVote(
+                m.identity,
+                m.distance,
+                face_side(boxes[i]),
+                track_id=track_ids[i],
+                sharpness=sharp[i],
+                blink_at=evidence[i].blink_at,
+                motion_at=evidence[i].motion_at,
+                reason=m.reason,
+            )
+            for i, m in enumerate(matches)
+        ]
+        decisions = [d for door in self.doors for d in door.policy.observe(frame.capture_time, votes, now)]
+        events = self._decisions(result, decisions, now)
+        unknown = [i for i, m in enumerate(matches) if m.identity is None]
+        if (
+            unknown
+            and self.cfg.unknown_crops.enabled
+            and now - self._last_unknown >= self.cfg.unknown_crops.cooldown_s
+        ):
+            self._last_unknown = now
+            events.append(self._unknown_event(result, dets.boxes, unknown, matches))
+        return events
+
+    def on_camera_status(self, status: str) -> list[Event]:
+        now = self.clock()
+        decisions = [d for door in self.doors for d in door.policy.camera_status(status, now)]
+        return self._decisions(None, decisions, now)
+
+    def close(self) -> list[Event]:
+        self.gallery.close()
+        if self.second_factor is not None:
+            self.second_factor.close()
+        return []
+
+    # ---- helpers ---------------------------------------------------------------------------------------
+
+    def _reload_gallery(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._gallery_checked < self.cfg.gallery_reload_s:
+            return
+        self._gallery_checked = now
+        version = (self.gallery.version(), self.gallery.calibration(self.engine.model_id))
+        if force or version != self._gallery_version:
+            threshold, margin, source = operating_point(self.cfg, self.gallery, self.engine.model_id)
+            self.matcher = Matcher(self.gallery.templates(self.engine.model_id), threshold, margin)
+            self._gallery_version = version
+            self.threshold_source = source
+            log.info(
+                "camera %s: gallery loaded, %d people; threshold %.3f, margin %.3f: %s",
+                self.camera_id,
+                len(self.matcher),
+                threshold,
+                margin,
+                source,
+            )
+
+    def _liveness(
+        self, image: np.ndarray, boxes: np.ndarray, track_ids: list[int], t: float
+    ) -> list[Evidence]:
+        """Liveness evidence per face (empty evidence when no door asks for liveness)."""
+        if self.liveness is None or not len(boxes):
+            return [Evidence()] * len(boxes)
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        return [
+            self.liveness.observe(tid, t, self.liveness.landmarks(grey, box))
+            for tid, box in zip(track_ids, boxes, strict=True)
+        ]
+
+    def _decisions(self, result: FrameResult | None, decisions: list[dict], now: float) -> list[Event]:
+        events = []
+        by_id = {d.cfg.id: d for d in self.doors}
+        for dec in decisions:
+            door = by_id[dec["door_id"]]
+            if dec["decision"] == "granted" and door.lockdown.is_locked(door.cfg.id):
+                dec = {**dec, "decision": "denied", "reason": "door locked down"}
+            frame = result.frame if result else None
+            ev = Event.for_frame("doors.decision", frame, dec, camera_id=self.camera_id, ts=now)
+            ev = sign_event(ev, door.cfg.id, door.key, now=now)
+            door.audit.append(ev.model_dump(mode="json"))
+            log.info("door %s: %s %s (%s)", door.cfg.id, dec["decision"], dec["person"] or "-", dec["reason"])
+            events.append(ev)
+            if door.audit.last_checkpoint is not None:  # off-host copy: truncating the log is detected
+                events.append(
+                    Event(type=CHECKPOINT_EVENT, camera_id=self.camera_id, data=door.audit.last_checkpoint)
+                )
+        return events
+
+    def _unknown_event(
+        self, result: FrameResult, boxes: np.ndarray, idx: list[int], matches: list[Match]
+    ) -> Event:
+        frame = result.frame
+        faces = []
+        for i in idx:
+            path = self._save_crop(frame.image, boxes[i], f"{self.camera_id}_{frame.seq}_{i}")
+            m = matches[i]
+            faces.append(
+                {
+                    "box": [round(float(v), 1) for v in boxes[i]],
+                    "crop": str(path) if path else None,
+                    "nearest": m.nearest,
+                    "distance": None if m.distance == float("inf") else round(m.distance, 4),
+                }
+            )
+        return Event.for_frame("faces.unknown", frame, {"faces": faces}, camera_id=self.camera_id)
+
+    def _save_crop(self, image: np.ndarray, box: np.ndarray, stem: str) -> Path | None:
+        try:
+            self._crop_dir.mkdir(parents=True, exist_ok=True)
+            path = self._crop_dir / f"{stem}_{int(time.time() * 1000)}.jpg"
+            if not cv2.imwrite(str(path), crop_face(image, box, margin=0.25)):
+                raise OSError("cv2.imwrite failed")
+            self._prune_crops()
+            return path.resolve()
+        except OSError:
+            log.exception("camera %s: cannot save unknown-face crop in %s", self.camera_id, self._crop_dir)
+            return None
+
+    def _prune_crops(self) -> None:
+        """Keep at most max_files crops, none older than max_age_days (other cameras may prune too)."""
+        rc = self.cfg.unknown_crops
+        files = []
+        for p in self._crop_dir.glob("*.jpg"):
+            try:
+                files.append((p.stat().st_mtime, p))
+            except FileNotFoundError:
+                continue
+        files.sort()
+        cutoff = time.time() - rc.max_age_days * 86400
+        for i, (mtime, p) in enumerate(files):
+            if i < len(files) - rc.max_files or mtime < cutoff:
+                p.unlink(missing_ok=True)

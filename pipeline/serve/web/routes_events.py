@@ -1,0 +1,128 @@
+"""Events: a timeline from the Redis Streams with filters and best-frame snapshots; live via SSE."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+
+import anyio.to_thread
+import redis
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from pipeline.serve.web.app import ctx_of, page
+from pipeline.serve.web.events_store import EventFilter, EventStore
+
+
+def _time(v: str, name: str) -> float | None:
+    if not v:
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(v).timestamp()
+    except ValueError:
+        raise HTTPException(400, f"{name}: expected epoch seconds or an ISO time, got {v[:40]!r}") from None
+
+
+def _filter(request: Request) -> EventFilter:
+    q = request.query_params
+    return EventFilter(
+        camera=q.get("camera", ""),
+        type=q.get("type", ""),
+        label=q.get("label", ""),
+        since=_time(q.get("since", ""), "since"),
+        until=_time(q.get("until", ""), "until"),
+    )
+
+
+def event_store(request: Request) -> EventStore:
+    """The app's one EventStore (created on first use); 404 when no Redis is configured."""
+    ctx = ctx_of(request)
+    if not ctx.redis_url:
+        raise HTTPException(404, "no Redis configured for this server (events need the pipeline's Redis)")
+    store: EventStore | None = getattr(request.app.state, "events", None)
+    if store is None:
+        store = request.app.state.events = EventStore(ctx.redis_url, ctx.redis_prefix)
+    return store
+
+
+async def _recent(request: Request, flt: EventFilter) -> tuple[list[dict], str]:
+    try:
+        return await anyio.to_thread.run_sync(event_store(request).recent, flt), ""
+    except redis.RedisError as exc:
+        return [], f"Redis is not reachable ({exc}); events wait in the spool"
+
+
+async def events_page(request: Request) -> Response:
+    flt = _filter(request)
+    rows, problem = await _recent(request, flt)
+    pipe = ctx_of(request).pipeline
+    cams = [c.id for c in pipe.camera_configs()] if pipe is not None else []
+    base = ctx_of(request).snapshots_dir.resolve()
+    for r in rows:
+        r["snapshot_url"] = ""
+        if r["snapshot"]:
+            with contextlib.suppress(ValueError):
+                r["snapshot_url"] = "/snapshots/" + str(Path(r["snapshot"]).resolve().relative_to(base))
+    return page(request, "events.html", events=rows, flt=flt, cameras=cams, err=problem)
+
+
+async def api_events(request: Request) -> Response:
+    rows, problem = await _recent(request, _filter(request))
+    if problem:
+        raise HTTPException(503, problem)
+    return JSONResponse({"events": rows})
+
+
+async def api_events_stream(request: Request) -> Response:
+    """Server-sent events: one ``data:`` line per new matching event, a comment every few seconds."""
+    flt = _filter(request)
+    store = event_store(request)
+    fams = flt.families()
+    ids = await anyio.to_thread.run_sync(store.tail_ids, fams)
+
+    async def gen() -> AsyncIterator[str]:
+        yield ": connected\n\n"
+        while not await request.is_disconnected():
+            try:
+                rows = await anyio.to_thread.run_sync(store.read_new, ids, flt, 1000)
+            except redis.RedisError:
+                rows = []
+                await anyio.sleep(1.0)
+            for r in rows:
+                yield f"data: {json.dumps(r, default=str)}\n\n"
+            if not rows:
+                yield ": idle\n\n"
+
+    return StreamingResponse(gen(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+
+async def snapshot(request: Request) -> Response:
+    """A best-frame snapshot written by the tracker (only files under <var-dir>/snapshots)."""
+    base = ctx_of(request).snapshots_dir.resolve()
+    path = Path(request.path_params["path"])
+    full = (base / path).resolve() if not path.is_absolute() else path.resolve()
+    if (
+        not full.is_relative_to(base)
+        or not full.is_file()
+        or full.suffix.lower() not in (".jpg", ".jpeg", ".png")
+    ):
+        raise HTTPException(404, "no such snapshot")
+    return FileResponse(full, headers={"Cache-Control": "no-store"})
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/events", events_page),
+        Route("/api/events", api_events),
+        Route("/api/events/stream", api_events_stream),
+        Route("/snapshots/{path:path}", snapshot),
+    ]
