@@ -21,10 +21,10 @@ from pathlib import Path
 import av
 
 from pipeline.config.schema import CameraConfig
-from pipeline.ingest.decoder import DecoderStage
-from pipeline.ingest.demo_media import write_demo_video
 from pipeline.core.metrics import MetricsRegistry
 from pipeline.core.queues import BoundedQueue, QueueClosed
+from pipeline.ingest.decoder import DecoderStage
+from pipeline.ingest.demo_media import write_demo_video
 
 SHARED_720P = Path("/work/shared/data/videos/traffic_motorway.mp4")
 

@@ -28,16 +28,12 @@ import numpy as np
 from engines.export import export_onnx
 from engines.model_store import get_model_files
 from engines.onnx_engine import OnnxRuntimeEngine
-from engines.quantize import (
-    QuantSettings,
-    builtin_calibration_images,
-    load_calibration_images,
-    quantize_onnx,
-)
+from engines.quantize import QuantSettings, load_calibration_images, quantize_onnx
 from engines.torch_engine import TorchEngine
 from pipeline.config.schema import DetectorConfig
 from pipeline.detect.detectors.factory import build_detector
 from pipeline.detect.detectors.yolo import PREPROCESS, YoloDetector, default_labels
+from pipeline.ingest.demo_media import builtin_calibration_images
 from pipeline.models.darknet import load_darknet
 
 DATA = Path("/work/shared/data")

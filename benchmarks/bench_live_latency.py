@@ -140,8 +140,8 @@ def main() -> int:
         return 0
 
     sys.path.insert(0, str(REPO))
-    from pipeline.ingest.demo_media import write_demo_video
     from pipeline.deliver.redis_server import LocalRedis
+    from pipeline.ingest.demo_media import write_demo_video
     from tests.support.rtsp_fixtures import RtspServer
 
     trees = ([("before", args.before)] if args.before else []) + [("after", REPO)]

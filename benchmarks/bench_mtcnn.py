@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.detect.detectors.mtcnn import MTCNNDetector  # noqa: E402
 from pipeline.core.nms import iou_matrix  # noqa: E402
+from pipeline.detect.detectors.mtcnn import MTCNNDetector  # noqa: E402
 
 DATA = Path("/work/shared/data")
 W, H = 640, 480

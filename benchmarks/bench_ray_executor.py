@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 
 from pipeline.config.schema import parse_config  # noqa: E402
-from pipeline.ingest.demo_media import write_demo_video  # noqa: E402
 from pipeline.core.events import Event  # noqa: E402
 from pipeline.deliver.redis_server import LocalRedis  # noqa: E402
+from pipeline.ingest.demo_media import write_demo_video  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -20,12 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config.schema import DetectorConfig  # noqa: E402
-from pipeline.detect.detectors.factory import build_detector  # noqa: E402
-from pipeline.core.nms import iou_matrix  # noqa: E402
 from pipeline.config.regions import CameraDetectConfig  # noqa: E402
-from pipeline.detect.regions.planner import RegionPlanner, detector_input_size  # noqa: E402
+from pipeline.config.schema import DetectorConfig  # noqa: E402
+from pipeline.core.nms import iou_matrix  # noqa: E402
 from pipeline.core.types import Detections  # noqa: E402
+from pipeline.detect.detectors.factory import build_detector  # noqa: E402
+from pipeline.detect.regions.planner import RegionPlanner, detector_input_size  # noqa: E402
 from tests.support.walk_in import SHARED, YOLOX_NANO, read_frames  # noqa: E402
 
 CLIPS = [

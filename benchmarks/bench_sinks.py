@@ -41,7 +41,7 @@ OLD_REV = "48bc4a7"  # main before the sinks split
 
 def load_old_publisher(rev: str) -> ModuleType:
     src = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{rev}:pipeline/deliver/publisher.py"],
+        ["git", "-C", str(ROOT), "show", f"{rev}:pipeline/publisher.py"],
         capture_output=True,
         text=True,
         check=True,
@@ -49,7 +49,7 @@ def load_old_publisher(rev: str) -> ModuleType:
     spec = importlib.util.spec_from_loader("old_publisher", loader=None)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
-    exec(compile(src, f"{rev}:pipeline/deliver/publisher.py", "exec"), module.__dict__)  # noqa: S102
+    exec(compile(src, f"{rev}:pipeline/publisher.py", "exec"), module.__dict__)  # noqa: S102
     return module
 
 

@@ -20,8 +20,8 @@ import av
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config.schema import parse_config  # noqa: E402
-from pipeline.detect.detectors.base import NullDetector  # noqa: E402
 from pipeline.deliver.redis_server import LocalRedis  # noqa: E402
+from pipeline.detect.detectors.base import NullDetector  # noqa: E402
 from pipeline.run.runner import Pipeline  # noqa: E402
 
 SHARED_CLIP = Path(__file__).resolve().parents[2] / "shared/data/videos/traffic_motorway.mp4"

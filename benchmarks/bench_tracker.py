@@ -21,8 +21,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.analyze.tracking.analyzer import TrackingAnalyzer  # noqa: E402
-from pipeline.config.tracking import CameraZonesConfig, TrackingConfig  # noqa: E402
 from pipeline.analyze.tracking.tracker import ByteTracker  # noqa: E402
+from pipeline.config.tracking import CameraZonesConfig, TrackingConfig  # noqa: E402
 from pipeline.core.types import Detections, Frame, FrameResult  # noqa: E402
 
 W, H = 1280, 720

@@ -26,10 +26,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config.schema import parse_config  # noqa: E402
-from pipeline.ingest.demo_media import default_demo_clip  # noqa: E402
-from pipeline.deliver.redis_server import LocalRedis  # noqa: E402
-from pipeline.run.runner import Pipeline  # noqa: E402
 from pipeline.config.web import WebConfig  # noqa: E402
+from pipeline.deliver.redis_server import LocalRedis  # noqa: E402
+from pipeline.ingest.demo_media import default_demo_clip  # noqa: E402
+from pipeline.run.runner import Pipeline  # noqa: E402
 from pipeline.serve.web.server import WebServer, make_context  # noqa: E402
 
 PASSWORD = "benchmark-password-123"

@@ -28,10 +28,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.config.faces import FacesConfig
 from pipeline.analyze.faces.enroll import FaceEngine
 from pipeline.analyze.faces.matcher import Matcher
 from pipeline.analyze.faces.quality import enrollment_problem
+from pipeline.config.faces import FacesConfig
 
 FR_TEST = {
     "alex_lacamoire1.jpg": {"alex_lacamoire"},

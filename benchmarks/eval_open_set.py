@@ -29,11 +29,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.config.doors import DoorConfig
 from pipeline.analyze.doors.policy import DoorPolicy, FaceVote
 from pipeline.analyze.faces import calibrate as cal
-from pipeline.config.faces import FacesConfig
 from pipeline.analyze.faces.matcher import Match, decide
+from pipeline.config.doors import DoorConfig
+from pipeline.config.faces import FacesConfig
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm"}
 

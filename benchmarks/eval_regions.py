@@ -34,10 +34,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.config.regions import CameraDetectConfig  # noqa: E402
 from pipeline.config.schema import DetectorConfig  # noqa: E402
 from pipeline.detect.detectors.factory import build_detector  # noqa: E402
 from pipeline.detect.evaluation import evaluate_coco, label_to_category_id  # noqa: E402
-from pipeline.config.regions import CameraDetectConfig  # noqa: E402
 from pipeline.detect.regions.planner import RegionPlanner, detector_input_size  # noqa: E402
 
 

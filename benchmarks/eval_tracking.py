@@ -32,9 +32,9 @@ from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.core.nms import batched_nms  # noqa: E402
 from pipeline.analyze.tracking.analyzer import TrackingAnalyzer  # noqa: E402
 from pipeline.config.tracking import CameraZonesConfig, TrackingConfig  # noqa: E402
+from pipeline.core.nms import batched_nms  # noqa: E402
 from pipeline.core.types import Detections, Frame, FrameResult  # noqa: E402
 
 DATA = Path("/work/shared/data")

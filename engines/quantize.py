@@ -11,7 +11,8 @@ The result is cached as ``<cache>/onnx/<stem>-int8-<key>.onnx`` where ``key`` di
 the calibration inputs and the settings, so it is built once and rebuilt when any of them changes.
 
 Calibration images: a folder of images or a video file (``load_calibration_images``), or, with no source,
-a built-in set of scikit-image's real sample photos plus frames of the demo clip (``builtin_calibration_images``).
+a built-in set the caller passes in (``pipeline.ingest.demo_media.builtin_calibration_images``: scikit-image's real
+sample photos plus frames of the demo clip); this backend module imports nothing of the pipeline's.
 The built-in set only makes int8 work out of the box; calibrate on frames of your own cameras for the best
 accuracy (``run_pipeline.py models quantize --images DIR_OR_VIDEO``).
 """
@@ -52,42 +53,6 @@ class QuantSettings:
 
     def key(self) -> str:
         return ",".join(f"{k}={v}" for k, v in sorted(asdict(self).items()))
-
-
-def builtin_calibration_images(limit: int = DEFAULT_LIMIT) -> list[np.ndarray]:
-    """Real photos from scikit-image's sample data plus frames of the demo clip (BGR uint8).
-
-    A generic set: good enough to make int8 usable without data; a camera's own frames are better.
-    """
-    from skimage import data
-
-    from pipeline.ingest.demo_media import render_frames
-
-    photos = []
-    for name in (
-        "astronaut",
-        "camera",
-        "coffee",
-        "chelsea",
-        "rocket",
-        "cat",
-        "immunohistochemistry",
-        "hubble_deep_field",
-    ):
-        fn = getattr(data, name, None)
-        if fn is None:
-            continue
-        try:
-            img = np.asarray(fn())
-        except Exception:  # a sample that needs a download (pooch) is skipped
-            continue
-        if img.ndim == 2:
-            img = np.repeat(img[..., None], 3, axis=2)
-        photos.append(np.ascontiguousarray(img[..., :3][..., ::-1]).astype(np.uint8))
-    n_frames = max(limit - len(photos), 1)
-    frames = list(render_frames(width=640, height=360, fps=25, n_frames=250))
-    step = max(len(frames) // n_frames, 1)
-    return (photos + frames[::step][:n_frames])[:limit]
 
 
 def load_calibration_images(source: str | Path, limit: int = DEFAULT_LIMIT) -> list[np.ndarray]:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config.schema import RedisConfig
 from pipeline.analyze.doors.audit import CHECKPOINT_EVENT, AuditError, AuditLog, checkpoints_path
 from pipeline.analyze.doors.signing import canonical, sign_event
+from pipeline.config.schema import RedisConfig
 from pipeline.core.events import Event
 from pipeline.deliver.publisher import Publisher
 

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from pipeline.config.schema import CameraConfig
-from pipeline.ingest.decoder import DecoderStage, FrameThinner, backoff_delay
-from pipeline.ingest.demo_media import read_frame_index, render_frames, write_demo_video
 from pipeline.core.events import Event
 from pipeline.core.metrics import MetricsRegistry
 from pipeline.core.queues import BoundedQueue, QueueClosed
-from pipeline.deliver.redis_server import free_port
 from pipeline.core.types import Frame
+from pipeline.deliver.redis_server import free_port
+from pipeline.ingest.decoder import DecoderStage, FrameThinner, backoff_delay
+from pipeline.ingest.demo_media import read_frame_index, render_frames, write_demo_video
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,11 +8,11 @@ import time
 import numpy as np
 
 from pipeline.config.schema import BatchConfig
-from pipeline.detect.detect_stage import DetectStage
-from pipeline.detect.detectors.base import Detector
 from pipeline.core.metrics import MetricsRegistry
 from pipeline.core.queues import BoundedQueue
 from pipeline.core.types import Detections, Frame, FrameResult
+from pipeline.detect.detect_stage import DetectStage
+from pipeline.detect.detectors.base import Detector
 
 
 class RecordingDetector(Detector):

@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from pipeline.config.doors import DoorConfig
 from pipeline.analyze.doors.policy import DoorPolicy, FaceVote
 from pipeline.analyze.doors.second_factor import SecondFactorListener
 from pipeline.analyze.faces.matcher import REASON_MARGIN, REASON_THRESHOLD, Matcher
 from pipeline.analyze.faces.tracks import FaceTracker
+from pipeline.config.doors import DoorConfig
 
 KEY = "k" * 32
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC).timestamp()  # a Monday, 10:00 UTC

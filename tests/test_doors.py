@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config.schema import ConfigError, parse_config
 from pipeline.analyze.doors.audit import AuditError, AuditLog, verify_log
-from pipeline.config.doors import DoorConfig, TimeWindow
-from pipeline.doors.controller import DoorController
 from pipeline.analyze.doors.policy import DoorPolicy, FaceVote
 from pipeline.analyze.doors.signing import Verifier, VerifyError, sign_event
+from pipeline.config.doors import DoorConfig, TimeWindow
+from pipeline.config.schema import ConfigError, parse_config
 from pipeline.core.events import Event
-from pipeline.deliver.publisher import channel_for
+from pipeline.deliver.redis_transport import channel_for
+from pipeline.doors.controller import DoorController
 
 KEY = "k" * 32
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC).timestamp()  # a Monday, 10:00 UTC

@@ -14,9 +14,9 @@ from engines.export import export_onnx, module_sha256
 from engines.model_store import get_model_files
 from engines.onnx_engine import OnnxRuntimeEngine
 from engines.torch_engine import TorchEngine
+from pipeline.core.nms import iou_matrix
 from pipeline.detect.detectors.yolo import PREPROCESS, YoloDetector, default_labels
 from pipeline.models.darknet import load_darknet
-from pipeline.core.nms import iou_matrix
 
 
 class SmallNet(nn.Module):

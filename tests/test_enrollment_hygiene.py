@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from skimage import data
 
-from pipeline.ingest.demo_media import write_png_bomb
 from pipeline.analyze.doors.audit import AuditLog, verify_log
-from pipeline.config.faces import FacesConfig
 from pipeline.analyze.faces.enroll import decode_image, enroll_images, read_photo
 from pipeline.analyze.faces.gallery import Gallery, GalleryError, check_name, display_name
+from pipeline.config.faces import FacesConfig
+from pipeline.ingest.demo_media import write_png_bomb
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,17 +22,17 @@ import pytest
 import redis
 from skimage import data
 
-from pipeline.ingest.demo_media import encode_bgr_video
 from pipeline.analyze.doors.audit import verify_log
-from pipeline.config.doors import DoorConfig
-from pipeline.doors.controller import DoorController
-from pipeline.core.events import Event
 from pipeline.analyze.faces.analyzer import FaceAccessAnalyzer
-from pipeline.config.faces import FacesConfig
 from pipeline.analyze.faces.enroll import FaceEngine, enroll_images
 from pipeline.analyze.faces.gallery import Gallery
-from pipeline.deliver.publisher import channel_for, stream_for
+from pipeline.config.doors import DoorConfig
+from pipeline.config.faces import FacesConfig
+from pipeline.core.events import Event
 from pipeline.core.types import Detections, Frame, FrameResult
+from pipeline.deliver.redis_transport import channel_for, stream_for
+from pipeline.doors.controller import DoorController
+from pipeline.ingest.demo_media import encode_bgr_video
 
 KEY = "front-door-secret-0123456789"
 W, H, FPS, N = 480, 360, 10, 6

@@ -13,9 +13,9 @@ import pytest
 
 import run_pipeline
 from pipeline.analyze.faces.analyzer import FaceAccessAnalyzer
-from pipeline.config.faces import FacesConfig
 from pipeline.analyze.faces.enroll import FaceEngine, enroll_images
 from pipeline.analyze.faces.gallery import Gallery
+from pipeline.config.faces import FacesConfig
 
 SHARED = Path(
     os.environ.get("VIDPIPE_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"

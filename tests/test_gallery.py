@@ -19,10 +19,10 @@ import pytest
 from skimage import data
 
 from pipeline.analyze.faces.analyzer import DEFAULT_THRESHOLD
-from pipeline.config.faces import FacesConfig
 from pipeline.analyze.faces.enroll import FaceEngine, enroll_images
 from pipeline.analyze.faces.gallery import Gallery, GalleryError
 from pipeline.analyze.faces.matcher import Matcher
+from pipeline.config.faces import FacesConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

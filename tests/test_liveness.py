@@ -23,14 +23,14 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.ingest.demo_media import encode_bgr_video
-from pipeline.config.doors import DoorConfig
 from pipeline.analyze.doors.signing import Verifier
 from pipeline.analyze.faces.analyzer import FaceAccessAnalyzer
-from pipeline.config.faces import FacesConfig
 from pipeline.analyze.faces.enroll import FaceEngine, enroll_images
 from pipeline.analyze.faces.gallery import Gallery
+from pipeline.config.doors import DoorConfig
+from pipeline.config.faces import FacesConfig
 from pipeline.core.types import Detections, Frame, FrameResult
+from pipeline.ingest.demo_media import encode_bgr_video
 
 SHARED = Path(
     os.environ.get("VIDPIPE_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 from skimage import data
 
-from pipeline.ingest.demo_media import encode_bgr_video
 from pipeline.analyze.doors.audit import verify_log
-from pipeline.config.doors import DoorConfig
 from pipeline.analyze.doors.lockdown import Lockdown, LockdownError, lockdown_path
 from pipeline.analyze.faces.analyzer import FaceAccessAnalyzer
-from pipeline.config.faces import FacesConfig
 from pipeline.analyze.faces.enroll import FaceEngine, enroll_images
 from pipeline.analyze.faces.gallery import Gallery
+from pipeline.config.doors import DoorConfig
+from pipeline.config.faces import FacesConfig
 from pipeline.core.types import Detections, Frame, FrameResult
+from pipeline.ingest.demo_media import encode_bgr_video
 
 KEY = "front-door-secret-0123456789"
 

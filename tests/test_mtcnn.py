@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import skimage.data
 
-from pipeline.detect.detectors.mtcnn import MTCNNDetector
 from pipeline.core.nms import iou_matrix
+from pipeline.detect.detectors.mtcnn import MTCNNDetector
 
 # Hand-annotated in skimage.data.astronaut() (512x512): the face from hairline to chin, cheek to cheek,
 # and the centres of the eyes as seen in the image.

@@ -9,8 +9,8 @@ import torchvision
 from torchvision.ops.boxes import _batched_nms_vanilla
 
 from engines.cuda.synthetic import clustered_detections
-from pipeline.core.nms import BLOCK, SMALL_GROUP, batched_nms, iou_matrix, nms
 from pipeline.analyze.tracking.geometry import iou_matrix as tracking_iou
+from pipeline.core.nms import BLOCK, SMALL_GROUP, batched_nms, iou_matrix, nms
 
 
 def _inputs(n: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -17,10 +17,10 @@ import redis
 import yaml
 from skimage import data
 
-from pipeline.config.schema import load_config
-from pipeline.ingest.demo_media import encode_bgr_video
 from pipeline.analyze.doors.signing import Verifier
+from pipeline.config.schema import load_config
 from pipeline.core.events import Event
+from pipeline.ingest.demo_media import encode_bgr_video
 from pipeline.run.runner import Pipeline
 from tests.test_face_access_e2e import _face_video
 

@@ -16,10 +16,10 @@ import redis
 import yaml
 
 from pipeline.config.schema import parse_config
-from pipeline.detect.detectors.base import NullDetector
 from pipeline.core.events import Event
-from pipeline.serve.metrics_http import MetricsServer
+from pipeline.detect.detectors.base import NullDetector
 from pipeline.run.runner import Pipeline
+from pipeline.serve.metrics_http import MetricsServer
 
 REPO = Path(__file__).resolve().parents[1]
 

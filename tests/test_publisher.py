@@ -15,9 +15,10 @@ import redis
 
 from pipeline.config.schema import RedisConfig
 from pipeline.core.events import Event
-from pipeline.deliver.publisher import Publisher, PublisherError, make_client, probe_redis
 from pipeline.core.queues import BoundedQueue
+from pipeline.deliver.publisher import Publisher
 from pipeline.deliver.redis_server import LocalRedis, RedisServerError, free_port
+from pipeline.deliver.redis_transport import PublisherError, make_client, probe_redis
 from pipeline.deliver.spool import Spool, SpoolError, SpoolRecord
 
 STREAM = "vidpipe:stream:detections"

@@ -24,10 +24,10 @@ from engines.quantize import (
     quantize_onnx,
 )
 from pipeline.config.schema import DetectorConfig
-from pipeline.ingest.demo_media import render_frames, write_demo_video
-from pipeline.detect.detectors.factory import build_detector
-from pipeline.models.darknet import ModelError
 from pipeline.core.nms import iou_matrix
+from pipeline.detect.detectors.factory import build_detector
+from pipeline.ingest.demo_media import render_frames, write_demo_video
+from pipeline.models.darknet import ModelError
 
 CALIB = 16
 CONFIDENT = 0.5

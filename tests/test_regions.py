@@ -9,15 +9,15 @@ import time
 import numpy as np
 import pytest
 
+from pipeline.config.regions import CameraDetectConfig
 from pipeline.config.schema import BatchConfig, ConfigError, DetectorConfig, parse_config
-from pipeline.detect.detect_stage import DetectStage
 from pipeline.core.metrics import MetricsRegistry
 from pipeline.core.nms import iou_matrix
 from pipeline.core.queues import BoundedQueue
-from pipeline.config.regions import CameraDetectConfig
+from pipeline.core.types import Detections, Frame, FrameResult
+from pipeline.detect.detect_stage import DetectStage
 from pipeline.detect.regions.merge import merge_crops
 from pipeline.detect.regions.planner import RegionPlanner, pad_boxes, regions_for, tile_grid
-from pipeline.core.types import Detections, Frame, FrameResult
 from tests.support.walk_in import SHARED, YOLOX_NANO, walk_in_clip
 
 needs_shared = pytest.mark.skipif(

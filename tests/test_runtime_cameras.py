@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from pipeline.config.schema import CameraConfig, parse_config
-from pipeline.detect.detectors.base import NullDetector
 from pipeline.core.events import Event
+from pipeline.detect.detectors.base import NullDetector
 from pipeline.run.runner import Pipeline
 
 

@@ -21,14 +21,14 @@ import redis
 from paho.mqtt.enums import CallbackAPIVersion
 
 from pipeline.config.schema import ConfigError, parse_config
-from pipeline.detect.detectors.base import NullDetector
-from pipeline.core.events import Event
-from pipeline.run.runner import Pipeline
 from pipeline.config.sinks import MqttConfig, WebhookConfig
+from pipeline.core.events import Event
 from pipeline.deliver.delivery import DeliveryStage
 from pipeline.deliver.mqtt import MqttTransport, topic_for
-from pipeline.deliver.webhook import WebhookTransport
 from pipeline.deliver.spool import Spool
+from pipeline.deliver.webhook import WebhookTransport
+from pipeline.detect.detectors.base import NullDetector
+from pipeline.run.runner import Pipeline
 
 
 class MqttSubscriber:

@@ -16,12 +16,12 @@ import pytest
 
 from engines.model_store import get_model_path
 from pipeline.config.schema import DetectorConfig
+from pipeline.core.nms import iou_matrix
 from pipeline.detect.detectors.factory import build_detector
 from pipeline.detect.detectors.ssd import SsdDetector, resize_bilinear_tf1
 from pipeline.models.darknet import ModelError
 from pipeline.models.ssdlite import ssd_anchors
 from pipeline.models.tf_graph import load_graph
-from pipeline.core.nms import iou_matrix
 
 SHARED = Path(os.environ.get("VIDPIPE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 COCO = SHARED / "coco_subset"

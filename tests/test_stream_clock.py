@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from pipeline.config.doors import DoorConfig
 from pipeline.analyze.doors.policy import DoorPolicy, FaceVote
+from pipeline.config.doors import DoorConfig
 from pipeline.ingest.stream_clock import StreamClock
 from tests.test_decoder import Harness
 

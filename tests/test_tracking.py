@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config.schema import ConfigError, RedisConfig, parse_config
-from pipeline.core.events import Event
-from pipeline.deliver.publisher import Publisher
 from pipeline.analyze.tracking.analyzer import TrackingAnalyzer
-from pipeline.config.tracking import CameraZonesConfig, SnapshotConfig, TrackingConfig
 from pipeline.analyze.tracking.snapshots import SnapshotStore
+from pipeline.config.schema import ConfigError, RedisConfig, parse_config
+from pipeline.config.tracking import CameraZonesConfig, SnapshotConfig, TrackingConfig
+from pipeline.core.events import Event
 from pipeline.core.types import Detections, FaceMatch, Frame, FrameResult
+from pipeline.deliver.publisher import Publisher
 from tests.support.tracking_scene import Mover, Scene
 
 RED, GREEN, BLUE, YELLOW, CYAN = (0, 0, 255), (0, 255, 0), (255, 0, 0), (0, 255, 255), (255, 255, 0)

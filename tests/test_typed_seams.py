@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
+from pipeline.config.var_dir import RuntimePaths
 from pipeline.core.events import Event
-from pipeline.config.paths import RuntimePaths
 from pipeline.core.states import CameraStatus, StageState
 from pipeline.core.types import Frame
 

@@ -19,8 +19,8 @@ import pytest
 from skimage import data
 
 from pipeline.config.schema import parse_config
-from pipeline.ingest.demo_media import default_demo_clip
 from pipeline.core.events import Event
+from pipeline.ingest.demo_media import default_demo_clip
 from pipeline.run.runner import Pipeline
 from tests.support.web_fixtures import PASSWORD, WebHandle
 
@@ -256,7 +256,7 @@ def test_doors_page_verifies_signatures_and_locks_a_door_down(
     import redis as redis_lib
 
     from pipeline.analyze.doors.signing import sign_event
-    from pipeline.deliver.publisher import stream_for
+    from pipeline.deliver.redis_transport import stream_for
 
     key = "front-door-secret-0123456789"
     cfg = parse_config(

@@ -20,10 +20,10 @@ from engines.export import export_onnx
 from engines.model_store import get_model_files
 from engines.onnx_engine import OnnxRuntimeEngine
 from pipeline.config.schema import DetectorConfig
+from pipeline.core.nms import iou_matrix
 from pipeline.detect.detectors.factory import build_detector
 from pipeline.detect.detectors.yolo_decode import COCO_CLASSES, LayoutError, detect_layout
 from pipeline.models.darknet import DarknetModel, ModelError, load_darknet
-from pipeline.core.nms import iou_matrix
 
 RAW_TOL = 1e-3
 SCORE_TOL = 1e-3

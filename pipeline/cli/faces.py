@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 
 from pipeline.cli import faces_tools
-from pipeline.config.schema import ConfigError, load_config
 from pipeline.config.faces import FacesConfig
 from pipeline.config.paths import resolve_faces_paths
+from pipeline.config.schema import ConfigError, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

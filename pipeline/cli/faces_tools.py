@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config.faces import FacesConfig
 from pipeline.analyze.faces.gallery import Gallery
+from pipeline.config.faces import FacesConfig
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm"}
 

@@ -13,12 +13,14 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pipeline.config.paths import resolve_runtime_paths
 from pipeline.config.schema import CameraConfig, ConfigError, PipelineConfig, load_config
+from pipeline.config.var_dir import RuntimePaths
 from pipeline.core.events import Event
-from pipeline.config.paths import RuntimePaths, resolve_runtime_paths
-from pipeline.deliver.redis_server import LocalRedis, RedisServerError
 from pipeline.core.sources import redact_url
 from pipeline.core.states import CameraStatus
+from pipeline.deliver.redis_server import LocalRedis, RedisServerError
+from pipeline.run.status_line import print_status_lines
 
 log = logging.getLogger("vidpipe")
 
@@ -102,7 +104,7 @@ def redis_cli_auth_hint(local_redis: LocalRedis | None, url_password: str | None
 
 def check_redis_at_start(cfg: PipelineConfig) -> str | None:
     """None to go on; else why the run must not start (Redis unusable and start_without_redis is off)."""
-    from pipeline.deliver.publisher import probe_redis
+    from pipeline.deliver.redis_transport import probe_redis
 
     assert cfg.redis.url is not None
     reason = probe_redis(cfg.redis.url, cfg.redis)
@@ -125,13 +127,6 @@ def _resolve_demo_sources(cfg: PipelineConfig, var_dir: Path) -> None:
 
             cam.source = str(default_demo_clip(RuntimePaths(var_dir).demo))
             log.info("camera %s: demo clip %s (built from scikit-image's sample photos)", cam.id, cam.source)
-
-
-def _status_printer(pipeline, interval: float, stop: threading.Event) -> None:
-    while not stop.wait(interval):
-        line = pipeline.core.metrics.status_line()
-        if line:
-            print(f"[status] {line}", file=sys.stderr, flush=True)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -207,7 +202,7 @@ def main(args: argparse.Namespace) -> int:
 
         try:
             metrics_server = MetricsServer(
-                pipeline.core.metrics, cfg.metrics.http_host, cfg.metrics.http_port, pipeline.health
+                pipeline.metrics, cfg.metrics.http_host, cfg.metrics.http_port, pipeline.health
             )
         except OSError as exc:
             print(
@@ -247,7 +242,7 @@ def main(args: argparse.Namespace) -> int:
 
     stop_status = threading.Event()
     threading.Thread(
-        target=_status_printer, args=(pipeline, cfg.metrics.status_interval_s, stop_status), daemon=True
+        target=print_status_lines, args=(pipeline, cfg.metrics.status_interval_s, stop_status), daemon=True
     ).start()
     pipeline.start()
     try:
@@ -267,7 +262,7 @@ def main(args: argparse.Namespace) -> int:
     all_failed = bool(summary) and all(d.status == CameraStatus.FAILED for d in pipeline.decoders.values())
     verdict = "pipeline failed: every camera failed" if all_failed else "pipeline stopped"
     print(f"{verdict}; cameras: {json.dumps(summary)}", file=sys.stderr)
-    print(f"[status] {pipeline.core.metrics.status_line()}", file=sys.stderr)
+    print(f"[status] {pipeline.metrics.status_line()}", file=sys.stderr)
     return EXIT_ALL_CAMERAS_FAILED if all_failed else EXIT_OK
 
 

@@ -24,8 +24,8 @@ from pipeline.analyze.doors.audit import (
     verify_log,
 )
 from pipeline.core.events import Event
-from pipeline.deliver.publisher import stream_for
 from pipeline.core.sources import redact_url
+from pipeline.deliver.redis_transport import stream_for
 
 _SCAN = 1000  # stream entries read per round trip, newest first
 

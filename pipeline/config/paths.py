@@ -13,37 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.config.var_dir import RuntimePaths
+
 if TYPE_CHECKING:
-    from pipeline.config.schema import PipelineConfig
     from pipeline.config.faces import FacesConfig
-
-VAR_PREFIX = "var/"
-
-
-class RuntimePaths:
-    """Where one run keeps its files (``var_dir`` is made absolute, so resolving twice changes nothing)."""
-
-    def __init__(self, var_dir: str | Path = "var") -> None:
-        self.var_dir = Path(var_dir).expanduser().absolute()
-
-    def resolve(self, configured: str | Path) -> Path:
-        """A configured path: ``var/x`` -> ``<var_dir>/x``; anything else unchanged."""
-        text = str(configured)
-        if text.startswith(VAR_PREFIX):
-            return self.var_dir / text[len(VAR_PREFIX) :]
-        return Path(text)
-
-    @property
-    def snapshots(self) -> Path:
-        return self.var_dir / "snapshots"
-
-    @property
-    def demo(self) -> Path:
-        return self.var_dir / "demo"
-
-    @property
-    def redis(self) -> Path:
-        return self.var_dir / "redis"
+    from pipeline.config.schema import PipelineConfig
 
 
 def resolve_runtime_paths(cfg: PipelineConfig, var_dir: str | Path) -> PipelineConfig:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.config.paths import RuntimePaths
+from pipeline.config.var_dir import RuntimePaths
 
 
 class DeliveryConfig(BaseModel):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from pipeline.config.sinks import SinksConfig
 from pipeline.core.metrics import MetricsRegistry
 from pipeline.deliver.callback import CallbackSettings, CallbackTransport, EventSink
-from pipeline.config.sinks import SinksConfig
 from pipeline.deliver.delivery import DeliveryStage
 
 log = logging.getLogger(__name__)

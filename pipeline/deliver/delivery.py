@@ -26,9 +26,9 @@ from typing import Any
 from pipeline.core.events import Event
 from pipeline.core.metrics import MetricsRegistry
 from pipeline.core.queues import BoundedQueue, QueueClosed
+from pipeline.core.stage import Stage
 from pipeline.deliver.base import DeliverySettings, Transport
 from pipeline.deliver.spool import Spool, SpoolRecord
-from pipeline.core.stage import Stage
 
 
 class DeliveryStage(Stage):

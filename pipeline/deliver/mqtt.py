@@ -27,10 +27,10 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from pipeline.core.events import Event
-from pipeline.deliver.base import Transport
 from pipeline.config.sinks import MqttConfig
+from pipeline.core.events import Event
 from pipeline.core.sources import redact_url
+from pipeline.deliver.base import Transport
 from pipeline.deliver.spool import SpoolRecord
 
 log = logging.getLogger(__name__)

@@ -9,18 +9,86 @@ tail, so the replay skips what already arrived (no duplicates in a stream).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import redis
-from redis.exceptions import RedisError
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.retry import Retry
 
 from pipeline.config.schema import RedisConfig
 from pipeline.core.events import Event
-from pipeline.deliver.publisher import channel_for, explain_redis_error, make_client, stream_for
-from pipeline.deliver.base import Transport
 from pipeline.core.sources import redact_url
+from pipeline.deliver.base import Transport
 from pipeline.deliver.spool import SpoolRecord
 
 _MAX_SUSPECTS = 100_000  # event ids that may have reached a stream before a failure (checked on recovery)
+
+
+class PublisherError(RuntimeError):
+    """The Redis configuration is unusable (e.g. a malformed ``redis.url``)."""
+
+
+def channel_for(prefix: str, event: Event) -> str:
+    return f"{prefix}:{event.family}:{event.camera_id}"
+
+
+def stream_for(prefix: str, family: str) -> str:
+    return f"{prefix}:stream:{family}"
+
+
+def explain_redis_error(exc: BaseException, url: str) -> str:
+    """A one-line reason for a Redis failure that says what to check."""
+    where = redact_url(url)
+    text = str(exc)
+    if isinstance(exc, AuthenticationError) or "NOAUTH" in text or "WRONGPASS" in text:
+        if not urlsplit(url).password and ("NOAUTH" in text or "required" in text.lower()):
+            return (
+                f"Redis at {where} requires a password and redis.url has none "
+                f"(use redis://:PASSWORD@host:port/db) ({type(exc).__name__}: {exc})"
+            )
+        return f"Redis at {where} refused the credentials in redis.url ({type(exc).__name__}: {exc})"
+    if isinstance(exc, redis.exceptions.ConnectionError) and (
+        "Name or service not known" in text or "name resolution" in text or "nodename nor servname" in text
+    ):
+        host = urlsplit(url).hostname
+        return f"Redis at {where} is unreachable: host {host!r} in redis.url does not resolve (DNS): {exc}"
+    if isinstance(exc, redis.exceptions.ConnectionError) and "refused" in text.lower():
+        return f"Redis at {where} is unreachable: it refused the connection (nothing listens there): {exc}"
+    if isinstance(exc, redis.exceptions.TimeoutError):
+        return f"Redis at {where} did not answer within the socket timeout (hung or overloaded): {exc}"
+    if isinstance(exc, ResponseError):
+        return f"Redis at {where} rejected a command: {exc}"
+    return f"Redis at {where} is unreachable ({type(exc).__name__}: {exc})"
+
+
+def make_client(url: str, config: RedisConfig) -> redis.Redis:
+    """A redis-py client that fails fast: socket timeouts and no hidden retries (we spool instead)."""
+    try:
+        redis.connection.parse_url(url)
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=config.socket_timeout_s,
+            socket_connect_timeout=config.connect_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            health_check_interval=0,
+            protocol=2,
+        )
+    except ValueError as exc:
+        raise PublisherError(f"redis.url {redact_url(url)!r} is not a valid Redis URL: {exc}") from None
+
+
+def probe_redis(url: str, config: RedisConfig | None = None) -> str | None:
+    """None when Redis at ``url`` answers PING, else the reason (for a startup message)."""
+    client = make_client(url, config or RedisConfig())
+    try:
+        client.ping()
+        return None
+    except RedisError as exc:
+        return explain_redis_error(exc, url)
+    finally:
+        client.close()
 
 
 class RedisTransport(Transport):

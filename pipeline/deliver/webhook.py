@@ -13,9 +13,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
-from pipeline.deliver.base import Transport
 from pipeline.config.sinks import WebhookConfig
 from pipeline.core.sources import redact_url
+from pipeline.deliver.base import Transport
 from pipeline.deliver.spool import SpoolRecord
 
 

@@ -22,16 +22,16 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from pipeline.config.regions import CameraDetectConfig
 from pipeline.config.schema import BatchConfig
-from pipeline.detect.detectors.base import Detector
 from pipeline.core.metrics import MetricsRegistry
 from pipeline.core.queues import BoundedQueue, QueueClosed
 from pipeline.core.rate_watch import DetectRateWatch
-from pipeline.config.regions import CameraDetectConfig
-from pipeline.detect.regions.planner import RegionPlanner, ScanPlan, detector_input_size
 from pipeline.core.stage import Stage
 from pipeline.core.states import CameraStatus
 from pipeline.core.types import Frame, FrameResult, ScanInfo
+from pipeline.detect.detectors.base import Detector
+from pipeline.detect.regions.planner import RegionPlanner, ScanPlan, detector_input_size
 
 log = logging.getLogger(__name__)
 

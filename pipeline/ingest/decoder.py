@@ -38,8 +38,8 @@ from pipeline.core.queues import BoundedQueue, QueueClosed
 from pipeline.core.sources import open_spec, redact_url
 from pipeline.core.stage import Stage
 from pipeline.core.states import CameraStatus
-from pipeline.ingest.stream_clock import StreamClock
 from pipeline.core.types import Frame
+from pipeline.ingest.stream_clock import StreamClock
 
 log = logging.getLogger(__name__)
 

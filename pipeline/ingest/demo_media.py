@@ -258,3 +258,37 @@ def write_png_bomb(path: str | Path, side: int = 20000) -> Path:
         fh.write(chunk(b"IDAT", bytes(idat)))
         fh.write(chunk(b"IEND", b""))
     return Path(path)
+
+
+def builtin_calibration_images(limit: int = 32) -> list[np.ndarray]:
+    """Real photos from scikit-image's sample data plus frames of the demo clip (BGR uint8).
+
+    A generic set: good enough to make int8 usable without data; a camera's own frames are better.
+    """
+    from skimage import data
+
+    photos = []
+    for name in (
+        "astronaut",
+        "camera",
+        "coffee",
+        "chelsea",
+        "rocket",
+        "cat",
+        "immunohistochemistry",
+        "hubble_deep_field",
+    ):
+        fn = getattr(data, name, None)
+        if fn is None:
+            continue
+        try:
+            img = np.asarray(fn())
+        except Exception:  # a sample that needs a download (pooch) is skipped
+            continue
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        photos.append(np.ascontiguousarray(img[..., :3][..., ::-1]).astype(np.uint8))
+    n_frames = max(limit - len(photos), 1)
+    frames = list(render_frames(width=640, height=360, fps=25, n_frames=250))
+    step = max(len(frames) // n_frames, 1)
+    return (photos + frames[::step][:n_frames])[:limit]

@@ -22,17 +22,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.analyze.analyzers import AnalyticsStage, Analyzer
+from pipeline.config.paths import resolve_runtime_paths
 from pipeline.config.schema import CameraConfig, PipelineConfig
-from pipeline.detect.detect_stage import DetectStage
-from pipeline.detect.detectors.base import Detector
+from pipeline.config.var_dir import RuntimePaths
 from pipeline.core.events import Event
 from pipeline.core.metrics import MetricsRegistry
-from pipeline.config.paths import RuntimePaths, resolve_runtime_paths
 from pipeline.core.queues import BoundedQueue, QueueClosed
-from pipeline.deliver.build import build_sinks
-from pipeline.deliver.delivery import DeliveryStage
 from pipeline.core.states import CameraStatus, StageState
 from pipeline.core.types import Frame, FrameResult
+from pipeline.deliver.build import build_sinks
+from pipeline.deliver.delivery import DeliveryStage
+from pipeline.detect.detect_stage import DetectStage
+from pipeline.detect.detectors.base import Detector
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,8 @@ class Pipeline:
         var_dir: str | Path = "var",
         analyzers_factory: Callable[[str], list[Analyzer]] | None = None,
     ) -> None:
-        from pipeline.ingest.decoder import DecoderStage
         from pipeline.deliver.publisher import Publisher
+        from pipeline.ingest.decoder import DecoderStage
 
         cfg = resolve_runtime_paths(cfg, var_dir)  # spool, gallery, crops, audit logs under --var-dir
         self.cfg = cfg

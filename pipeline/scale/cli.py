@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config.schema import PipelineConfig
+from pipeline.run.status_line import print_status_lines
 
 log = logging.getLogger("vidpipe")
 
@@ -40,7 +41,6 @@ def _print_events(url: str, prefix: str, stop: threading.Event) -> None:
 
 def run_sharded(cfg: PipelineConfig, args: argparse.Namespace, var_dir: Path) -> int:
     """Run every camera as shards on Ray until the files end, ``--duration`` passes or a signal comes."""
-    from pipeline.cli.run import _status_printer
     from pipeline.scale.executor import RayExecutor, connect
 
     if cfg.web.enabled and not getattr(args, "no_web", False):
@@ -71,7 +71,7 @@ def run_sharded(cfg: PipelineConfig, args: argparse.Namespace, var_dir: Path) ->
         )
     threads.append(
         threading.Thread(
-            target=_status_printer, args=(executor, cfg.metrics.status_interval_s, stop), daemon=True
+            target=print_status_lines, args=(executor, cfg.metrics.status_interval_s, stop), daemon=True
         )
     )
     metrics_server = None

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config.schema import CameraConfig, PipelineConfig, parse_config
-from pipeline.detect.detectors.base import Detector
 from pipeline.core.events import Event
+from pipeline.detect.detectors.base import Detector
 from pipeline.run.runner import Pipeline
 from pipeline.scale.event_ids import StableEventIds
 

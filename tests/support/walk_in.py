@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.detect.detectors.base import Detector
 from pipeline.core.nms import iou_matrix
+from pipeline.detect.detectors.base import Detector
 
 
 def _shared_data() -> Path | None:

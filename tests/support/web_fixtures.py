@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.config.schema import PipelineConfig
 from pipeline.config.faces import FacesConfig
+from pipeline.config.schema import PipelineConfig
 from pipeline.config.web import WebConfig
 from pipeline.serve.web.server import WebServer, make_context
 

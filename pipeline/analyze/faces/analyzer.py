@@ -16,19 +16,19 @@ import cv2
 import numpy as np
 
 from pipeline.analyze.doors.audit import CHECKPOINT_EVENT, AuditLog, open_audit_log
-from pipeline.config.doors import DoorConfig
 from pipeline.analyze.doors.lockdown import Lockdown, lockdown_path
 from pipeline.analyze.doors.policy import DoorPolicy, FaceVote
 from pipeline.analyze.doors.second_factor import SecondFactorListener
 from pipeline.analyze.doors.signing import sign_event
-from pipeline.core.events import Event
-from pipeline.config.faces import FacesConfig
 from pipeline.analyze.faces.enroll import FaceEngine, shared_engine
 from pipeline.analyze.faces.gallery import Gallery
 from pipeline.analyze.faces.liveness import Evidence, LivenessSettings, LivenessTracker
 from pipeline.analyze.faces.matcher import Match, Matcher
 from pipeline.analyze.faces.quality import crop_face, face_side, sharpness
 from pipeline.analyze.faces.tracks import FaceTracker
+from pipeline.config.doors import DoorConfig
+from pipeline.config.faces import FacesConfig
+from pipeline.core.events import Event
 from pipeline.core.types import FaceMatch, FrameResult
 
 log = logging.getLogger(__name__)

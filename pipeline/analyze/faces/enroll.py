@@ -19,9 +19,9 @@ import numpy as np
 from PIL import Image
 
 from pipeline.analyze.doors.audit import AuditError, AuditLog, audit_key, open_audit_log
-from pipeline.config.faces import FacesConfig
 from pipeline.analyze.faces.gallery import Gallery, GalleryError, check_name, display_name
 from pipeline.analyze.faces.quality import enrollment_problem
+from pipeline.config.faces import FacesConfig
 from pipeline.core.types import Detections
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ class FaceEngine:
 
     @classmethod
     def from_config(cls, cfg: FacesConfig) -> FaceEngine:
-        from pipeline.detect.detectors.mtcnn import MTCNNDetector
         from pipeline.analyze.faces.embedder import FaceEmbedder
+        from pipeline.detect.detectors.mtcnn import MTCNNDetector
 
         det = MTCNNDetector(
             min_face_size=cfg.detector_min_face_px,

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.events import Event
-from pipeline.config.tracking import CameraZonesConfig, ObjectFilter, TrackingConfig
 from pipeline.analyze.tracking.geometry import anchor_points, iou_matrix, points_in_polygon, scale_points
 from pipeline.analyze.tracking.snapshots import SnapshotStore
 from pipeline.analyze.tracking.tracker import ByteTracker, Track
 from pipeline.analyze.tracking.zones import CountingLine, LineCrossing, Zone, ZoneChange, ZoneSet
+from pipeline.config.tracking import CameraZonesConfig, ObjectFilter, TrackingConfig
+from pipeline.core.events import Event
 from pipeline.core.types import Frame, FrameResult
 
 

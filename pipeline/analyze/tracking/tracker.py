@@ -15,8 +15,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from pipeline.analyze.tracking import kalman
-from pipeline.config.tracking import TrackingConfig
 from pipeline.analyze.tracking.geometry import iou_matrix
+from pipeline.config.tracking import TrackingConfig
 
 TENTATIVE, TRACKED, LOST = "tentative", "tracked", "lost"
 

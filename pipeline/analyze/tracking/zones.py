@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.config.tracking import LineConfig, ZoneConfig
 from pipeline.analyze.tracking.geometry import (
     anchor_points,
     points_in_polygon,
     scale_points,
     segments_intersect,
 )
+from pipeline.config.tracking import LineConfig, ZoneConfig
 
 
 @dataclass

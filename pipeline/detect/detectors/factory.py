@@ -37,7 +37,8 @@ def to_int8(det: Detector, cfg: DetectorConfig) -> YoloDetector:
     ranges are those it sees at run time.
     """
     from engines.onnx_engine import OnnxRuntimeEngine
-    from engines.quantize import builtin_calibration_images, load_calibration_images, quantize_onnx
+    from engines.quantize import load_calibration_images, quantize_onnx
+    from pipeline.ingest.demo_media import builtin_calibration_images
 
     fp32_path = getattr(getattr(det, "engine", None), "model_path", None)
     if (

@@ -10,7 +10,13 @@ from pathlib import Path
 from engines import create_engine
 from engines.model_store import ModelStoreError, get_model_files
 from pipeline.config.schema import DetectorConfig
-from pipeline.detect.detectors.yolo import PREPROCESS_KEY, YoloDetector, default_labels, preprocess_for, read_names
+from pipeline.detect.detectors.yolo import (
+    PREPROCESS_KEY,
+    YoloDetector,
+    default_labels,
+    preprocess_for,
+    read_names,
+)
 from pipeline.models.darknet import ModelError, load_darknet
 
 

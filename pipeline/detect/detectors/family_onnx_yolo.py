@@ -14,7 +14,13 @@ import numpy as np
 from engines import create_engine
 from engines.base import InferenceEngine
 from pipeline.config.schema import DetectorConfig
-from pipeline.detect.detectors.yolo import PREPROCESS, PREPROCESS_KEY, YoloDetector, default_labels, preprocess_for
+from pipeline.detect.detectors.yolo import (
+    PREPROCESS,
+    PREPROCESS_KEY,
+    YoloDetector,
+    default_labels,
+    preprocess_for,
+)
 from pipeline.detect.detectors.yolo_decode import Layout, detect_layout
 from pipeline.models.darknet import ModelError
 

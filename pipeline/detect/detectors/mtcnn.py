@@ -29,10 +29,10 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
-from pipeline.detect.detectors.base import Detector
-from pipeline.models.mtcnn import load_mtcnn
 from pipeline.core.nms import iou_matrix, nms
 from pipeline.core.types import Detections
+from pipeline.detect.detectors.base import Detector
+from pipeline.models.mtcnn import load_mtcnn
 
 _CELL = 12.0  # P-Net window
 _STRIDE = 2.0  # P-Net output stride

@@ -18,12 +18,12 @@ from typing import Literal
 import numpy as np
 
 from engines.base import InferenceEngine
+from pipeline.core.nms import batched_nms
+from pipeline.core.types import Detections
 from pipeline.detect.detectors.base import Detector
 from pipeline.detect.detectors.letterbox import Transform, resize_to_input
 from pipeline.detect.detectors.yolo import class_mask
 from pipeline.models.darknet import ModelError
-from pipeline.core.nms import batched_nms
-from pipeline.core.types import Detections
 
 SsdResize = Literal["stretch", "letterbox"]
 

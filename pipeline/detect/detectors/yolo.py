@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.base import InferenceEngine
+from pipeline.core.types import Detections
 from pipeline.detect.detectors.base import Detector
 from pipeline.detect.detectors.letterbox import ResizeMode, resize_to_input, to_blob
 from pipeline.detect.detectors.yolo_decode import (
@@ -32,7 +33,6 @@ from pipeline.detect.detectors.yolo_decode import (
     to_rows,
 )
 from pipeline.models.darknet import ModelError
-from pipeline.core.types import Detections
 
 log = logging.getLogger(__name__)
 

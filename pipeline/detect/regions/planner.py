@@ -24,12 +24,12 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline.detect.detectors.base import Detector
-from pipeline.core.nms import iou_matrix
 from pipeline.config.regions import CameraDetectConfig
+from pipeline.core.nms import iou_matrix
+from pipeline.core.types import Detections, ScanInfo
+from pipeline.detect.detectors.base import Detector
 from pipeline.detect.regions.merge import Crop, concat_detections, merge_crops
 from pipeline.detect.regions.motion import MotionDetector
-from pipeline.core.types import Detections, ScanInfo
 
 ScanKind = Literal["full", "tiles", "regions", "skip"]
 

@@ -6,35 +6,25 @@ Pages are server-rendered (Jinja2) with a little JavaScript from ``static/``; ev
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from starlette.applications import Starlette
-from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from pipeline.serve.web import routes_doors, routes_events, routes_faces, routes_live
 from pipeline.serve.web.context import WebContext
+from pipeline.serve.web.handlers import HERE, checked_form, ctx_of, templates
 
-HERE = Path(__file__).parent
 SESSION_COOKIE = "vidpipe_session"
-templates = Jinja2Templates(directory=str(HERE / "templates"))
-_UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 _OPEN_PATHS = ("/login", "/static/")
-
-
-def ctx_of(request: Request) -> WebContext:
-    ctx: WebContext = request.app.state.ctx
-    return ctx
 
 
 class BodyLimits:
@@ -124,52 +114,6 @@ def _secure(resp: Response) -> Response:
     return resp
 
 
-# -- CSRF ----------------------------------------------------------------------------------------------
-async def checked_form(request: Request) -> FormData:
-    """The request's form after checking its csrf_token against the session (403 otherwise)."""
-    max_bytes = ctx_of(request).web.max_body_bytes
-    form = await request.form(max_files=50, max_fields=100, max_part_size=max_bytes)
-    token = form.get("csrf_token")
-    if not ctx_of(request).auth.check_csrf(request.state.sid, token if isinstance(token, str) else None):
-        raise HTTPException(403, "missing or wrong CSRF token (reload the page and try again)")
-    return form
-
-
-def check_api_csrf(request: Request) -> None:
-    """A cookie-authenticated API call that changes something must carry X-CSRF-Token; bearer calls need
-    none (a browser never attaches a bearer token on its own)."""
-    if request.method in _UNSAFE and request.state.via == "session":
-        token = request.headers.get("x-csrf-token")
-        if not ctx_of(request).auth.check_csrf(request.state.sid, token):
-            raise HTTPException(403, "missing or wrong X-CSRF-Token header")
-
-
-async def json_body(request: Request) -> dict[str, Any]:
-    check_api_csrf(request)
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except ValueError:
-        raise HTTPException(400, "body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise HTTPException(400, "body must be a JSON object")
-    return body
-
-
-def page(request: Request, name: str, **context: Any) -> Response:
-    sess = ctx_of(request).auth.session(getattr(request.state, "sid", None))
-    context.setdefault("msg", request.query_params.get("msg", ""))
-    context.setdefault("err", request.query_params.get("err", ""))
-    return templates.TemplateResponse(
-        request, name, {"csrf": sess.csrf if sess else "", "nav": name.split(".")[0], **context}
-    )
-
-
-def back(path: str, msg: str = "", err: str = "") -> RedirectResponse:
-    q = f"?msg={quote(msg)}" if msg else (f"?err={quote(err)}" if err else "")
-    return RedirectResponse(path + q, status_code=303)
-
-
-# -- login ---------------------------------------------------------------------------------------------
 async def login_page(request: Request) -> Response:
     return _secure(templates.TemplateResponse(request, "login.html", {"error": "", "next": _next(request)}))
 
@@ -232,7 +176,6 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(ctx: WebContext) -> Starlette:
-    from pipeline.serve.web import routes_doors, routes_events, routes_faces, routes_live
 
     routes = [
         Route("/login", login_page, methods=["GET"]),

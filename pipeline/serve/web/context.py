@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 from pipeline.config.doors import DoorConfig
 from pipeline.config.faces import FacesConfig
-from pipeline.serve.web.auth import Auth
 from pipeline.config.web import WebConfig
+from pipeline.serve.web.auth import Auth
 
 if TYPE_CHECKING:
     from pipeline.analyze.faces.enroll import FaceEngine

@@ -13,13 +13,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline.analyze.doors.audit import AuditError, verify_log
-from pipeline.config.doors import DoorConfig
 from pipeline.analyze.doors.lockdown import Lockdown, LockdownError, lockdown_path
 from pipeline.analyze.doors.signing import Verifier, VerifyError
+from pipeline.config.doors import DoorConfig
 from pipeline.core.events import Event
-from pipeline.serve.web.app import back, checked_form, ctx_of, json_body, page
 from pipeline.serve.web.context import WebContext
 from pipeline.serve.web.events_store import EventFilter, EventStore
+from pipeline.serve.web.handlers import back, checked_form, ctx_of, json_body, page
 from pipeline.serve.web.routes_events import event_store
 
 #: newest decisions shown per door (each one's signature is checked)

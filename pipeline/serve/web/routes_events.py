@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from pipeline.serve.web.app import ctx_of, page
 from pipeline.serve.web.events_store import EventFilter, EventStore
+from pipeline.serve.web.handlers import ctx_of, page
 
 
 def _time(v: str, name: str) -> float | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,8 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline.analyze.faces.gallery import Gallery, GalleryError
-from pipeline.serve.web.app import back, check_api_csrf, checked_form, ctx_of, json_body, page
 from pipeline.serve.web.context import WebContext
+from pipeline.serve.web.handlers import back, check_api_csrf, checked_form, ctx_of, json_body, page
 
 UNKNOWN_SHOWN = 24
 _CROP_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.jpg$")
@@ -151,7 +150,6 @@ async def faces_page(
         unknown=unknown,
         results=results,
         calibration=calibration,
-        calibrate_available=calibrate_available(),
     )
     resp.status_code = status
     return resp
@@ -225,24 +223,6 @@ async def unknown_image(request: Request) -> Response:
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
-@functools.cache
-def calibrate_available() -> bool:
-    """``faces calibrate`` comes with the door decision work (issue 9): available once the faces CLI has it.
-
-    Cached: the answer is fixed for the process, and building the faces CLI's parser on every Faces page
-    (on the event loop) is wasted work."""
-    import argparse
-
-    from pipeline.cli import faces as faces_cli
-
-    parser = argparse.ArgumentParser()
-    faces_cli.add_arguments(parser)
-    for action in parser._actions:  # noqa: SLF001 - argparse has no public way to list subcommands
-        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
-            return "calibrate" in action.choices
-    return False
-
-
 _FACES_CLI = (
     "import argparse, sys\n"
     "from pipeline.cli import faces\n"
@@ -277,11 +257,6 @@ def run_calibrate(
 
 async def form_calibrate(request: Request) -> Response:
     form = await checked_form(request)
-    if not calibrate_available():
-        return back(
-            "/faces",
-            err="calibrate is not available in this build: `run_pipeline.py faces calibrate` (issue 9) is not installed",
-        )
     impostors = str(form.get("impostors") or "").strip()
     dry_run = form.get("dry_run") == "1"
     rc, output = await anyio.to_thread.run_sync(run_calibrate, ctx_of(request), impostors, dry_run)

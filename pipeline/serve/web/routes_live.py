@@ -18,8 +18,8 @@ from starlette.routing import Route
 from pipeline.config.schema import CameraConfig, ConfigError, format_validation_error
 from pipeline.core.sources import redact_url
 from pipeline.core.types import FrameResult
-from pipeline.serve.web.app import back, checked_form, ctx_of, json_body, page
 from pipeline.serve.web.context import WebContext
+from pipeline.serve.web.handlers import back, checked_form, ctx_of, json_body, page
 from pipeline.serve.web.render import annotate, encode_jpeg, track_ids_for
 
 LONG_POLL_S = 2.0
@@ -231,7 +231,7 @@ async def api_camera_action(request: Request) -> Response:
 
 async def api_remove_camera(request: Request) -> Response:
     cam_id = request.path_params["cam"]
-    from pipeline.serve.web.app import check_api_csrf
+    from pipeline.serve.web.handlers import check_api_csrf
 
     check_api_csrf(request)
     await anyio.to_thread.run_sync(apply_change, ctx_of(request), "remove", cam_id, None)

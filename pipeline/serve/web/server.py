@@ -19,8 +19,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from pipeline.config.doors import DoorConfig
 from pipeline.config.faces import FacesConfig
-from pipeline.serve.web.auth import Auth, load_or_create_password
 from pipeline.config.web import WebConfig
+from pipeline.serve.web.auth import Auth, load_or_create_password
 from pipeline.serve.web.context import WebContext
 
 if TYPE_CHECKING:
