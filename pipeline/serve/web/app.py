@@ -180,15 +180,7 @@ async def login_submit(request: Request) -> Response:
         return _secure(resp)
     ok = RedirectResponse(_next(request), status_code=303)
     https = request.url.scheme == "https"
-    ok.set_cookie(
-        SESSION_COOKIE,
-        sid,
-        max_age=int(ctx.web.session_ttl_s),
-        httponly=True,
-        samesite="strict",
-        path="/",
-        secure=https,
-    )
+    # the device cookie first: a client that keeps one Set-Cookie per response keeps the session
     if device is None:
         ok.set_cookie(
             DEVICE_COOKIE,
@@ -199,6 +191,15 @@ async def login_submit(request: Request) -> Response:
             path="/login",
             secure=https,
         )
+    ok.set_cookie(
+        SESSION_COOKIE,
+        sid,
+        max_age=int(ctx.web.session_ttl_s),
+        httponly=True,
+        samesite="strict",
+        path="/",
+        secure=https,
+    )
     return _secure(ok)
 
 

@@ -30,11 +30,29 @@ class LiveEncoder:
     camera); called on worker threads only."""
 
     def __init__(self) -> None:
+        self._pending: dict[str, tuple[FrameResult, asyncio.Future[bytes]]] = {}
         self._cache: dict[str, tuple[FrameResult, bytes]] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self.encoded = 0
         self.encode_cpu_s = 0.0  # thread CPU spent drawing + encoding (for the viewer-cost benchmark)
+
+    async def jpeg_async(self, ctx: WebContext, cam_id: str, result: FrameResult) -> bytes:
+        """On the event loop: a cached frame is answered at once; otherwise one worker thread encodes it
+        and every viewer waiting for the same frame awaits that one encoding (no thread per viewer)."""
+        hit = self._cache.get(cam_id)
+        if hit is not None and hit[0] is result:
+            return hit[1]
+        pending = self._pending.get(cam_id)
+        if pending is None or pending[0] is not result:
+            fut = asyncio.ensure_future(anyio.to_thread.run_sync(self.jpeg, ctx, cam_id, result))
+            pending = self._pending[cam_id] = (result, fut)
+            fut.add_done_callback(lambda f, c=cam_id: self._forget(c, f))
+        return await asyncio.shield(pending[1])
+
+    def _forget(self, cam_id: str, fut: asyncio.Future[bytes]) -> None:
+        if self._pending.get(cam_id, (None, None))[1] is fut:
+            del self._pending[cam_id]
 
     def jpeg(self, ctx: WebContext, cam_id: str, result: FrameResult) -> bytes:
         with self._guard:
@@ -132,7 +150,7 @@ async def live_frame(request: Request) -> Response:
             return Response(status_code=204, headers={"Cache-Control": "no-store"})
         await asyncio.sleep(0.01)
     encoder: LiveEncoder = request.app.state.live
-    data = await anyio.to_thread.run_sync(encoder.jpeg, ctx, cam_id, result)
+    data = await encoder.jpeg_async(ctx, cam_id, result)
     dets = [
         {"label": r["label"], "score": r["score"], "box": r["box"]} for r in result.detections.to_dicts()[:50]
     ]
