@@ -161,6 +161,7 @@ async def live_frame(request: Request) -> Response:
             "Cache-Control": "no-store",
             "X-Frame-Seq": str(result.frame.seq),
             "X-Capture-Time": f"{result.frame.capture_time:.6f}",
+            "X-Server-Time": f"{time.time():.6f}",
             "X-Detections": json.dumps(dets, separators=(",", ":")),
         },
     )
