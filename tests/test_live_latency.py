@@ -22,9 +22,9 @@ def test_a_realtime_file_gets_the_newest_frame_like_a_camera() -> None:
     assert CameraConfig(id="d", source="demo", realtime=True).effective_queue_policy == "latest"
     assert CameraConfig(id="d", source="clip.mp4").effective_queue_policy == "block"  # batch: every frame
     assert CameraConfig(id="d", source="rtsp://h/s").effective_queue_policy == "latest"
-    assert CameraConfig(id="d", source="c.mp4", realtime=True, queue_policy="block").effective_queue_policy == (
-        "block"
-    )
+    assert CameraConfig(
+        id="d", source="c.mp4", realtime=True, queue_policy="block"
+    ).effective_queue_policy == ("block")
     quick_start = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())["cameras"][0]
     assert CameraConfig.model_validate(quick_start).effective_queue_policy == "latest"
 

@@ -75,7 +75,22 @@ async def events_page(request: Request) -> Response:
         if r["snapshot"]:
             with contextlib.suppress(ValueError):
                 r["snapshot_url"] = "/snapshots/" + str(Path(r["snapshot"]).resolve().relative_to(base))
-    return page(request, "events.html", events=rows, flt=flt, cameras=cams, err=problem)
+    return page(
+        request,
+        "events.html",
+        events=rows,
+        flt=flt,
+        cameras=cams,
+        err=problem,
+        since_value=_input_value(flt.since),
+        until_value=_input_value(flt.until),
+    )
+
+
+def _input_value(t: float | None) -> str:
+    """A filter time as a datetime-local field shows it (the server's local time, as naive ISO times sent
+    by the field are read), so the form keeps its values after filtering."""
+    return "" if t is None else datetime.fromtimestamp(t).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 async def api_events(request: Request) -> Response:
