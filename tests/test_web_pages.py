@@ -89,3 +89,16 @@ def test_unknown_faces_come_only_from_door_cameras_and_name_their_camera(start_w
     assert "a_12_0_1700000000000.jpg" in html and 'data-crop-camera="a"' in html
     assert "car_park_7_0" not in html
     assert "Unknown faces at door cameras" in html
+
+
+def test_liveness_off_as_the_docs_write_it_parses() -> None:
+    import yaml
+
+    from pipeline.config.schema import parse_config
+
+    raw = yaml.safe_load(
+        "cameras: [{id: d, source: x.mp4}]\nfaces: {enabled: true}\n"
+        "doors:\n  - id: front\n    cameras: [d]\n    secret: 0123456789abcdef01234567\n    liveness: off\n"
+    )
+    assert raw["doors"][0]["liveness"] is False  # what YAML hands over
+    assert parse_config(raw).doors[0].liveness == "off"
