@@ -76,11 +76,14 @@ class BodyLimits:
     def _page_detail(self, problem: tuple[int, str], raw: str | None) -> str:
         if problem[0] == 413 and raw is not None:
             return (
-                f"The upload is {int(raw) / 1e6:.1f} MB; this server takes at most "
-                f"{self.max_body_bytes / 1e6:.1f} MB per request (web.max_body_bytes). "
-                "Send fewer or smaller photos at a time."
+                f"The upload is {_size(int(raw))}; this server takes at most {_size(self.max_body_bytes)} "
+                "per request (web.max_body_bytes). Send fewer or smaller photos at a time."
             )
         return problem[1]
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1_000_000 else f"{n / 1e3:.1f} kB"
 
 
 class LoginGate:
