@@ -40,7 +40,12 @@ def door_app(start_web, redis_server, demo_mp4, tmp_path) -> Iterator[tuple[WebH
             "redis": {"url": redis_server.url, "spool_path": str(tmp_path / "spool.sqlite")},
             "faces": {"enabled": True, "gallery_path": str(tmp_path / "gallery.sqlite")},
             "doors": [
-                {"id": "front", "cameras": ["door1"], "secret": "k" * 24, "audit_log": str(tmp_path / "a.jsonl")}
+                {
+                    "id": "front",
+                    "cameras": ["door1"],
+                    "secret": "k" * 24,
+                    "audit_log": str(tmp_path / "a.jsonl"),
+                }
             ],
         }
     )

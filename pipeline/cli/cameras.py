@@ -3,7 +3,7 @@ running pipeline through its web app's JSON API (which also writes the file).
 
     python run_pipeline.py cameras list
     python run_pipeline.py cameras add --id lobby --source rtsp://user:pass@10.0.0.5/stream [--detect-fps 5]
-    python run_pipeline.py cameras edit lobby --source rtsp://... [--detect-fps 5]
+    python run_pipeline.py cameras edit lobby --source rtsp://... [--detect-fps 5]   (only these change)
     python run_pipeline.py cameras pause|resume|remove lobby
     ... --url http://127.0.0.1:8080   apply to the running pipeline now (token: $VIDPIPE_FACES_TOKEN)
 """

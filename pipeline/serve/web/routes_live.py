@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 import time
@@ -47,7 +48,7 @@ class LiveEncoder:
         if pending is None or pending[0] is not result:
             fut = asyncio.ensure_future(anyio.to_thread.run_sync(self.jpeg, ctx, cam_id, result))
             pending = self._pending[cam_id] = (result, fut)
-            fut.add_done_callback(lambda f, c=cam_id: self._forget(c, f))
+            fut.add_done_callback(functools.partial(self._forget, cam_id))
         return await asyncio.shield(pending[1])
 
     def _forget(self, cam_id: str, fut: asyncio.Future[bytes]) -> None:
