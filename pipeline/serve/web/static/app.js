@@ -91,6 +91,8 @@ function liveEvents(table) {
     const cells = [new Date(e.ts * 1000).toLocaleString(), e.camera, e.type, e.label + (e.sub_label ? ` (${e.sub_label})` : ""), e.detail, ""];
     for (const text of cells) { const td = document.createElement("td"); td.textContent = text; tr.appendChild(td); }
     tr.classList.add("new");
+    const decision = e.type === "doors.decision" && e.data ? e.data.decision : "";
+    if (decision === "granted" || decision === "denied") { tr.classList.add(decision); tr.dataset.decision = decision; }
     body.prepend(tr);
     while (body.children.length > 500) body.lastChild.remove();
   };
