@@ -196,6 +196,7 @@ def test_64_slow_bodies_leave_the_operators_login_answering(start_web, running):
         t0 = time.monotonic()
         resp = _exchange(web.port, _login_request(PASSWORD), timeout=20)
         took = time.monotonic() - t0
+        print(f"operator's login with 64 slow bodies held: {took:.3f} s")
         assert _status(resp) == 303, resp[:200]
         assert took < 2.5, f"the operator's login took {took:.1f} s"  # answered, not after the deadline
         # the held ones: beyond the per-client cap refused at once; the rest get 408 at the body deadline
