@@ -140,7 +140,7 @@ def test_a_foreign_host_header_is_refused(start_web, running):  # noqa: F811
     )
     assert _status(resp) == 400 and b"web.allowed_hosts" in resp
     for good in (f"127.0.0.1:{web.port}", f"localhost:{web.port}", "LOCALHOST", f"[::1]:{web.port}",
-                 "10.1.2.3", "cams.example.org", "cam1.lan.example:8080"):  # fmt: skip
+                 "10.1.2.3", "cams.example.org", "cam1.lan.example:8080", socket.gethostname()):  # fmt: skip
         assert get(good) == 200, good
 
 

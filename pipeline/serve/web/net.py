@@ -8,12 +8,13 @@ from the proxies ``web.trusted_proxies`` names.
 
 The Host check defends against DNS rebinding (a page on an attacker's name resolved to 127.0.0.1): a
 request must name localhost, the bind address, an IP address (a rebinding attack always carries the
-attacker's name, never an address) or a name in ``web.allowed_hosts``.
+attacker's name, never an address), this machine's host name, or a name in ``web.allowed_hosts``.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -60,6 +61,10 @@ class HostPolicy:
     def __init__(self, bind_host: str, allowed: Iterable[str]) -> None:
         names = {n.lower().rstrip(".") for n in allowed}
         self.exact = {n for n in names if not n.startswith("*.")} | set(LOCAL_NAMES)
+        # this machine's own name (and its mDNS form): an attacker's page cannot carry it
+        me = socket.gethostname().lower().rstrip(".")
+        if me:
+            self.exact |= {me, f"{me.split('.', 1)[0]}.local"}
         if bind_host and not _is_ip(bind_host):
             self.exact.add(bind_host.lower())
         self.suffixes = tuple(n[1:] for n in names if n.startswith("*."))  # ".example.com"
