@@ -248,6 +248,15 @@ def test_100_open_event_streams_leave_pages_fast(start_web, running):  # noqa: F
         print(f"median page latency idle / with 100 streams (15 each): {idle} / {busy}")
         for p in idle:
             assert busy[p] - idle[p] < 0.2, f"{p}: idle {idle[p]:.3f} s, with 100 streams {busy[p]:.3f} s"
+        # the live view keeps flowing: 5 new frames in a row, each a new one
+        seq, t0 = -1, time.monotonic()
+        for _ in range(5):
+            status, headers, body = web.request(
+                "GET", f"/api/live/a/frame?after={seq}", headers={"Authorization": f"Bearer {TOKEN}"}
+            )
+            assert status == 200 and body[:2] == b"\xff\xd8" and int(headers["x-frame-seq"]) != seq
+            seq = int(headers["x-frame-seq"])
+        assert time.monotonic() - t0 < 5.0, "live frames slowed down by open event streams"
         # the streams still deliver: an event published now reaches all of them
         assert web.api("POST", "/api/cameras/a/pause")[0] == 200
         got = 0
