@@ -316,7 +316,7 @@ def test_redis_killed_mid_run_loses_nothing_and_keeps_order(demo_mp4, make_redis
     server = make_redis(persistence=True)
     cfg = parse_config(
         {
-            "cameras": [{"id": "c", "source": str(demo_mp4.path), "realtime": True}],
+            "cameras": [{"id": "c", "source": str(demo_mp4.path), "realtime": True, "queue_policy": "block"}],
             "detector": {"model": "none"},
             "redis": {
                 "url": server.url,

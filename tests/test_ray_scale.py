@@ -242,7 +242,7 @@ def test_cameras_added_and_removed_at_run_time_leave_the_others_undisturbed(
     from pipeline.scale.executor import RayExecutor
 
     clip = write_demo_video(tmp_path / "clip.mp4", width=160, height=120, fps=10, seconds=4)
-    cam = {"source": str(clip), "loop": True, "realtime": True}
+    cam = {"source": str(clip), "loop": True, "realtime": True, "queue_policy": "block"}  # every frame
     cfg = parse_config(
         {
             "cameras": [{"id": "a", **cam}, {"id": "b", **cam}],

@@ -42,6 +42,7 @@ class SeqRecorder:
 
 
 def _cam(cam_id: str, source: Path, **extra: object) -> CameraConfig:
+    extra.setdefault("queue_policy", "block")  # every frame: the no-gap assertions are about the runner
     return CameraConfig(id=cam_id, source=str(source), loop=True, realtime=True, **extra)
 
 

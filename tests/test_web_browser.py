@@ -76,7 +76,14 @@ def app(start_web, redis_server, demo_clip, tmp_path) -> Iterator[tuple[WebHandl
     cfg = parse_config(
         {
             "cameras": [
-                {"id": "demo", "source": str(demo_clip), "loop": True, "realtime": True, "detect_fps": 5}
+                {
+                    "id": "demo",
+                    "source": str(demo_clip),
+                    "loop": True,
+                    "realtime": True,
+                    "detect_fps": 5,
+                    "queue_policy": "block",
+                }  # every frame: the no-loss check below
             ],
             "detector": {"model": "yolov3-tiny", "score_threshold": 0.3},
             "redis": {"url": redis_server.url, "spool_path": str(tmp_path / "spool.sqlite")},

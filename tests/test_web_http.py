@@ -113,7 +113,7 @@ def test_http_bounds_content_length_idle_connections_and_the_worker_pool(start_w
     cfg, pipe = running
     web = start_web(cfg, pipe, idle_timeout_s=1, max_connections=4, max_body_bytes=4096)
     auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
-    head = b"POST /api/cameras HTTP/1.1\r\nHost: x\r\n" + auth
+    head = b"POST /api/cameras HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth
     assert b" 411 " in _raw(web.port, head + b"\r\n").split(b"\r\n")[0]
     assert b" 411 " in _raw(web.port, head + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n").split(b"\r\n")[0]
     assert b" 400 " in _raw(web.port, head + b"Content-Length: -5\r\n\r\n").split(b"\r\n")[0]
@@ -123,7 +123,7 @@ def test_http_bounds_content_length_idle_connections_and_the_worker_pool(start_w
     assert status == 400 and "camera" in body["error"] and "id" in body["error"]
 
     # an idle connection (no request at all, or kept alive after one) is closed by the server
-    for first in (b"", b"GET /api/cameras HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"):
+    for first in (b"", b"GET /api/cameras HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"\r\n"):
         with socket.create_connection(("127.0.0.1", web.port), timeout=10) as s:
             s.sendall(first)
             t0 = time.monotonic()
@@ -136,7 +136,7 @@ def test_http_bounds_content_length_idle_connections_and_the_worker_pool(start_w
     try:
         for _ in range(4):
             s = socket.create_connection(("127.0.0.1", web.port), timeout=10)
-            s.sendall(b"GET /api/events/stream HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n")
+            s.sendall(b"GET /api/events/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"\r\n")
             assert b" 200 " in s.recv(65536).split(b"\r\n")[0]
             streams.append(s)
         assert web.api("GET", "/api/cameras")[0] == 503
@@ -338,7 +338,7 @@ def test_events_timeline_filters_and_live_sse(start_web, running):
 
     with socket.create_connection(("127.0.0.1", web.port), timeout=15) as s:
         s.sendall(
-            f"GET /api/events/stream?type=status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+            f"GET /api/events/stream?type=status HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
         )
         head = s.recv(65536)
         assert b" 200 " in head.split(b"\r\n")[0] and b"text/event-stream" in head

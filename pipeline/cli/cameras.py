@@ -3,7 +3,7 @@ running pipeline through its web app's JSON API (which also writes the file).
 
     python run_pipeline.py cameras list
     python run_pipeline.py cameras add --id lobby --source rtsp://user:pass@10.0.0.5/stream [--detect-fps 5]
-    python run_pipeline.py cameras edit lobby --source rtsp://... [--detect-fps 5]
+    python run_pipeline.py cameras edit lobby --source rtsp://... [--detect-fps 5]   (only these change)
     python run_pipeline.py cameras pause|resume|remove lobby
     ... --url http://127.0.0.1:8080   apply to the running pipeline now (token: $VIDPIPE_FACES_TOKEN)
 """
@@ -43,6 +43,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--realtime", action="store_true", help="pace a file source at its frame rate")
     for name in ("pause", "resume", "remove"):
         sub.add_parser(name, help=f"{name} a camera").add_argument("id")
+
+
+def _patch(args: argparse.Namespace) -> dict[str, Any]:
+    """``edit``: only the settings given on the command line; every other key of the camera is kept."""
+    patch: dict[str, Any] = {}
+    if args.source:
+        patch["source"] = args.source
+    if args.detect_fps is not None:
+        patch["detect_fps"] = args.detect_fps
+    for flag in ("loop", "realtime"):
+        if getattr(args, flag):
+            patch[flag] = True
+    return patch
 
 
 def _camera(args: argparse.Namespace, base: dict[str, Any]) -> CameraConfig:
@@ -106,22 +119,23 @@ def _main(args: argparse.Namespace) -> int:
         for cam in load_config(args.config).cameras:
             print(f"{cam.id}\t{'enabled' if cam.enabled else 'paused'}\t{redact_url(cam.source)}")
         return 0
-    if args.action in ("add", "edit"):
-        base: dict[str, Any] = {}
-        if args.action == "edit":
-            current = next((c for c in load_config(args.config).cameras if c.id == args.id), None)
-            if current is None and not args.url:
-                raise KeyError(f"{args.config}: no camera {args.id!r}")
-            base = camera_dict(current) if current else {}
-        cam = _camera(args, base)
+    if args.action == "edit":
+        patch = _patch(args)
+        if not patch:
+            raise ValueError("edit: give at least one setting to change (--source, --detect-fps, ...)")
         if args.url:
-            if args.action == "add":
-                _call(args, "POST", "/api/cameras", camera_dict(cam))
-            else:
-                _call(args, "PUT", f"/api/cameras/{cam.id}", camera_dict(cam))
+            _call(args, "PATCH", f"/api/cameras/{args.id}", patch)
         else:
-            edit_cameras(args.config, "add" if args.action == "add" else "update", cam.id, cam)
-        print(f"camera {cam.id}: {args.action} done{'' if args.url else f' in {args.config}'}")
+            edit_cameras(args.config, "update", args.id, patch=patch)
+        print(f"camera {args.id}: edit done{'' if args.url else f' in {args.config}'}")
+        return 0
+    if args.action == "add":
+        cam = _camera(args, {})
+        if args.url:
+            _call(args, "POST", "/api/cameras", camera_dict(cam))
+        else:
+            edit_cameras(args.config, "add", cam.id, cam)
+        print(f"camera {cam.id}: add done{'' if args.url else f' in {args.config}'}")
         return 0
     if args.url:
         if args.action == "remove":

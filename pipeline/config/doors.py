@@ -95,6 +95,13 @@ class DoorConfig(_Strict):
     secret_env: str | None = Field(None, description="environment variable holding the HMAC key")
     audit_log: str = Field("var/doors_audit.jsonl", description="append-only hash-chained decision log")
 
+    @field_validator("liveness", mode="before")
+    @classmethod
+    def _liveness_off(cls, v: object) -> object:
+        return (
+            "off" if v is False else v
+        )  # YAML 1.1 reads a bare `liveness: off` (as docs/doors.md writes it) as false
+
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:

@@ -55,9 +55,50 @@ def camera_dict(cam: CameraConfig) -> dict[str, Any]:
     return cam.model_dump(mode="json", exclude_defaults=True) | {"id": cam.id, "source": cam.source}
 
 
-def edit_cameras(path: str | Path, change: str, cam_id: str, cam: CameraConfig | None = None) -> None:
+def merge_camera(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """``current`` with ``patch``'s keys replaced and every other key kept as it is (``detect``,
+    ``analytics``, ``loop``, ``enabled: false``, connection settings, ``source: demo``...); a ``None`` in
+    the patch removes that key, so the setting goes back to its default. ``id`` cannot be patched.
+
+    Why a patch and not the form's whole camera: a form shows a few fields; rebuilding the camera from them
+    silently reset everything it does not show (a paused door camera came back enabled)."""
+    merged = dict(current)
+    for key, value in patch.items():
+        if key == "id":
+            continue
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+def patched_camera(cam: CameraConfig, patch: dict[str, Any], where: str) -> CameraConfig:
+    """A running camera's settings with ``patch`` applied (validated; ConfigError naming ``where``)."""
+    from pydantic import ValidationError
+
+    from pipeline.config.schema import format_validation_error
+
+    data = merge_camera(cam.model_dump(mode="json", exclude_defaults=True), patch)
+    data["id"] = cam.id
+    try:
+        return CameraConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, where)) from None
+
+
+def edit_cameras(
+    path: str | Path,
+    change: str,
+    cam_id: str,
+    cam: CameraConfig | None = None,
+    *,
+    patch: dict[str, Any] | None = None,
+) -> None:
     """Apply one change (``add``, ``update``, ``remove``, ``pause``, ``resume``) to the file's cameras and
-    write it back, after checking the whole resulting config validates."""
+    write it back, after checking the whole resulting config validates. ``update`` with ``patch`` changes
+    only the patch's keys of the camera as written in the file (see ``merge_camera``); with ``cam`` it
+    replaces the camera."""
     with _LOCK:
         data = read_raw(path)
         cams = list(data.get("cameras") or [])
@@ -69,6 +110,8 @@ def edit_cameras(path: str | Path, change: str, cam_id: str, cam: CameraConfig |
             cams.append(camera_dict(cam))
         elif idx is None:
             raise KeyError(f"{path}: no camera {cam_id!r} in the file")
+        elif change == "update" and patch is not None:
+            cams[idx] = merge_camera(cams[idx], patch)
         elif change == "update":
             assert cam is not None
             cams[idx] = camera_dict(cam)

@@ -48,7 +48,9 @@ class CameraConfig(_Strict):
         None, gt=0, description="run detection at most this often; None = every frame"
     )
     queue_policy: Literal["latest", "block"] | None = Field(
-        None, description="None: 'block' for files, 'latest' for live sources"
+        None,
+        description="None: 'latest' for live sources and files paced in real time (realtime: true), like "
+        "a camera: the detector gets the newest frame; 'block' for other files (every frame)",
     )
     queue_size: int = Field(8, ge=1)
     loop: bool = Field(False, description="restart a file source from the top when it ends")
@@ -72,7 +74,9 @@ class CameraConfig(_Strict):
 
     @property
     def effective_queue_policy(self) -> Literal["latest", "block"]:
-        return self.queue_policy or ("latest" if self.is_live else "block")
+        """A file paced in real time stands in for a camera (the quick start's demo): it gets the newest
+        frame too, else a busy detector lets its queue fill and the live view falls seconds behind."""
+        return self.queue_policy or ("latest" if self.is_live or self.realtime else "block")
 
 
 class RedisConfig(_Strict):

@@ -48,7 +48,12 @@ class WebHandle:
         try:
             conn.request(method, path, body=body, headers=headers or {})
             resp = conn.getresponse()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+            headers = {k.lower(): v for k, v in resp.getheaders()}
+            cookies = resp.headers.get_all("Set-Cookie") or []
+            if cookies:  # several Set-Cookie headers: the session one first, all of them kept
+                cookies.sort(key=lambda c: not c.startswith("vidpipe_session="))
+                headers["set-cookie"] = "\n".join(cookies)
+            return resp.status, headers, resp.read()
         finally:
             conn.close()
 

@@ -6,6 +6,7 @@ Pages are server-rendered (Jinja2) with a little JavaScript from ``static/``; ev
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 from urllib.parse import quote
@@ -22,8 +23,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from pipeline.serve.web import routes_doors, routes_events, routes_faces, routes_live
 from pipeline.serve.web.context import WebContext
 from pipeline.serve.web.handlers import HERE, checked_form, ctx_of, templates
+from pipeline.serve.web.net import ProxyAndHost
 
 SESSION_COOKIE = "vidpipe_session"
+DEVICE_COOKIE = "vidpipe_device"  # a browser that logged in here before (its own login rate limit)
+DEVICE_TTL_S = 400 * 24 * 3600
 _OPEN_PATHS = ("/login", "/static/")
 
 
@@ -51,12 +55,35 @@ class BodyLimits:
                     f"body of {int(raw)} bytes is larger than web.max_body_bytes ({self.max_body_bytes})",
                 )
             if problem is not None:
-                resp = JSONResponse(
-                    {"error": problem[1]}, status_code=problem[0], headers={"Connection": "close"}
-                )
+                resp: Response
+                if scope["path"].startswith("/api/"):
+                    resp = JSONResponse(
+                        {"error": problem[1]}, status_code=problem[0], headers={"Connection": "close"}
+                    )
+                else:  # a person at a form (an upload too large): a page that says what to do
+                    resp = _secure(templates.TemplateResponse(
+                        Request(scope),
+                        "error.html",
+                        {"status": problem[0], "detail": self._page_detail(problem, raw), "nav": "",
+                         "back": "/" + scope["path"].split("/")[1]},
+                        status_code=problem[0],
+                        headers={"Connection": "close"},
+                    ))  # fmt: skip
                 await resp(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def _page_detail(self, problem: tuple[int, str], raw: str | None) -> str:
+        if problem[0] == 413 and raw is not None:
+            return (
+                f"The upload is {_size(int(raw))}; this server takes at most {_size(self.max_body_bytes)} "
+                "per request (web.max_body_bytes). Send fewer or smaller photos at a time."
+            )
+        return problem[1]
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1_000_000 else f"{n / 1e3:.1f} kB"
 
 
 class LoginGate:
@@ -124,8 +151,12 @@ def _next(request: Request) -> str:
 
 
 async def login_submit(request: Request) -> Response:
+    """Per-source lock-out (the client address, or the browser's device cookie when it logged in here
+    before), and a global slowdown for browsers without one; the scrypt check runs on a worker thread so
+    the event loop keeps serving."""
     ctx = ctx_of(request)
-    client = request.client.host if request.client else "?"
+    device = ctx.auth.device_id(request.cookies.get(DEVICE_COOKIE))
+    client = f"device:{device}" if device else (request.client.host if request.client else "?")
     wait = ctx.auth.retry_after(client)
     if wait > 0:
         resp = templates.TemplateResponse(
@@ -136,6 +167,8 @@ async def login_submit(request: Request) -> Response:
             headers={"Retry-After": str(int(wait) + 1)},
         )
         return _secure(resp)
+    if device is None and (delay := ctx.auth.slowdown()) > 0:
+        await asyncio.sleep(delay)
     form = await request.form(max_files=0, max_fields=5, max_part_size=4096)
     password = form.get("password")
     import anyio.to_thread
@@ -149,8 +182,26 @@ async def login_submit(request: Request) -> Response:
         )
         return _secure(resp)
     ok = RedirectResponse(_next(request), status_code=303)
+    https = request.url.scheme == "https"
+    # the device cookie first: a client that keeps one Set-Cookie per response keeps the session
+    if device is None:
+        ok.set_cookie(
+            DEVICE_COOKIE,
+            ctx.auth.device_token(),
+            max_age=DEVICE_TTL_S,
+            httponly=True,
+            samesite="strict",
+            path="/login",
+            secure=https,
+        )
     ok.set_cookie(
-        SESSION_COOKIE, sid, max_age=int(ctx.web.session_ttl_s), httponly=True, samesite="strict", path="/"
+        SESSION_COOKIE,
+        sid,
+        max_age=int(ctx.web.session_ttl_s),
+        httponly=True,
+        samesite="strict",
+        path="/",
+        secure=https,
     )
     return _secure(ok)
 
@@ -189,7 +240,16 @@ def create_app(ctx: WebContext) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(BodyLimits, max_body_bytes=ctx.web.max_body_bytes), Middleware(LoginGate)],
+        middleware=[
+            Middleware(
+                ProxyAndHost,
+                trusted_proxies=ctx.web.trusted_proxies,
+                bind_host=ctx.web.host,
+                allowed_hosts=ctx.web.allowed_hosts,
+            ),
+            Middleware(BodyLimits, max_body_bytes=ctx.web.max_body_bytes),
+            Middleware(LoginGate),
+        ],
         exception_handlers={HTTPException: http_error},
     )
     app.state.ctx = ctx

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import heapq
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +11,7 @@ import redis
 from pipeline.core.events import Event
 
 FAMILIES = ("status", "detections", "tracks", "faces", "doors")
+LAG_S = 300.0  # how late after its time an event may still reach its stream (publisher back-log, spool)
 
 
 @dataclass
@@ -29,6 +30,8 @@ class EventFilter:
 
     def matches(self, ev: Event) -> bool:
         if self.camera and ev.camera_id != self.camera:
+            return False
+        if (self.since is not None and ev.ts < self.since) or (self.until is not None and ev.ts > self.until):
             return False
         if self.type and ev.type != self.type and ev.family != self.type:
             return False
@@ -78,37 +81,102 @@ class EventStore:
         return f"{self.prefix}:stream:{family}"
 
     def recent(self, flt: EventFilter, limit: int = 200, scan: int = 2000) -> list[dict[str, Any]]:
-        """Newest first: up to ``limit`` matching events among the newest ``scan`` of each family."""
-        hi = "+" if flt.until is None else str(int(flt.until * 1000))
+        """Newest first by event time (``ts``, when it happened; not when Redis got it, which lags under
+        load and differs between cameras): up to ``limit`` matching events among the newest ``scan`` of
+        each family. An event reaches its stream at or after its time, so the stream range starts at
+        ``since`` and runs ``LAG_S`` past ``until``; ``ts`` decides."""
+        hi = "+" if flt.until is None else str(int((flt.until + LAG_S) * 1000))
         lo = "-" if flt.since is None else str(int(flt.since * 1000))
-        per_family = []
+        rows = []
         for fam in flt.families():
-            rows = []
             for sid, fields in self.client.xrevrange(self.key(fam), hi, lo, count=scan):
                 r = matching_row(sid, fields, flt)
                 if r is not None:
                     rows.append(r)
-            per_family.append(rows)
-        merged = heapq.merge(
-            *per_family, key=lambda r: tuple(int(x) for x in r["id"].split("-")), reverse=True
+        rows.sort(key=lambda r: (r["ts"], tuple(int(x) for x in r["id"].split("-"))), reverse=True)
+        return rows[:limit]
+
+
+@dataclass(eq=False)  # hashed by identity: a set of the open streams
+class Subscriber:
+    """One live-event stream (an SSE response): its filter, its families and the rows waiting for it."""
+
+    flt: EventFilter
+    families: frozenset[str]
+    queue: asyncio.Queue[dict[str, Any]]
+    lost: int = 0  # rows dropped because this client read too slowly (its queue was full)
+
+
+class EventHub:
+    """One Redis reader for every live-event stream of the app, on the event loop (``redis.asyncio``).
+
+    Why: a stream per viewer each blocking on ``XREAD`` held a worker thread (and a Redis connection) per
+    open page: 12 quiet streams slowed every page to a second, 40 to ten. Here one task blocks on XREAD for
+    the families anyone is watching and hands each matching row to the subscribers' bounded queues; an
+    open stream costs a queue, not a thread. The task ends when the last subscriber leaves."""
+
+    QUEUE = 1000
+
+    def __init__(self, url: str, prefix: str, block_ms: int = 1000) -> None:
+        self.url, self.prefix, self.block_ms = url, prefix, block_ms
+        self._subs: set[Subscriber] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.problem = ""  # why Redis is not being read, while it is not
+
+    def key(self, family: str) -> str:
+        return f"{self.prefix}:stream:{family}"
+
+    def subscribe(self, flt: EventFilter) -> Subscriber:
+        sub = Subscriber(flt, frozenset(flt.families()), asyncio.Queue(self.QUEUE))
+        self._subs.add(sub)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="events-hub")
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self._subs.discard(sub)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
+
+    async def _run(self) -> None:
+        import redis.asyncio as aioredis
+
+        client: Any = aioredis.Redis.from_url(
+            self.url, socket_timeout=self.block_ms / 1000 + 5, socket_connect_timeout=2
         )
-        return [r for _, r in zip(range(limit), merged, strict=False)]
+        ids: dict[str, str] = {}
+        try:
+            while self._subs:
+                try:
+                    for fam in {f for s in self._subs for f in s.families}:
+                        if self.key(fam) not in ids:  # from now on: the newest entry so far
+                            last = await client.xrevrange(self.key(fam), "+", "-", count=1)
+                            ids[self.key(fam)] = last[0][0].decode() if last else "0-0"
+                    got = await client.xread(dict(ids), count=500, block=self.block_ms) or []
+                    self.problem = ""
+                except redis.RedisError as exc:
+                    self.problem = f"Redis is not reachable ({exc})"
+                    await asyncio.sleep(1.0)
+                    continue
+                for key, entries in got:
+                    for sid, fields in entries:
+                        ids[key.decode()] = sid.decode()
+                        self._fan_out(sid, fields)
+        finally:
+            await client.aclose()
 
-    def tail_ids(self, families: list[str]) -> dict[str, str]:
-        out = {}
-        for fam in families:
-            last = self.client.xrevrange(self.key(fam), "+", "-", count=1)
-            out[self.key(fam)] = last[0][0].decode() if last else "0-0"
-        return out
-
-    def read_new(self, ids: dict[str, str], flt: EventFilter, block_ms: int = 1000) -> list[dict[str, Any]]:
-        """Entries after ``ids`` (updated in place), waiting up to ``block_ms``."""
-        got = self.client.xread(dict(ids), count=100, block=block_ms) or []
-        rows = []
-        for key, entries in got:
-            for sid, fields in entries:
-                ids[key.decode()] = sid.decode()
-                r = matching_row(sid, fields, flt)
-                if r is not None:
-                    rows.append(r)
-        return rows
+    def _fan_out(self, sid: bytes, fields: dict[bytes, bytes]) -> None:
+        try:
+            ev = Event.from_json(fields[b"event"])
+        except (KeyError, ValueError):
+            return
+        r: dict[str, Any] | None = None
+        for sub in list(self._subs):
+            if ev.family in sub.families and sub.flt.matches(ev):
+                r = r or row(ev, sid.decode())
+                try:
+                    sub.queue.put_nowait(r)
+                except asyncio.QueueFull:
+                    sub.lost += 1

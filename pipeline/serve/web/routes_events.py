@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -15,8 +16,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from pipeline.serve.web.events_store import EventFilter, EventStore
+from pipeline.serve.web.events_store import EventFilter, EventHub, EventStore
 from pipeline.serve.web.handlers import ctx_of, page
+
+IDLE_COMMENT_S = 5.0  # an idle stream sends a comment this often (proxies and browsers keep it open)
 
 
 def _time(v: str, name: str) -> float | None:
@@ -72,7 +75,22 @@ async def events_page(request: Request) -> Response:
         if r["snapshot"]:
             with contextlib.suppress(ValueError):
                 r["snapshot_url"] = "/snapshots/" + str(Path(r["snapshot"]).resolve().relative_to(base))
-    return page(request, "events.html", events=rows, flt=flt, cameras=cams, err=problem)
+    return page(
+        request,
+        "events.html",
+        events=rows,
+        flt=flt,
+        cameras=cams,
+        err=problem,
+        since_value=_input_value(flt.since),
+        until_value=_input_value(flt.until),
+    )
+
+
+def _input_value(t: float | None) -> str:
+    """A filter time as a datetime-local field shows it (the server's local time, as naive ISO times sent
+    by the field are read), so the form keeps its values after filtering."""
+    return "" if t is None else datetime.fromtimestamp(t).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 async def api_events(request: Request) -> Response:
@@ -82,25 +100,35 @@ async def api_events(request: Request) -> Response:
     return JSONResponse({"events": rows})
 
 
+def event_hub(request: Request) -> EventHub:
+    """The app's one live-event reader (created on first use, on the event loop)."""
+    ctx = ctx_of(request)
+    if not ctx.redis_url:
+        raise HTTPException(404, "no Redis configured for this server (events need the pipeline's Redis)")
+    hub: EventHub | None = getattr(request.app.state, "event_hub", None)
+    if hub is None:
+        hub = request.app.state.event_hub = EventHub(ctx.redis_url, ctx.redis_prefix)
+    return hub
+
+
 async def api_events_stream(request: Request) -> Response:
-    """Server-sent events: one ``data:`` line per new matching event, a comment every few seconds."""
-    flt = _filter(request)
-    store = event_store(request)
-    fams = flt.families()
-    ids = await anyio.to_thread.run_sync(store.tail_ids, fams)
+    """Server-sent events: one ``data:`` line per new matching event, a comment every few seconds. Runs
+    on the event loop: an open stream holds a queue of the app's one Redis reader, not a thread."""
+    hub = event_hub(request)
+    sub = hub.subscribe(_filter(request))
 
     async def gen() -> AsyncIterator[str]:
-        yield ": connected\n\n"
-        while not await request.is_disconnected():
-            try:
-                rows = await anyio.to_thread.run_sync(store.read_new, ids, flt, 1000)
-            except redis.RedisError:
-                rows = []
-                await anyio.sleep(1.0)
-            for r in rows:
+        try:
+            yield ": connected\n\n"
+            while True:
+                try:
+                    r = await asyncio.wait_for(sub.queue.get(), timeout=IDLE_COMMENT_S)
+                except TimeoutError:
+                    yield f": idle{' (' + hub.problem + ')' if hub.problem else ''}\n\n"
+                    continue
                 yield f"data: {json.dumps(r, default=str)}\n\n"
-            if not rows:
-                yield ": idle\n\n"
+        finally:
+            hub.unsubscribe(sub)
 
     return StreamingResponse(gen(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 

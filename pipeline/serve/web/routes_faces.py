@@ -69,18 +69,30 @@ def unknown_dir(ctx: WebContext) -> Path:
     return ctx.resolve(ctx.faces.unknown_crops.dir)
 
 
+def crop_camera(name: str) -> str:
+    """The camera of an unknown-face crop: its file is ``{camera}_{seq}_{face}_{ms}.jpg`` and a camera id
+    may itself contain ``_``."""
+    parts = name[: -len(".jpg")].rsplit("_", 3)
+    return parts[0] if len(parts) == 4 else ""
+
+
+def door_cameras(ctx: WebContext) -> set[str]:
+    return {cam for door in ctx.doors for cam in door.cameras}
+
+
 def unknown_faces(ctx: WebContext) -> list[dict[str, Any]]:
-    """Newest crops of unknown faces (the face analyzer saves them at door cameras), newest first."""
+    """Newest crops of unknown faces, newest first, each with its camera. With doors configured only those
+    from door cameras (a face seen in the car park is nobody to enroll at the front door)."""
     d = unknown_dir(ctx)
     if not d.is_dir():
         return []
-    files = sorted(
-        (p for p in d.iterdir() if _CROP_NAME.match(p.name)), key=lambda p: p.stat().st_mtime, reverse=True
-    )
-    return [
-        {"file": p.name, "camera": p.name.split("_", 1)[0], "mtime": p.stat().st_mtime}
-        for p in files[:UNKNOWN_SHOWN]
-    ]
+    at_doors = door_cameras(ctx)
+    files = []
+    for p in d.iterdir():
+        if _CROP_NAME.match(p.name) and (not at_doors or crop_camera(p.name) in at_doors):
+            files.append((p.stat().st_mtime, p))
+    files.sort(key=lambda t: t[0], reverse=True)
+    return [{"file": p.name, "camera": crop_camera(p.name), "mtime": m} for m, p in files[:UNKNOWN_SHOWN]]
 
 
 # -- JSON API --------------------------------------------------------------------------------------------
@@ -148,6 +160,7 @@ async def faces_page(
         "faces.html",
         persons=people,
         unknown=unknown,
+        unknown_at_doors=bool(door_cameras(ctx)),
         results=results,
         calibration=calibration,
     )

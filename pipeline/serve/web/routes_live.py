@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 import time
@@ -30,11 +31,29 @@ class LiveEncoder:
     camera); called on worker threads only."""
 
     def __init__(self) -> None:
+        self._pending: dict[str, tuple[FrameResult, asyncio.Future[bytes]]] = {}
         self._cache: dict[str, tuple[FrameResult, bytes]] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self.encoded = 0
         self.encode_cpu_s = 0.0  # thread CPU spent drawing + encoding (for the viewer-cost benchmark)
+
+    async def jpeg_async(self, ctx: WebContext, cam_id: str, result: FrameResult) -> bytes:
+        """On the event loop: a cached frame is answered at once; otherwise one worker thread encodes it
+        and every viewer waiting for the same frame awaits that one encoding (no thread per viewer)."""
+        hit = self._cache.get(cam_id)
+        if hit is not None and hit[0] is result:
+            return hit[1]
+        pending = self._pending.get(cam_id)
+        if pending is None or pending[0] is not result:
+            fut = asyncio.ensure_future(anyio.to_thread.run_sync(self.jpeg, ctx, cam_id, result))
+            pending = self._pending[cam_id] = (result, fut)
+            fut.add_done_callback(functools.partial(self._forget, cam_id))
+        return await asyncio.shield(pending[1])
+
+    def _forget(self, cam_id: str, fut: asyncio.Future[bytes]) -> None:
+        if self._pending.get(cam_id, (None, None))[1] is fut:
+            del self._pending[cam_id]
 
     def jpeg(self, ctx: WebContext, cam_id: str, result: FrameResult) -> bytes:
         with self._guard:
@@ -132,7 +151,7 @@ async def live_frame(request: Request) -> Response:
             return Response(status_code=204, headers={"Cache-Control": "no-store"})
         await asyncio.sleep(0.01)
     encoder: LiveEncoder = request.app.state.live
-    data = await anyio.to_thread.run_sync(encoder.jpeg, ctx, cam_id, result)
+    data = await encoder.jpeg_async(ctx, cam_id, result)
     dets = [
         {"label": r["label"], "score": r["score"], "box": r["box"]} for r in result.detections.to_dicts()[:50]
     ]
@@ -143,6 +162,7 @@ async def live_frame(request: Request) -> Response:
             "Cache-Control": "no-store",
             "X-Frame-Seq": str(result.frame.seq),
             "X-Capture-Time": f"{result.frame.capture_time:.6f}",
+            "X-Server-Time": f"{time.time():.6f}",
             "X-Detections": json.dumps(dets, separators=(",", ":")),
         },
     )
@@ -156,26 +176,42 @@ def _camera_from(data: dict[str, Any], where: str) -> CameraConfig:
         raise HTTPException(400, format_validation_error(err, where)) from None
 
 
-def apply_change(ctx: WebContext, change: str, cam_id: str, cam: CameraConfig | None = None) -> None:
+def apply_change(
+    ctx: WebContext,
+    change: str,
+    cam_id: str,
+    cam: CameraConfig | None = None,
+    patch: dict[str, Any] | None = None,
+) -> None:
     """Change the file first (it validates the whole config), then the running pipeline; if the pipeline
-    refuses, the file change is undone so both keep agreeing."""
-    from pipeline.config.edit import edit_cameras, read_raw, write_atomic
+    refuses, the file change is undone so both keep agreeing. ``update`` takes a ``patch``: only its keys
+    change, in the file (as written there: ``source: demo`` stays) and in the running camera."""
+    from pipeline.config.edit import edit_cameras, patched_camera, read_raw, write_atomic
 
     pipe = ctx.pipeline
     if pipe is None:
         raise HTTPException(404, "no pipeline runs in this process")
     if change == "remove" and [c.id for c in pipe.camera_configs()] == [cam_id]:
         raise HTTPException(409, f"camera {cam_id!r} is the last camera; pause it instead of removing it")
+    if change == "update" and patch is not None and not patch:
+        return  # nothing changed: the camera keeps running undisturbed
     saved = None
     in_file = False
     try:
+        if change == "update" and patch is not None:
+            current = next((c for c in pipe.camera_configs() if c.id == cam_id), None)
+            if current is None:
+                raise KeyError(f"no camera {cam_id!r}")
+            cam = patched_camera(current, patch, f"camera {cam_id}")
+            typed = cam.model_dump(mode="json")  # the file gets the validated values (2.0, not "2")
+            patch = {k: None if v is None else typed.get(k, v) for k, v in patch.items() if k != "id"}
         if ctx.config_path is not None:
             saved = read_raw(ctx.config_path)
             in_file = change == "add" or any(
                 isinstance(c, dict) and c.get("id") == cam_id for c in saved.get("cameras") or []
             )
             if in_file:
-                edit_cameras(ctx.config_path, change, cam_id, cam)
+                edit_cameras(ctx.config_path, change, cam_id, cam, patch=patch)
         try:
             if change == "add":
                 assert cam is not None
@@ -213,10 +249,13 @@ async def api_add_camera(request: Request) -> Response:
 
 
 async def api_update_camera(request: Request) -> Response:
+    """PUT or PATCH: the body's settings change, every other setting of the camera is kept (a ``null``
+    puts one back to its default)."""
     cam_id = request.path_params["cam"]
     body = await json_body(request)
-    cam = _camera_from({**body, "id": cam_id}, f"camera {cam_id}")
-    await anyio.to_thread.run_sync(apply_change, ctx_of(request), "update", cam_id, cam)
+    if body.get("id", cam_id) != cam_id:
+        raise HTTPException(400, f"camera {cam_id}: the id cannot be changed (remove and add instead)")
+    await anyio.to_thread.run_sync(apply_change, ctx_of(request), "update", cam_id, None, body)
     return JSONResponse({"updated": cam_id})
 
 
@@ -236,6 +275,28 @@ async def api_remove_camera(request: Request) -> Response:
     check_api_csrf(request)
     await anyio.to_thread.run_sync(apply_change, ctx_of(request), "remove", cam_id, None)
     return JSONResponse({"removed": cam_id})
+
+
+def _form_patch(form: Any, current: CameraConfig) -> dict[str, Any]:
+    """The settings an edit form changes: only the fields it carries, only where they differ from what the
+    page showed (the source is shown with its password masked: sent back unchanged, the real one stays)."""
+    patch: dict[str, Any] = {}
+    source = str(form.get("source") or "").strip()
+    if source and source not in (current.source, redact_url(current.source)):
+        patch["source"] = source
+    if "detect_fps" in form:
+        fps = str(form.get("detect_fps") or "").strip()
+        if (float(fps) if _is_number(fps) else fps or None) != current.detect_fps:
+            patch["detect_fps"] = fps or None
+    return patch
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
 
 
 def _form_camera(form: Any, cam_id: str) -> CameraConfig:
@@ -264,12 +325,11 @@ async def form_camera_action(request: Request) -> Response:
     cam_id, action = request.path_params["cam"], request.path_params["action"]
     try:
         if action == "edit":
-            cam = _form_camera(form, cam_id)
             current = next((c for c in _pipeline(request).camera_configs() if c.id == cam_id), None)
-            if current is not None and cam.source == redact_url(current.source):
-                # the page shows the source with its password masked; sent back unchanged, keep the real one
-                cam = cam.model_copy(update={"source": current.source})
-            await anyio.to_thread.run_sync(apply_change, ctx_of(request), "update", cam_id, cam)
+            if current is None:
+                raise HTTPException(404, f"no camera {cam_id!r}")
+            patch = _form_patch(form, current)
+            await anyio.to_thread.run_sync(apply_change, ctx_of(request), "update", cam_id, None, patch)
         elif action in ("pause", "resume", "remove"):
             await anyio.to_thread.run_sync(apply_change, ctx_of(request), action, cam_id, None)
         else:
@@ -288,7 +348,7 @@ def routes() -> list[Route]:
         Route("/api/live/{cam}/frame", live_frame),
         Route("/api/cameras", api_cameras, methods=["GET"]),
         Route("/api/cameras", api_add_camera, methods=["POST"]),
-        Route("/api/cameras/{cam}", api_update_camera, methods=["PUT"]),
+        Route("/api/cameras/{cam}", api_update_camera, methods=["PUT", "PATCH"]),
         Route("/api/cameras/{cam}", api_remove_camera, methods=["DELETE"]),
         Route("/api/cameras/{cam}/{action}", api_camera_action, methods=["POST"]),
     ]

@@ -6,10 +6,23 @@ window.vidpipeLive = {};
 
 function liveLoop(img) {
   const cam = img.dataset.cam;
-  const st = (window.vidpipeLive[cam] = { frames: 0, delays: [], seq: -1, started: performance.now(), dets: [] });
+  const st = (window.vidpipeLive[cam] = { frames: 0, delays: [], seq: -1, started: performance.now(), dets: [],
+                                          captured: null, skew: 0, age: null });
   const stats = document.querySelector(`[data-stats="${cam}"]`);
   const list = document.querySelector(`[data-dets="${cam}"]`);
   let lastUrl = null;
+  // The shown frame's age, updated 4 times a second whether or not a new frame comes: a camera that
+  // stalls shows its last frame growing old (and marked stale), never a frozen "120 ms behind".
+  function showAge() {
+    if (st.captured === null) return;
+    st.age = Date.now() / 1000 + st.skew - st.captured;
+    const secs = (performance.now() - st.started) / 1000;
+    const stale = st.age > 2;
+    stats.classList.toggle("stale", stale);
+    stats.textContent = `frame ${st.seq} · ${(st.frames / secs).toFixed(1)} fps shown · ` +
+      (stale ? `no new frame: this one is ${st.age.toFixed(1)} s old` : `${(st.age * 1000).toFixed(0)} ms behind capture`);
+  }
+  setInterval(showAge, 250);
   async function next() {
     let resp;
     try {
@@ -18,19 +31,22 @@ function liveLoop(img) {
     if (resp.status === 204) { next(); return; }
     if (!resp.ok) { stats.textContent = `no frames (${resp.status})`; setTimeout(next, 2000); return; }
     const captured = parseFloat(resp.headers.get("X-Capture-Time"));
+    const serverNow = parseFloat(resp.headers.get("X-Server-Time"));
     const seq = parseInt(resp.headers.get("X-Frame-Seq"), 10);
     const dets = JSON.parse(resp.headers.get("X-Detections") || "[]");
+    // another machine's clock: correct ages by the server's clock (over 0.5 s apart; on one machine, none)
+    const skew = serverNow - Date.now() / 1000;
     const blob = await resp.blob();
     const url = URL.createObjectURL(blob);
     img.onload = () => {
       // capture (decoder wall clock) to pixels decoded in this page: same machine, same clock
       const delay = Date.now() / 1000 - captured;
-      st.frames += 1; st.seq = seq; st.dets = dets;
+      st.frames += 1; st.seq = seq; st.dets = dets; st.captured = captured;
+      st.skew = Math.abs(skew) > 0.5 ? skew : 0;
       st.delays.push(delay); if (st.delays.length > 600) st.delays.shift();
       if (lastUrl) URL.revokeObjectURL(lastUrl);
       lastUrl = url;
-      const secs = (performance.now() - st.started) / 1000;
-      stats.textContent = `frame ${seq} · ${(st.frames / secs).toFixed(1)} fps shown · ${(delay * 1000).toFixed(0)} ms behind capture`;
+      showAge();
       list.replaceChildren(...dets.map(d => {
         const li = document.createElement("li");
         li.textContent = `${d.label} ${d.score.toFixed(2)} [${d.box.map(v => Math.round(v)).join(", ")}]`;
@@ -75,6 +91,8 @@ function liveEvents(table) {
     const cells = [new Date(e.ts * 1000).toLocaleString(), e.camera, e.type, e.label + (e.sub_label ? ` (${e.sub_label})` : ""), e.detail, ""];
     for (const text of cells) { const td = document.createElement("td"); td.textContent = text; tr.appendChild(td); }
     tr.classList.add("new");
+    const decision = e.type === "doors.decision" && e.data ? e.data.decision : "";
+    if (decision === "granted" || decision === "denied") { tr.classList.add(decision); tr.dataset.decision = decision; }
     body.prepend(tr);
     while (body.children.length > 500) body.lastChild.remove();
   };
