@@ -109,7 +109,7 @@ class BatchConfig(_Strict):
 
 
 class DetectorConfig(_Strict):
-    model: str = Field("yolov3-tiny", description="a model-store name, 'none', or a path to an .onnx file")
+    model: str = Field("yolox-nano", description="a model-store name (yolox-nano, yolov3-tiny, nanodet-m-416, ...), 'none', or a path to an .onnx file")
     backend: Literal["onnxruntime", "torch", "tensorrt"] = "onnxruntime"
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
     input_size: int = Field(416, ge=32)
