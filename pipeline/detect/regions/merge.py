@@ -1,20 +1,36 @@
-"""Boxes found in crops, back on the frame, without the duplicates crops make.
+"""Boxes found in crops, back on the frame, one box per object (SAHI-style greedy merging).
 
-Two crops that overlap both see an object in their shared strip, and a crop edge that cuts an object
-yields a partial box (a torso, a car's front half). Each crop's detections are shifted by the crop's
-origin; a box touching an edge of its crop that is not an edge of the frame is *cut*; a cut box mostly
-inside (intersection over its own area >= ``cut_overlap``) a box of the same class that is not cut is
-dropped; then class-aware NMS removes the remaining duplicates.
+Two crops that overlap both see an object in their shared strip; a crop edge that cuts an object yields a
+partial box (legs, a torso, a car's front half); the whole frame, downscaled, sees a small object with a
+looser box than a tile at native resolution. Plain NMS by IoU keeps many of these: a piece of a person has
+a low IoU with the person. Like SAHI's greedy non-maximum *merging* (obss/sahi
+``postprocess/combine.py``), boxes are matched by intersection over the smaller box (IoS):
+
+1. Each crop's detections are shifted by the crop's origin. A box touching an edge of its crop that is not
+   an edge of the frame is *cut* (the crop saw part of the object).
+2. Per class, whole boxes first, each in falling score order, a box not yet taken takes every remaining
+   box that matches it: a cut box by IoS >= ``match_threshold``; a whole box by IoU >= ``nms_iou`` (NMS),
+   or, from another crop, by IoS >= ``WHOLE_IOS`` (a torso seen in a tile inside the person seen in the
+   whole frame). A whole box keeps its own box (a whole view of the object); a cut box takes only other
+   cut boxes (an object larger than the overlap, in pieces on both sides of a seam) and becomes their
+   union. A group's score is its best member's. A cut box never takes a whole one, so a seam box across
+   two people cannot swallow either of them.
+3. A cut box left over that lies mostly (>= ``match_threshold`` of its area) inside the whole boxes kept,
+   e.g. a seam box across two people's legs, is a piece of objects already reported: dropped.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.core.nms import batched_nms
+from pipeline.core.nms import batched_nms, box_area, intersection_matrix
 from pipeline.core.types import Detections
 
 Crop = tuple[int, int, int, int]  # x1 y1 x2 y2 in frame pixels
+
+#: two whole boxes from different crops: the smaller lying this much inside the other is the same object
+#: seen partly (a torso in a tile inside the person seen in the whole frame)
+WHOLE_IOS = 0.8
 
 #: a box edge this close (pixels) to an inner crop edge counts as cut by it
 EDGE_PX = 2.0
@@ -59,16 +75,18 @@ def merge_crops(
     width: int,
     height: int,
     nms_iou: float = 0.45,
-    cut_overlap: float = 0.5,
+    match_threshold: float = 0.5,
     extra: Detections | None = None,
 ) -> Detections:
     """One frame's detections from the detections of each of its crops (boxes in crop pixels).
 
     ``extra``: whole boxes found earlier outside the crops (carried objects, frame pixels); they take part
-    as uncut boxes, so a crop edge cutting a carried object does not add a partial duplicate of it."""
+    as uncut boxes of their own crop, so a crop edge cutting a carried object does not add a partial
+    duplicate of it. Rows of ``extra`` that are kept keep their exact boxes."""
     shifted: list[Detections] = []
     cut_parts: list[np.ndarray] = []
-    for crop, det in zip(crops, results, strict=True):
+    origin: list[np.ndarray] = []
+    for i, (crop, det) in enumerate(zip(crops, results, strict=True)):
         if len(det) == 0:
             continue
         ox, oy = float(crop[0]), float(crop[1])
@@ -76,35 +94,68 @@ def merge_crops(
         boxes = det.boxes.astype(np.float32) + np.array([ox, oy, ox, oy], np.float32)
         lms = None if det.landmarks is None else det.landmarks + np.array([ox, oy], np.float32)
         shifted.append(Detections(boxes, det.scores, det.class_ids, list(det.labels), lms))
+        origin.append(np.full(len(det), i, np.int64))
     if extra is not None and len(extra):
         shifted.append(extra)
         cut_parts.append(np.zeros(len(extra), bool))
+        origin.append(np.full(len(extra), -1, np.int64))
     merged = concat_detections(shifted)
     if len(merged) == 0:
         return merged
-    cut = np.concatenate(cut_parts)
-    if len(shifted) > 1 and cut.any():
-        merged, cut = _drop_cut_duplicates(merged, cut, cut_overlap)
-    keep = batched_nms(merged.boxes, merged.scores, merged.class_ids, nms_iou)
-    return merged.select(keep)
+    if len(shifted) == 1 and not np.concatenate(cut_parts).any():
+        keep = batched_nms(merged.boxes, merged.scores, merged.class_ids, nms_iou)
+        return merged.select(keep)
+    return greedy_merge(merged, np.concatenate(cut_parts), np.concatenate(origin), nms_iou, match_threshold)
 
 
-def _drop_cut_duplicates(
-    det: Detections, cut: np.ndarray, cut_overlap: float
-) -> tuple[Detections, np.ndarray]:
-    """Drop cut boxes mostly inside a whole box of the same class (the rest of the object was seen)."""
-    ci = np.flatnonzero(cut)
-    wi = np.flatnonzero(~cut)
-    if wi.size == 0:
-        return det, cut
-    a = det.boxes[ci]
-    b = det.boxes[wi]
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    area = np.maximum((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), 1e-6)
-    ios = iw * ih / area[:, None]
-    same = det.class_ids[ci][:, None] == det.class_ids[wi][None, :]
-    drop = ((ios >= cut_overlap) & same).any(axis=1)
-    keep = np.ones(len(det), bool)
-    keep[ci[drop]] = False
-    return det.select(keep), cut[keep]
+def greedy_merge(
+    det: Detections, cut: np.ndarray, origin: np.ndarray, nms_iou: float, match_threshold: float
+) -> Detections:
+    """Steps 2-3 of the module docstring on frame-pixel boxes; ``origin``: the crop each row came from."""
+    boxes = det.boxes.astype(np.float32).copy()
+    scores = det.scores.astype(np.float32).copy()
+    rows: list[int] = []
+    for cls in np.unique(det.class_ids):
+        idx = np.flatnonzero(det.class_ids == cls)
+        # whole boxes first, each group in score order: a piece never takes a whole box (a cut box across
+        # two people must not swallow either of them)
+        idx = idx[np.lexsort((-det.scores[idx], cut[idx]))]
+        b = det.boxes[idx].astype(np.float32)
+        area = np.maximum(box_area(b), 1e-6)
+        inter = intersection_matrix(b, b)
+        iou = inter / np.maximum(area[:, None] + area[None, :] - inter, 1e-6)
+        ios = inter / np.minimum(area[:, None], area[None, :])
+        c, o = cut[idx], origin[idx]
+        whole = ~c[:, None] & ~c[None, :]
+        other_crop = o[:, None] != o[None, :]
+        match = np.where(whole, iou >= nms_iou, ios >= match_threshold)
+        match |= whole & other_crop & (ios >= WHOLE_IOS)
+        match &= ~(c[:, None] & ~c[None, :])  # a cut box takes only cut boxes
+        taken = np.zeros(len(idx), bool)
+        kept_whole: list[int] = []
+        kept_cut: list[int] = []
+        for a in range(len(idx)):
+            if taken[a]:
+                continue
+            group = np.flatnonzero(match[a] & ~taken)
+            group = group[group != a]
+            taken[a] = True
+            taken[group] = True
+            members = np.concatenate([[a], group])
+            if not c[a]:
+                scores[idx[a]] = det.scores[idx[members]].max()
+                kept_whole.append(a)
+            else:
+                g = b[members]
+                boxes[idx[a]] = [g[:, 0].min(), g[:, 1].min(), g[:, 2].max(), g[:, 3].max()]
+                scores[idx[a]] = det.scores[idx[members]].max()
+                kept_cut.append(a)
+        if kept_cut and kept_whole:
+            cover = intersection_matrix(boxes[idx[kept_cut]], boxes[idx[kept_whole]]).sum(axis=1)
+            pieces = cover / np.maximum(box_area(boxes[idx[kept_cut]]), 1e-6)
+            kept_cut = [k for k, p in zip(kept_cut, pieces, strict=True) if p < match_threshold]
+        rows.extend(int(idx[k]) for k in kept_whole + kept_cut)
+    order = sorted(rows, key=lambda r: -float(scores[r]))
+    keep = np.asarray(order, np.int64)
+    out = det.select(keep)
+    return Detections(boxes[keep], scores[keep], out.class_ids, out.labels, out.landmarks)
