@@ -1,22 +1,24 @@
 """Boxes found in crops, back on the frame, one box per object (SAHI-style greedy merging).
 
-Two crops that overlap both see an object in their shared strip; a crop edge that cuts an object yields a
-partial box (legs, a torso, a car's front half); the whole frame, downscaled, sees a small object with a
-looser box than a tile at native resolution. Plain NMS by IoU keeps many of these: a piece of a person has
-a low IoU with the person. Like SAHI's greedy non-maximum *merging* (obss/sahi
-``postprocess/combine.py``), boxes are matched by intersection over the smaller box (IoS):
+Two crops that overlap both see an object in their shared strip, and a crop edge that cuts an object
+yields a partial box (legs, a torso, a car's front half). Plain NMS by IoU keeps such pieces: a piece of a
+person has a low IoU with the person. Like SAHI's greedy non-maximum *merging* (obss/sahi
+``postprocess/combine.py``), pieces are matched by how much of them lies inside another box:
 
 1. Each crop's detections are shifted by the crop's origin. A box touching an edge of its crop that is not
    an edge of the frame is *cut* (the crop saw part of the object).
 2. Per class, whole boxes first, each in falling score order, a box not yet taken takes every remaining
-   box that matches it: a cut box by IoS >= ``match_threshold``; a whole box by IoU >= ``nms_iou`` (NMS),
-   or, from another crop, by IoS >= ``WHOLE_IOS`` with at least ``WHOLE_AREA_RATIO`` of its area (a torso
-   seen in a tile inside the person seen in the whole frame). A whole box keeps its own box (a whole view of the object); a cut box takes only other
-   cut boxes (an object larger than the overlap, in pieces on both sides of a seam) and becomes their
-   union. A group's score is its best member's. A cut box never takes a whole one, so a seam box across
-   two people cannot swallow either of them.
+   box that matches it. A whole box takes whole boxes by IoU >= ``nms_iou`` (NMS) and cut pieces lying
+   >= ``match_threshold`` inside it; it keeps its own box (a whole view of the object). A cut box takes
+   only cut boxes, when the smaller lies >= ``match_threshold`` inside the other (an object wider than
+   the overlap, in pieces on both sides of a seam), and becomes their union. A group's score is its best
+   member's. A piece never takes a whole box, so a seam box across two people swallows neither.
 3. A cut box left over that lies mostly (>= ``match_threshold`` of its area) inside the whole boxes kept,
    e.g. a seam box across two people's legs, is a piece of objects already reported: dropped.
+
+Whole boxes of different crops are merged by IoU only: merging them by containment too (a torso in a tile
+inside the person in the whole frame) cost people found with NanoDet and YOLOv3-tiny, whose large false
+boxes contain real small people (BENCHMARKS.md, issue 19).
 """
 
 from __future__ import annotations
@@ -27,14 +29,6 @@ from pipeline.core.nms import batched_nms, box_area, intersection_matrix
 from pipeline.core.types import Detections
 
 Crop = tuple[int, int, int, int]  # x1 y1 x2 y2 in frame pixels
-
-#: two whole boxes from different crops: the smaller lying this much inside the other is the same object
-#: seen partly (a torso in a tile inside the person seen in the whole frame)
-WHOLE_IOS = 0.8
-#: ... when it is at least this share of the other's area (a loose and a tight box of one object): a small
-#: person inside a large box is someone else. Measured (BENCHMARKS.md, issue 19): at 0.1 YOLOv3-tiny's
-#: large false boxes swallowed 30 of 89 people found on MOT17-04 with 640 px tiles; at 0.5 no one is lost
-WHOLE_AREA_RATIO = 0.5
 
 #: a box edge this close (pixels) to an inner crop edge counts as cut by it
 EDGE_PX = 2.0
@@ -85,12 +79,11 @@ def merge_crops(
     """One frame's detections from the detections of each of its crops (boxes in crop pixels).
 
     ``extra``: whole boxes found earlier outside the crops (carried objects, frame pixels); they take part
-    as uncut boxes of their own crop, so a crop edge cutting a carried object does not add a partial
+    as uncut boxes, so a crop edge cutting a carried object does not add a partial
     duplicate of it. Rows of ``extra`` that are kept keep their exact boxes."""
     shifted: list[Detections] = []
     cut_parts: list[np.ndarray] = []
-    origin: list[np.ndarray] = []
-    for i, (crop, det) in enumerate(zip(crops, results, strict=True)):
+    for crop, det in zip(crops, results, strict=True):
         if len(det) == 0:
             continue
         ox, oy = float(crop[0]), float(crop[1])
@@ -98,24 +91,20 @@ def merge_crops(
         boxes = det.boxes.astype(np.float32) + np.array([ox, oy, ox, oy], np.float32)
         lms = None if det.landmarks is None else det.landmarks + np.array([ox, oy], np.float32)
         shifted.append(Detections(boxes, det.scores, det.class_ids, list(det.labels), lms))
-        origin.append(np.full(len(det), i, np.int64))
     if extra is not None and len(extra):
         shifted.append(extra)
         cut_parts.append(np.zeros(len(extra), bool))
-        origin.append(np.full(len(extra), -1, np.int64))
     merged = concat_detections(shifted)
     if len(merged) == 0:
         return merged
     if len(shifted) == 1 and not np.concatenate(cut_parts).any():
         keep = batched_nms(merged.boxes, merged.scores, merged.class_ids, nms_iou)
         return merged.select(keep)
-    return greedy_merge(merged, np.concatenate(cut_parts), np.concatenate(origin), nms_iou, match_threshold)
+    return greedy_merge(merged, np.concatenate(cut_parts), nms_iou, match_threshold)
 
 
-def greedy_merge(
-    det: Detections, cut: np.ndarray, origin: np.ndarray, nms_iou: float, match_threshold: float
-) -> Detections:
-    """Steps 2-3 of the module docstring on frame-pixel boxes; ``origin``: the crop each row came from."""
+def greedy_merge(det: Detections, cut: np.ndarray, nms_iou: float, match_threshold: float) -> Detections:
+    """Steps 2-3 of the module docstring on frame-pixel boxes; ``cut``: which rows are cut pieces."""
     boxes = det.boxes.astype(np.float32).copy()
     scores = det.scores.astype(np.float32).copy()
     rows: list[int] = []
@@ -129,12 +118,14 @@ def greedy_merge(
         inter = intersection_matrix(b, b)
         iou = inter / np.maximum(area[:, None] + area[None, :] - inter, 1e-6)
         ios = inter / np.minimum(area[:, None], area[None, :])
-        c, o = cut[idx], origin[idx]
+        c = cut[idx]
         whole = ~c[:, None] & ~c[None, :]
-        other_crop = o[:, None] != o[None, :]
-        match = np.where(whole, iou >= nms_iou, ios >= match_threshold)
-        ratio = np.minimum(area[:, None], area[None, :]) / np.maximum(area[:, None], area[None, :])
-        match |= whole & other_crop & (ios >= WHOLE_IOS) & (ratio >= WHOLE_AREA_RATIO)
+        inside = inter / area[None, :]  # [a, b]: share of b lying inside a
+        # a cut piece joins a whole box when the piece lies inside it; two cut pieces (of an object wider
+        # than the overlap, on both sides of a seam) join when the smaller lies inside the other
+        match = np.where(
+            whole, iou >= nms_iou, np.where(c[None, :] & c[:, None], ios, inside) >= match_threshold
+        )
         match &= ~(c[:, None] & ~c[None, :])  # a cut box takes only cut boxes
         taken = np.zeros(len(idx), bool)
         kept_whole: list[int] = []
@@ -156,11 +147,32 @@ def greedy_merge(
                 scores[idx[a]] = det.scores[idx[members]].max()
                 kept_cut.append(a)
         if kept_cut and kept_whole:
-            cover = intersection_matrix(boxes[idx[kept_cut]], boxes[idx[kept_whole]]).sum(axis=1)
-            pieces = cover / np.maximum(box_area(boxes[idx[kept_cut]]), 1e-6)
-            kept_cut = [k for k, p in zip(kept_cut, pieces, strict=True) if p < match_threshold]
+            whole_boxes = boxes[idx[kept_whole]]
+            kept_cut = [k for k in kept_cut if covered_share(boxes[idx[k]], whole_boxes) < match_threshold]
         rows.extend(int(idx[k]) for k in kept_whole + kept_cut)
     order = sorted(rows, key=lambda r: -float(scores[r]))
     keep = np.asarray(order, np.int64)
     out = det.select(keep)
     return Detections(boxes[keep], scores[keep], out.class_ids, out.labels, out.landmarks)
+
+
+def covered_share(box: np.ndarray, others: np.ndarray) -> float:
+    """Share of ``box``'s area covered by the union of ``others`` (overlaps among them counted once)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    area = (x2 - x1) * (y2 - y1)
+    if area <= 0 or len(others) == 0:
+        return 0.0
+    o = np.clip(others, [x1, y1, x1, y1], [x2, y2, x2, y2])
+    o = o[(o[:, 2] > o[:, 0]) & (o[:, 3] > o[:, 1])]
+    if len(o) == 0:
+        return 0.0
+    xs, ys = np.unique(o[:, 0::2]), np.unique(o[:, 1::2])
+    cx, cy = (xs[:-1] + xs[1:]) / 2, (ys[:-1] + ys[1:]) / 2  # cell centres of the compressed grid
+    inside = (
+        (o[:, None, None, 0] <= cx[None, None, :])
+        & (cx[None, None, :] <= o[:, None, None, 2])
+        & (o[:, None, None, 1] <= cy[None, :, None])
+        & (cy[None, :, None] <= o[:, None, None, 3])
+    ).any(axis=0)
+    cells = np.diff(ys)[:, None] * np.diff(xs)[None, :]
+    return float((cells * inside).sum()) / area
