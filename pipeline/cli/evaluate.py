@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default="yolox-nano",
-        help="model-store name (default: %(default)s), .cfg, .onnx or .pb path",
+        help="model-store name, .cfg, .onnx or .pb path",
     )
     parser.add_argument(
         "--family",
