@@ -110,7 +110,7 @@ def test_evaluate_help_shows_defaults(capsys):
         ("--precision", "fp32"),
         ("--preprocess", "auto"),
         ("--family", "auto"),
-        ("--model", "yolov3-tiny"),
+        ("--model", "yolox-nano"),  # the default detector since issue 19
         ("--score-threshold", "0.001"),
         ("--input-size", "416"),
         ("--backend", "onnxruntime"),

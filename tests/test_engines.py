@@ -142,7 +142,7 @@ def test_tensorrt_backend_without_tensorrt_falls_back_with_one_clear_log_line(ca
     from pipeline.detect.detectors.factory import build_detector
 
     with caplog.at_level(logging.WARNING):
-        det = build_detector(DetectorConfig(backend="tensorrt"))
+        det = build_detector(DetectorConfig(model="yolov3-tiny", backend="tensorrt"))
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and "tensorrt" in r.getMessage()]
     assert len(warnings) == 1 and "falling back" in warnings[0].getMessage()
     cameraman = np.repeat(data.camera()[..., None], 3, axis=2)  # a real photo of a person

@@ -300,9 +300,11 @@ def test_cli_runs_real_yolo_on_real_photos(tmp_path, capsys) -> None:
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     out_json = tmp_path / "dets.json"
     rc, out, err = _run_cli(
-        ["--annotations", str(tmp_path / "gt.json"), "--images", str(imgs), "--output", str(out_json)], capsys
-    )
+        ["--annotations", str(tmp_path / "gt.json"), "--images", str(imgs), "--output", str(out_json),
+         "--model", "yolov3-tiny"], capsys,
+    )  # fmt: skip
     assert rc == 0, err
+    assert "note:" not in out  # yolov3-tiny has every COCO class
     dets = json.loads(out_json.read_text())
     assert dets and {d["image_id"] for d in dets} <= {11, 12}
     cups = sorted((d for d in dets if d["category_id"] == 47), key=lambda d: -d["score"])
@@ -312,6 +314,45 @@ def test_cli_runs_real_yolo_on_real_photos(tmp_path, capsys) -> None:
     assert inter / (w * h + 240 * 282 - inter) > 0.5  # xywh conversion and category mapping are right
     assert _table_value(out, "AP50") == pytest.approx(evaluate_coco(gt, dets).stats["AP50"], abs=1e-4)
     assert _table_value(out, "AP50") >= 0.5
+
+
+def test_cli_says_when_the_model_lacks_classes_being_scored(tmp_path, capsys) -> None:
+    """The person-only SSDlite scored on a cup and a person: the cup category has ground truth but no class
+    of the model, so its AP 0 would silently halve the mean; evaluate says so, and says --classes person."""
+    import cv2
+    import skimage.data
+
+    imgs = tmp_path / "images"
+    imgs.mkdir()
+    cv2.imwrite(str(imgs / "coffee.jpg"), cv2.cvtColor(skimage.data.coffee(), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(imgs / "astronaut.jpg"), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
+    gt = {
+        "images": [
+            {"id": 11, "file_name": "coffee.jpg", "width": 600, "height": 400},
+            {"id": 12, "file_name": "astronaut.jpg", "width": 512, "height": 512},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 11, "category_id": 47, "bbox": [172, 18, 240, 282], "area": 67680, "iscrowd": 0},
+            {"id": 2, "image_id": 12, "category_id": 1, "bbox": [140, 20, 330, 490], "area": 161700, "iscrowd": 0},
+        ],
+        "categories": [{"id": 47, "name": "cup"}, {"id": 1, "name": "person"}],
+    }  # fmt: skip
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    base = [
+        "--annotations",
+        str(tmp_path / "gt.json"),
+        "--images",
+        str(imgs),
+        "--model",
+        "ssdlite-mobilenetv2-coco",
+    ]
+    rc, out, err = _run_cli(base, capsys)
+    assert rc == 0, err
+    assert "has no class for 1 of the 2 categories" in out and "cup" in out and "--classes person" in out
+    assert "--classes person" in err
+    rc, out, err = _run_cli([*base, "--classes", "person"], capsys)
+    assert rc == 0, err
+    assert "note:" not in out and "note:" not in err
 
 
 def test_bad_tiles_option_still_closes_the_detector(tmp_path, monkeypatch) -> None:

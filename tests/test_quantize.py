@@ -42,8 +42,12 @@ def _test_images() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def detectors():
-    fp32 = build_detector(DetectorConfig(classes=None, threads=2))
-    int8 = build_detector(DetectorConfig(classes=None, threads=2, precision="int8", calibration_limit=CALIB))
+    fp32 = build_detector(DetectorConfig(model="yolov3-tiny", classes=None, threads=2))
+    int8 = build_detector(
+        DetectorConfig(
+            model="yolov3-tiny", classes=None, threads=2, precision="int8", calibration_limit=CALIB
+        )
+    )
     yield fp32, int8
     fp32.close()
     int8.close()
@@ -81,7 +85,9 @@ def test_int8_model_is_cached_and_reused(detectors):
     _, int8 = detectors
     path = int8.engine.model_path
     mtime = path.stat().st_mtime_ns
-    again = build_detector(DetectorConfig(classes=None, precision="int8", calibration_limit=CALIB))
+    again = build_detector(
+        DetectorConfig(model="yolov3-tiny", classes=None, precision="int8", calibration_limit=CALIB)
+    )
     try:
         assert again.engine.model_path == path
         assert path.stat().st_mtime_ns == mtime  # not rewritten
@@ -140,7 +146,7 @@ def test_edge_pad_rewrite_keeps_fp32_output(detectors, tmp_path):
 
 def test_int8_with_torch_backend_is_a_config_error():
     with pytest.raises(ValidationError, match=r"detector\.precision.*onnxruntime.*'torch'"):
-        DetectorConfig(precision="int8", backend="torch")
+        DetectorConfig(model="yolov3-tiny", precision="int8", backend="torch")
 
 
 def test_int8_with_mtcnn_is_an_error():
@@ -150,7 +156,9 @@ def test_int8_with_mtcnn_is_an_error():
 
 def test_calibration_source_errors_name_the_path(tmp_path):
     with pytest.raises(ModelError, match=rf"detector\.calibration_images: .*{tmp_path / 'nope'}"):
-        build_detector(DetectorConfig(precision="int8", calibration_images=str(tmp_path / "nope")))
+        build_detector(
+            DetectorConfig(model="yolov3-tiny", precision="int8", calibration_images=str(tmp_path / "nope"))
+        )
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("x")

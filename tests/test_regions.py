@@ -206,6 +206,59 @@ def test_tiles_find_the_small_people_that_the_whole_frame_misses(yolox):
     assert recall(tiles) >= 0.85
 
 
+def _mot_people(seq: str, frame: int) -> np.ndarray:
+    """Person boxes (every visibility) of one labelled MOT17 frame, x1y1x2y2."""
+    gt = json.loads((SHARED / "tracks" / seq / "instances.json").read_text())
+    image_id = next(im["id"] for im in gt["images"] if im["frame"] == frame)
+    return np.array(
+        [[x, y, x + w, y + h] for a in gt["annotations"] if a["image_id"] == image_id
+         and a["category_id"] == 1 for x, y, w, h in [a["bbox"]]], np.float32).reshape(-1, 4)  # fmt: skip
+
+
+def _found(people: np.ndarray, dets: Detections) -> int:
+    """People matched one to one by a person box with IoU >= 0.5 (greedy, best score first)."""
+    p = dets.select(np.array([lab == "person" for lab in dets.labels], bool))
+    iou = iou_matrix(p.boxes, people)
+    taken = np.zeros(len(people), bool)
+    for i in np.argsort(-p.scores, kind="stable"):
+        j = int(np.argmax(np.where(taken, -1.0, iou[i]))) if len(people) else 0
+        if len(people) and iou[i, j] >= 0.5 and not taken[j]:
+            taken[j] = True
+    return int(taken.sum())
+
+
+@needs_shared
+def test_a_seam_piece_of_a_person_is_merged_into_the_person_on_a_real_frame(yolox):
+    """MOT17-04 frame 4 (1080p street from above), 416 px tiles with 10 % overlap + the whole frame,
+    threshold 0.3: the top-left tile's bottom edge (y = 416) cuts a person, and the tile reports the
+    upper part as a person box (IoU < 0.5 with anyone, >= 90 % inside one labelled person). The old merge
+    (a cut box is dropped only when >= 50 % inside one *whole* box) kept that piece as a second person; the
+    greedy IoS merge folds it into the person, and loses no one that the old merge found."""
+    import cv2
+
+    from pipeline.core.nms import box_area, intersection_matrix
+
+    image = cv2.imread(str(SHARED / "tracks" / "MOT17-04-FRCNN" / "img1" / "000004.jpg"))
+    people = _mot_people("MOT17-04-FRCNN", 4)
+    cfg = CameraDetectConfig.model_validate({"tiling": {"enabled": True, "size": 416, "overlap": 0.1}})
+    planner = RegionPlanner(cfg, 416)
+    plan = planner.plan(image)
+    corner = plan.crops.index((0, 0, 416, 416))
+    crops = [image[y1:y2, x1:x2] for x1, y1, x2, y2 in plan.crops]
+    results = [r.select(r.scores >= 0.3) for r in yolox.detect(crops)]  # detector.score_threshold 0.3
+    tile = results[corner].select(np.array([lab == "person" for lab in results[corner].labels], bool))
+    seam = tile.boxes[tile.boxes[:, 3] >= 416 - 2]  # boxes the tile's bottom edge cut (frame pixels here)
+    inside = intersection_matrix(seam, people) / box_area(seam)[:, None]
+    pieces = seam[(iou_matrix(seam, people) < 0.5).all(axis=1) & (inside >= 0.9).any(axis=1)]
+    assert len(pieces) >= 1, "the frame no longer shows a seam piece; pick another frame"
+    merged, _ = planner.finish(plan, results)
+    left = iou_matrix(pieces, merged.boxes) > 0.7
+    assert not left.any(), f"seam piece(s) {pieces[left.any(axis=1)].tolist()} survived the merge"
+    whole = yolox.detect([image])[0]
+    whole = whole.select(whole.scores >= 0.3)
+    assert _found(people, merged) >= _found(people, whole) + 10  # tiles find more, none lost to merging
+
+
 @needs_shared
 def test_batched_stage_gives_each_camera_what_its_own_planner_gives_and_reports_the_scan(yolox):
     """Two cameras in one batch, one tiled (9 crops) and one whole-frame: the crops of both go through one

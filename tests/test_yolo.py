@@ -96,7 +96,14 @@ def _opencv_detections(cfg, weights, img, thr, nms_iou):
 def test_yolov3_tiny_detections_match_opencv(tiny_files):
     thr, nms_iou = 0.25, 0.45
     det = build_detector(
-        DetectorConfig(backend="torch", resize="stretch", classes=None, score_threshold=thr, nms_iou=nms_iou)
+        DetectorConfig(
+            model="yolov3-tiny",
+            backend="torch",
+            resize="stretch",
+            classes=None,
+            score_threshold=thr,
+            nms_iou=nms_iou,
+        )
     )
     total = 0
     for name in IMAGES:
@@ -120,7 +127,9 @@ def test_yolov3_tiny_detections_match_opencv(tiny_files):
 
 @pytest.mark.parametrize("resize", ["auto", "letterbox"])
 def test_default_detector_finds_the_cameraman(resize):
-    det = build_detector(DetectorConfig(backend="torch", resize=resize))  # classes: person + vehicles
+    det = build_detector(
+        DetectorConfig(model="yolov3-tiny", backend="torch", resize=resize)
+    )  # classes: person + vehicles
     assert det.preprocess.resize == ("stretch" if resize == "auto" else "letterbox")
     res = det.detect([_bgr("camera"), _bgr("coffee")])
     assert "person" in res[0].labels
@@ -133,7 +142,9 @@ def test_default_detector_finds_the_cameraman(resize):
 
 
 def test_batch_equals_single_images():
-    det = build_detector(DetectorConfig(backend="torch", classes=None, score_threshold=0.2))
+    det = build_detector(
+        DetectorConfig(model="yolov3-tiny", backend="torch", classes=None, score_threshold=0.2)
+    )
     imgs = [_bgr(n) for n in IMAGES]
     batched = det.detect(imgs)
     for img, b in zip(imgs, batched, strict=True):
@@ -146,9 +157,11 @@ def test_batch_equals_single_images():
 
 def test_unknown_class_in_filter_is_named():
     with pytest.raises(ModelError, match="'unicorn'"):
-        build_detector(DetectorConfig(backend="torch", classes=["person", "unicorn"]))
+        build_detector(DetectorConfig(model="yolov3-tiny", backend="torch", classes=["person", "unicorn"]))
     # darknet spellings are accepted and map to COCO names
-    det = build_detector(DetectorConfig(backend="torch", classes=["motorbike", "person"]))
+    det = build_detector(
+        DetectorConfig(model="yolov3-tiny", backend="torch", classes=["motorbike", "person"])
+    )
     assert det.allowed.sum() == 2 and det.allowed[COCO_CLASSES.index("motorcycle")]
 
 

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from pipeline.config.profiles import PROFILES
 from pipeline.config.schema import CameraConfig, ConfigError, format_validation_error, load_config
 from pipeline.core.sources import redact_url
 
@@ -39,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             p.add_argument("id")
             p.add_argument("--source")
         p.add_argument("--detect-fps", type=float)
+        p.add_argument(
+            "--profile",
+            choices=sorted(PROFILES),
+            help="detection profile (cameras[].profile): whole, street, street-far, door; replaces the "
+            "camera's detect settings",
+        )
         p.add_argument("--loop", action="store_true", help="restart a file source when it ends")
         p.add_argument("--realtime", action="store_true", help="pace a file source at its frame rate")
     for name in ("pause", "resume", "remove"):
@@ -65,6 +72,9 @@ def _camera(args: argparse.Namespace, base: dict[str, Any]) -> CameraConfig:
         data["source"] = args.source
     if args.detect_fps is not None:
         data["detect_fps"] = args.detect_fps
+    if getattr(args, "profile", None):
+        data["profile"] = args.profile
+        data.pop("detect", None)  # the new profile's settings, not the old ones kept from ``base``
     for flag in ("loop", "realtime"):
         if getattr(args, flag):
             data[flag] = True

@@ -52,7 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--annotations", required=True, help="COCO instances JSON")
     parser.add_argument("--images", help="folder with the images named in the annotations")
     parser.add_argument("--detections", help="score this COCO results JSON instead of running a detector")
-    parser.add_argument("--model", default="yolov3-tiny", help="model-store name, .cfg, .onnx or .pb path")
+    parser.add_argument(
+        "--model",
+        default="yolox-nano",
+        help="model-store name, .cfg, .onnx or .pb path",
+    )
     parser.add_argument(
         "--family",
         default="auto",
@@ -131,6 +135,7 @@ def main(args: argparse.Namespace) -> int:
     image_ids = [int(im["id"]) for im in images]
 
     t_model = 0.0
+    covered: set[int] | None = None  # categories the model can output (None: unknown, --detections)
     if args.detections:
         try:
             detections = json.loads(Path(args.detections).read_text())
@@ -153,7 +158,7 @@ def main(args: argparse.Namespace) -> int:
                 f"{len(missing)} image(s) named in {args.annotations} are not in {folder}: {missing[:5]}"
             )
         try:
-            detections, t_model, preprocessing = _run_detector(args, gt, images, folder)
+            detections, t_model, preprocessing, covered = _run_detector(args, gt, images, folder)
         except EvaluationError as exc:
             return _fail(str(exc))
         model_name = f"{args.model} ({args.precision}, preprocessing: {preprocessing})"
@@ -172,6 +177,10 @@ def main(args: argparse.Namespace) -> int:
     except EvaluationError as exc:
         return _fail(str(exc))
     print(f"## {model_name} on {len(images)} images of {Path(args.annotations).name}")
+    note = _coverage_note(args.model, gt, result.category_ids, image_ids, covered)
+    if note:
+        print(note)
+        print(f"evaluate: {note}", file=sys.stderr)
     if t_model:
         print(
             f"detector time: {1000 * t_model / max(1, len(images)):.1f} ms/image ({len(detections)} detections)"
@@ -179,6 +188,33 @@ def main(args: argparse.Namespace) -> int:
     print()
     print(format_coco_table(result, voc))
     return 0
+
+
+def _coverage_note(
+    model: str, gt: dict, scored: list[int], image_ids: list[int], covered: set[int] | None
+) -> str | None:
+    """A warning when categories being scored have ground truth but no class of the model (e.g. the
+    person-only SSDlite scored on all 80 COCO categories): they score AP 0 and pull the mean down."""
+    if covered is None:
+        return None
+    ids = set(image_ids)
+    boxes: dict[int, int] = {}
+    for a in gt["annotations"]:
+        if int(a["image_id"]) in ids and not a.get("iscrowd"):
+            boxes[int(a["category_id"])] = boxes.get(int(a["category_id"]), 0) + 1
+    missing = [c for c in scored if c not in covered and boxes.get(c)]
+    if not missing:
+        return None
+    names = {int(c["id"]): c["name"] for c in gt["categories"]}
+    known = sorted(names[c] for c in scored if c in covered)
+    with_gt = sum(1 for c in scored if boxes.get(c))
+    listed = ", ".join(names[c] for c in missing[:8]) + (", ..." if len(missing) > 8 else "")
+    hint = f"--classes {','.join(known)}" if known else "a model with these classes"
+    return (
+        f"note: model {model} has no class for {len(missing)} of the {with_gt} categories scored here "
+        f"({listed}; {sum(boxes[c] for c in missing)} ground-truth boxes): they score AP 0 and pull the "
+        f"mean down; use {hint} to score only what it detects"
+    )
 
 
 def _tile_planner(args: argparse.Namespace, detector: Detector) -> RegionPlanner | None:
@@ -199,8 +235,9 @@ def _tile_planner(args: argparse.Namespace, detector: Detector) -> RegionPlanner
 
 def _run_detector(
     args: argparse.Namespace, gt: dict, images: list[dict], folder: Path
-) -> tuple[list[dict], float, str]:
-    """(COCO results, seconds in ``detect``, the detector's preprocessing as it describes it)."""
+) -> tuple[list[dict], float, str, set[int]]:
+    """(COCO results, seconds in ``detect``, the detector's preprocessing as it describes it, the
+    annotation categories the model's classes map to)."""
     from pipeline.config.schema import DetectorConfig
     from pipeline.detect.detectors.factory import build_detector
 
@@ -253,4 +290,4 @@ def _run_detector(
                 )
     finally:
         detector.close()
-    return detections, elapsed, detector.preprocessing()
+    return detections, elapsed, detector.preprocessing(), {int(c) for c in cat_of if c is not None}

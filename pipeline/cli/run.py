@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from pipeline.config.paths import resolve_runtime_paths
+from pipeline.config.profiles import PROFILES
 from pipeline.config.schema import CameraConfig, ConfigError, PipelineConfig, load_config
 from pipeline.config.var_dir import RuntimePaths
 from pipeline.core.events import Event
@@ -37,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="configs/default.yaml", help="YAML config (default: %(default)s)")
     parser.add_argument("--source", help="run one camera on this URL/file instead of the config's cameras")
     parser.add_argument("--camera-id", default="cam0", help="camera id for --source (default: %(default)s)")
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        help="detection profile for every camera (cameras[].profile; replaces their detect settings): "
+        "whole, street (1080p street: tiles), street-far (more tiles), door; see docs/regions.md",
+    )
     parser.add_argument(
         "--print-events", action="store_true", help="echo every event as a JSON line on stdout"
     )
@@ -63,6 +70,11 @@ def _apply_overrides(cfg: PipelineConfig, args: argparse.Namespace) -> PipelineC
     if args.source:
         base = cfg.cameras[0].model_dump(exclude={"id", "source", "queue_policy", "loop", "realtime"})
         cfg.cameras = [CameraConfig(id=args.camera_id, source=args.source, **base)]
+    if getattr(args, "profile", None):
+        cfg.cameras = [
+            CameraConfig.model_validate(cam.model_dump(exclude={"detect"}) | {"profile": args.profile})
+            for cam in cfg.cameras
+        ]
     if args.redis_url:
         cfg.redis.url = args.redis_url
     if args.model:

@@ -51,8 +51,14 @@ def write_atomic(path: str | Path, data: dict[str, Any]) -> None:
 
 
 def camera_dict(cam: CameraConfig) -> dict[str, Any]:
-    """What goes into the file: only the settings that differ from the defaults."""
-    return cam.model_dump(mode="json", exclude_defaults=True) | {"id": cam.id, "source": cam.source}
+    """What goes into the file: only the settings that differ from the defaults (and, for a camera with a
+    profile, ``detect`` only where it differs from the profile's)."""
+    out = cam.model_dump(mode="json", exclude_defaults=True) | {"id": cam.id, "source": cam.source}
+    if cam.profile is not None:
+        plain = CameraConfig.model_validate({"id": cam.id, "source": cam.source, "profile": cam.profile})
+        if plain.detect == cam.detect:
+            out.pop("detect", None)
+    return out
 
 
 def merge_camera(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

@@ -7,13 +7,14 @@ in a 40-camera file is found in seconds. Unknown keys are errors too (``extra="f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.config.doors import DoorConfig
 from pipeline.config.faces import FacesConfig
+from pipeline.config.profiles import PROFILES, ProfileName, profile_detect
 from pipeline.config.regions import CameraDetectConfig
 from pipeline.config.scale import RayConfig
 from pipeline.config.sinks import SinksConfig
@@ -62,10 +63,29 @@ class CameraConfig(_Strict):
         "input_format: mjpeg, framerate: '30'} for a V4L2 camera; they override the decoder's defaults",
     )
     analytics: CameraZonesConfig = Field(default_factory=CameraZonesConfig)
+    profile: ProfileName | None = Field(
+        None,
+        description="named detect settings (pipeline/config/profiles.py): whole, street (tiles), "
+        "street-far (more tiles), door; keys under detect are applied on top",
+    )
     detect: CameraDetectConfig = Field(
         default_factory=CameraDetectConfig,
         description="where the detector looks: motion-gated regions and/or tiles at native resolution",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        """``profile`` fills ``detect``; the camera's own ``detect`` keys win. An unknown name is left to
+        the ``profile`` field's own error (it lists the names)."""
+        if not isinstance(data, dict) or data.get("profile") not in PROFILES:
+            return data
+        detect = data.get("detect")
+        if isinstance(detect, BaseModel):
+            detect = detect.model_dump()
+        if detect is not None and not isinstance(detect, dict):
+            return data  # the detect field reports what is wrong with it
+        return {**data, "detect": profile_detect(data["profile"], detect)}
 
     @property
     def is_live(self) -> bool:
@@ -113,7 +133,10 @@ class BatchConfig(_Strict):
 
 
 class DetectorConfig(_Strict):
-    model: str = Field("yolov3-tiny", description="a model-store name, 'none', or a path to an .onnx file")
+    model: str = Field(
+        "yolox-nano",
+        description="a model-store name (yolox-nano, yolov3-tiny, nanodet-m-416, ...), 'none', or a path to an .onnx file",
+    )
     backend: Literal["onnxruntime", "torch", "tensorrt"] = "onnxruntime"
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
     input_size: int = Field(416, ge=32)

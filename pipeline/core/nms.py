@@ -65,6 +65,17 @@ def iou_matrix(a: np.ndarray, b: np.ndarray, dtype: type = np.float32) -> np.nda
     return np.where(union > 0, inter / np.maximum(union, dtype(1e-12)), 0.0).astype(dtype)
 
 
+def intersection_matrix(a: np.ndarray, b: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """Pairwise intersection areas of x1y1x2y2 boxes, (len(a), len(b)); with :func:`box_area` it gives
+    intersection over the smaller box (IoS), the measure tile merging uses for pieces of one object."""
+    a = np.asarray(a, dtype).reshape(-1, 4)
+    b = np.asarray(b, dtype).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    return (wh[..., 0] * wh[..., 1]).astype(dtype)
+
+
 def _as_tensors(boxes: np.ndarray, scores: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-copy float32 tensors. torch is imported here, not at module import: iou_matrix (tracking,
     metrics) needs only NumPy."""

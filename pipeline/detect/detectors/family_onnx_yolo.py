@@ -1,6 +1,6 @@
 """Family ``onnx-yolo``: a YOLO exported to ONNX (Ultralytics v5 / v8 or YOLOX output layouts).
 
-Config keys used: model (the .onnx path), backend (onnxruntime or tensorrt), device, input_size (unless the
+Config keys used: model (an .onnx path, or a model-store name such as ``yolox-nano``), backend (onnxruntime or tensorrt), device, input_size (unless the
 file fixes it), threads, layout, resize, score_threshold, nms_iou, classes.
 """
 
@@ -13,6 +13,7 @@ import numpy as np
 
 from engines import create_engine
 from engines.base import InferenceEngine
+from engines.model_store import ModelStoreError, get_model_path
 from pipeline.config.schema import DetectorConfig
 from pipeline.detect.detectors.yolo import (
     PREPROCESS,
@@ -27,23 +28,35 @@ from pipeline.models.darknet import ModelError
 log = logging.getLogger(__name__)
 
 
+def model_file(model: str) -> tuple[Path, str]:
+    """The .onnx file of ``detector.model`` and the detector's name: a path (name = its stem) or a
+    model-store entry (name = the entry, file fetched and sha256-checked on first use)."""
+    path = Path(model).expanduser()
+    if path.suffix.lower() == ".onnx" or path.is_file():
+        if not path.is_file():
+            raise ModelError(f"detector.model: ONNX file {path} not found")
+        return path, path.stem
+    try:
+        return get_model_path(model, "onnx"), model
+    except ModelStoreError as exc:
+        raise ModelError(f"detector.model: {exc}") from None
+
+
 def build(cfg: DetectorConfig) -> YoloDetector:
-    path = Path(cfg.model).expanduser()
-    if not path.is_file():
-        raise ModelError(f"detector.model: ONNX file {path} not found")
+    path, name = model_file(cfg.model)
     if cfg.backend == "torch":
         raise ModelError(
             f"detector.backend: 'torch' cannot run ONNX file {path}; use onnxruntime or tensorrt"
         )
     engine = create_engine(path, backend=cfg.backend, device=cfg.device, threads=cfg.threads)
     try:
-        return _detector(engine, path, cfg)
+        return _detector(engine, path, cfg, name)
     except BaseException:
         engine.close()  # a file rejected here does not keep its session (or GPU memory)
         raise
 
 
-def _detector(engine: InferenceEngine, path: Path, cfg: DetectorConfig) -> YoloDetector:
+def _detector(engine: InferenceEngine, path: Path, cfg: DetectorConfig, name: str) -> YoloDetector:
     size = cfg.input_size
     shape = engine.input_shape()
     if shape and len(shape) == 4 and all(isinstance(d, int) for d in shape[2:]):
@@ -76,11 +89,11 @@ def _detector(engine: InferenceEngine, path: Path, cfg: DetectorConfig) -> YoloD
         layout=layout,
         input_size=size,
         labels=default_labels(num_classes),
-        preprocess=preprocess_for(cfg.resize, trained, path.stem, source),
+        preprocess=preprocess_for(cfg.resize, trained, name, source),
         score_threshold=cfg.score_threshold,
         nms_iou=cfg.nms_iou,
         classes=cfg.classes,
-        name=path.stem,
+        name=name,
         batch_limit=batch_limit,
     )
 

@@ -14,7 +14,13 @@ from pathlib import Path
 
 from engines.model_store import ModelStoreError, get_spec
 from pipeline.config.schema import DetectorConfig
-from pipeline.detect.detectors import family_darknet, family_mtcnn, family_onnx_yolo, family_ssd
+from pipeline.detect.detectors import (
+    family_darknet,
+    family_mtcnn,
+    family_nanodet,
+    family_onnx_yolo,
+    family_ssd,
+)
 from pipeline.detect.detectors.base import Detector, build_null
 from pipeline.models.darknet import ModelError
 
@@ -26,6 +32,7 @@ BUILDERS: dict[str, Callable[[DetectorConfig], Detector]] = {
     "onnx-yolo": family_onnx_yolo.build,
     "ssd": family_ssd.build,
     "mtcnn": family_mtcnn.build,
+    "nanodet": family_nanodet.build,
 }
 
 #: file suffix of ``detector.model`` -> family, for models given by path

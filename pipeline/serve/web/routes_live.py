@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from pipeline.config.profiles import PROFILES
 from pipeline.config.schema import CameraConfig, ConfigError, format_validation_error
 from pipeline.core.sources import redact_url
 from pipeline.core.types import FrameResult
@@ -105,6 +106,7 @@ def camera_rows(ctx: WebContext) -> list[dict[str, Any]]:
                 "source": redact_url(cam.source),
                 "enabled": cam.enabled,
                 "detect_fps": cam.detect_fps,
+                "profile": cam.profile,
                 "status": status,
                 "online": status == "online",
                 "reason": reason,
@@ -125,7 +127,13 @@ async def live_page(request: Request) -> Response:
 
 async def cameras_page(request: Request) -> Response:
     ctx = ctx_of(request)
-    return page(request, "cameras.html", cameras=camera_rows(ctx), persisted=ctx.config_path is not None)
+    return page(
+        request,
+        "cameras.html",
+        cameras=camera_rows(ctx),
+        persisted=ctx.config_path is not None,
+        profiles=sorted(PROFILES),
+    )
 
 
 # -- live frames -----------------------------------------------------------------------------------------
@@ -304,6 +312,9 @@ def _form_camera(form: Any, cam_id: str) -> CameraConfig:
     fps = str(form.get("detect_fps") or "").strip()
     if fps:
         data["detect_fps"] = fps
+    profile = str(form.get("profile") or "").strip()
+    if profile:
+        data["profile"] = profile  # an unknown name is a config error naming the profile key
     for flag in ("loop", "realtime"):
         if form.get(flag):
             data[flag] = True
