@@ -43,6 +43,7 @@ DOOR: dict[str, Any] = {
         "lines": {"gate": {"points": [[0, 50], [100, 50]], "forward_name": "in"}},
     },
     "detect": {"regions": {"enabled": True, "full_scan_every": 7}, "tiling": {"overlap": 0.3}},
+    "profile": "door",
 }
 
 

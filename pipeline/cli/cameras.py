@@ -59,6 +59,8 @@ def _patch(args: argparse.Namespace) -> dict[str, Any]:
         patch["source"] = args.source
     if args.detect_fps is not None:
         patch["detect_fps"] = args.detect_fps
+    if getattr(args, "profile", None):
+        patch["profile"] = args.profile  # detect keys the user wrote for this camera still apply on top
     for flag in ("loop", "realtime"):
         if getattr(args, flag):
             patch[flag] = True
@@ -132,7 +134,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.action == "edit":
         patch = _patch(args)
         if not patch:
-            raise ValueError("edit: give at least one setting to change (--source, --detect-fps, ...)")
+            raise ValueError("edit: give at least one setting to change (--source, --detect-fps, --profile, ...)")
         if args.url:
             _call(args, "PATCH", f"/api/cameras/{args.id}", patch)
         else:

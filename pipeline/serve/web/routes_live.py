@@ -296,6 +296,10 @@ def _form_patch(form: Any, current: CameraConfig) -> dict[str, Any]:
         fps = str(form.get("detect_fps") or "").strip()
         if (float(fps) if _is_number(fps) else fps or None) != current.detect_fps:
             patch["detect_fps"] = fps or None
+    if "profile" in form:
+        profile = str(form.get("profile") or "").strip() or None
+        if profile != current.profile:
+            patch["profile"] = profile  # an unknown name is a config error naming the profile key
     return patch
 
 
