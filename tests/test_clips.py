@@ -1,0 +1,258 @@
+"""Clips without re-encoding (issue 22): a camera's packet ring, the clip writer, and door evidence.
+
+Real parts: PyAV demuxing real H.264 files (the shared pedestrian video; the face video of
+test_face_access_e2e.py), the decoder stage feeding the ring, the runner with the face/door analyzer
+(MTCNN + dlib ResNet), the signed audit chain, and PyAV decoding the clips written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import stat
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from pipeline.analyze.doors.audit import verify_log
+from pipeline.analyze.doors.signing import Verifier
+from pipeline.analyze.faces.enroll import FaceEngine, enroll_images
+from pipeline.analyze.faces.gallery import Gallery
+from pipeline.config.clips import ClipsConfig
+from pipeline.config.faces import FacesConfig
+from pipeline.config.schema import CameraConfig, ConfigError, parse_config
+from pipeline.core.events import Event
+from pipeline.core.metrics import MetricsRegistry
+from pipeline.core.queues import BoundedQueue
+from pipeline.core.types import Frame
+from pipeline.ingest.clip_writer import ClipRequest, ClipResult, ClipWriter, clip_name
+from pipeline.ingest.decoder import DecoderStage
+from pipeline.ingest.demo_media import encode_bgr_video
+from pipeline.ingest.packet_ring import PacketRing
+from pipeline.run.runner import Pipeline
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+VTEST = DATA / "videos" / "vtest.mp4"  # 480x360 H.264, 10 fps, 795 frames, keyframe every 64
+SECRET = "front-door-secret-for-the-clip-test"
+
+
+def _decode_times(path: Path) -> list[float]:
+    with av.open(str(path)) as c:
+        return sorted(round(float(f.time), 3) for f in c.decode(video=0))
+
+
+def _on_source_timeline(clip_times: list[float], start_t: float) -> set[float]:
+    """Clip frame times moved back onto the source's timeline (the clip's first frame is at ``start_t``)."""
+    return {round(t - clip_times[0] + start_t, 3) for t in clip_times}
+
+
+def _fill_ring(source: Path, ring: PacketRing, detect_fps: float | None = None) -> DecoderStage:
+    """Run a real decoder stage over ``source`` with ``ring``; the frames it forwards are drained."""
+    cam = CameraConfig(id="cam", source=str(source), detect_fps=detect_fps)
+    q: BoundedQueue[Frame] = BoundedQueue(10_000, "block", "frames")
+    dec = DecoderStage(cam, q, lambda e: None, MetricsRegistry(), ring=ring)
+    dec.start()
+    assert dec.join(60)
+    return dec
+
+
+def test_ring_is_bounded_by_seconds_and_bytes():
+    ring = PacketRing("cam", max_s=8.0, max_bytes=10**9)
+    _fill_ring(VTEST, ring)
+    oldest, newest = ring.span()
+    assert 78.0 < newest < 79.5 and newest - oldest <= 8.0 + 1e-6
+    assert ring.ended
+    small = PacketRing("cam", max_s=1000.0, max_bytes=200_000)
+    _fill_ring(VTEST, small)
+    assert small.nbytes <= 200_000 and small.evicted > 0
+
+
+def test_clip_has_every_frame_even_thinned_ones_and_covers_the_moment(tmp_path):
+    ring = PacketRing("cam", max_s=60.0, max_bytes=64 << 20)
+    dec = _fill_ring(VTEST, ring, detect_fps=2.0)
+    assert dec.frames_skipped > 500  # the pipeline thinned 10 fps to 2
+    results: list[ClipResult | None] = []
+    writer = ClipWriter(
+        tmp_path / "clips", {"cam": ring}, ClipsConfig(enabled=True).for_camera, lambda e: None
+    )
+    writer.start()
+    moment = 55.0
+    req = ClipRequest("cam", clip_name("cam", "door", "abc", time.time()), moment, moment, 5.0, 3.0)
+    req.on_written = lambda r, err: results.append(r) or []
+    assert writer.request(req)
+    assert writer.finish(30)
+    (res,) = results
+    assert res is not None and res.path.is_file()
+    assert stat.S_IMODE(res.path.stat().st_mode) == 0o600
+    assert hashlib.sha256(res.path.read_bytes()).hexdigest() == res.sha256
+    # pre-roll from the last keyframe at or before moment - pre_s (vtest: keyframes every 6.4 s)
+    assert res.start_t <= moment - 5.0 and res.start_t > moment - 5.0 - 6.5
+    assert res.end_t >= moment + 3.0
+    times = _decode_times(res.path)  # PyAV decodes it: a playable clip
+    assert len(times) == res.packets  # every packet became a frame
+    # every frame the camera recorded from moment - pre_s to moment + post_s is in it (10 fps), although
+    # detection ran at 2 fps
+    in_clip = _on_source_timeline(times, res.start_t)
+    wanted = [t for t in _decode_times(VTEST) if moment - 5.0 <= t <= moment + 3.0]
+    assert len(wanted) == 81 and set(wanted) <= in_clip
+
+
+def test_quota_deletes_the_oldest_clips_first(tmp_path):
+    ring = PacketRing("cam", max_s=120.0, max_bytes=64 << 20)
+    _fill_ring(VTEST, ring)
+    sizes: list[ClipResult] = []
+
+    def settings(_cam):
+        return ClipsConfig(enabled=True, quota_mb=1.0).for_camera("cam")
+
+    writer = ClipWriter(tmp_path / "clips", {"cam": ring}, settings, lambda e: None)
+    writer.start()
+    for i, t in enumerate([10.0, 20.0, 30.0, 40.0, 50.0]):  # ~0.35 MB each; 1 MB holds about two
+        req = ClipRequest(
+            "cam", f"cam/{i}.mp4", t, t, 2.0, 2.0, on_written=lambda r, e: sizes.append(r) or []
+        )
+        writer.request(req)
+    assert writer.finish(60)
+    assert all(r is not None for r in sizes) and len(sizes) == 5
+    kept = sorted(p.name for p in (tmp_path / "clips" / "cam").glob("*.mp4"))
+    total = sum(p.stat().st_size for p in (tmp_path / "clips" / "cam").glob("*.mp4"))
+    assert total <= 1 << 20 and "4.mp4" in kept and "0.mp4" not in kept
+    assert kept == [f"{i}.mp4" for i in range(5 - len(kept), 5)]  # the newest survive, the oldest went
+
+
+def test_full_queue_drops_a_request_without_blocking(tmp_path):
+    ring = PacketRing("cam")
+    writer = ClipWriter(tmp_path, {"cam": ring}, ClipsConfig().for_camera, lambda e: None, queue_size=1)
+    assert writer.request(ClipRequest("cam", "cam/a.mp4", 1.0, 1.0, 1.0, 1.0))
+    t0 = time.monotonic()
+    assert not writer.request(ClipRequest("cam", "cam/b.mp4", 1.0, 1.0, 1.0, 1.0))
+    assert time.monotonic() - t0 < 0.5 and writer.dropped == 1
+
+
+def test_config_rejects_a_ring_too_short_and_unknown_cameras():
+    with pytest.raises(ValueError, match="ring_max_s"):
+        ClipsConfig(enabled=True, pre_s=20, post_s=20, ring_max_s=30)
+    with pytest.raises(ConfigError, match="clips.cameras: unknown camera"):
+        parse_config({"cameras": [{"id": "a", "source": "x.mp4"}], "clips": {"cameras": {"b": {}}}})
+    cfg = ClipsConfig(enabled=True, cameras={"b": {"enabled": False, "post_s": 1}})
+    assert cfg.for_camera("a").enabled and not cfg.for_camera("b").enabled and cfg.for_camera("b").post_s == 1
+
+
+# ---------------------------------------------------------------------------------------------- doors e2e
+
+
+def _door_video(path: Path, frames: int = 70, empty: int = 30) -> Path:
+    """An empty doorway for ``empty`` frames, then the enrolled person's derived face (see
+    test_face_access_e2e.py) moving over it; 10 fps, a keyframe every second."""
+    ast = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    face = cv2.resize(cv2.flip(ast[0:400, 50:450], 1), (300, 300), interpolation=cv2.INTER_AREA)
+    face = np.clip(face.astype(np.float32) * 0.8 + 10, 0, 255).astype(np.uint8)
+    bg = cv2.GaussianBlur(np.random.default_rng(1).integers(0, 255, (360, 480, 3), dtype=np.uint8), (0, 0), 3)
+
+    def render():
+        for t in range(frames):
+            img = bg.copy()
+            if t >= empty:
+                x = 20 + (2 * t) % 150
+                img[30:330, x : x + 300] = face
+            yield img
+
+    return encode_bgr_video(path, render(), 10, keyframe_interval=10, crf=22)
+
+
+@pytest.fixture(scope="module")
+def engine() -> FaceEngine:
+    return FaceEngine.from_config(FacesConfig())
+
+
+def test_every_door_decision_has_a_playable_clip_whose_sha256_is_signed_and_audited(
+    tmp_path, engine, monkeypatch, redis_server
+):
+    monkeypatch.setenv("VIDPIPE_AUDIT_KEY", "audit-key-for-the-clip-test-0123")
+    video = _door_video(tmp_path / "door.mp4")
+    gallery = tmp_path / "faces.sqlite"
+    faces = {"enabled": True, "gallery_path": str(gallery), "detector_min_face_px": 40}
+    with Gallery(gallery) as g:
+        ast = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+        assert enroll_images(g, engine, FacesConfig(**faces), "eileen", [("astronaut.png", ast)]).accepted
+    door = {"k_frames": 3, "window_s": 60, "cooldown_s": 60, "min_face_px": 50, "max_frame_age_s": 600,
+            "liveness": "off"}  # fmt: skip
+    cfg = parse_config(
+        {
+            "cameras": [{"id": "door", "source": str(video), "detect_fps": 5}],
+            "detector": {"model": "none"},
+            "redis": {"url": redis_server.url, "spool_path": str(tmp_path / "spool.sqlite")},
+            "faces": faces,
+            "doors": [
+                {
+                    "id": "front",
+                    "cameras": ["door"],
+                    "allow_people": ["eileen"],
+                    "secret": SECRET,
+                    "audit_log": str(tmp_path / "front.jsonl"),
+                    **door,
+                },
+                {
+                    "id": "back",
+                    "cameras": ["door"],
+                    "allow_people": ["nobody"],
+                    "secret": SECRET + "-back",
+                    "audit_log": str(tmp_path / "back.jsonl"),
+                    **door,
+                },
+            ],  # fmt: skip
+            "clips": {"enabled": True, "pre_s": 2, "post_s": 1.5, "ring_max_s": 10},
+        }
+    )
+    events: list[Event] = []
+    pipe = Pipeline(cfg, var_dir=tmp_path / "var", event_sinks=[events.append])
+    pipe.start()
+    assert pipe.wait(240)
+    pipe.join(10)
+
+    decisions = [e for e in events if e.type == "doors.decision"]
+    evidence = {e.data["decision_event_id"]: e for e in events if e.type == "doors.evidence"}
+    outcomes = {(d.data["door_id"], d.data["decision"], d.pts is not None) for d in decisions}
+    # her face: front granted, back denied; the end of the file: both denied (camera lost, no frame)
+    assert outcomes == {("front", "granted", True), ("back", "denied", True), ("front", "denied", False),
+                        ("back", "denied", False)}, [d.data["reason"] for d in decisions]  # fmt: skip
+    source_times = _decode_times(video)
+    for dec in decisions:
+        door_id = dec.data["door_id"]
+        secret = SECRET if door_id == "front" else SECRET + "-back"
+        # the decision itself names its clip, under its signature
+        Verifier(door_id, secret.encode(), max_age_s=600).verify(dec)
+        name = dec.data["clip"]
+        assert name.startswith("door/") and dec.event_id in name
+        ev = evidence[dec.event_id]
+        Verifier(door_id, secret.encode(), max_age_s=600).verify(ev)  # signed by the door's key
+        path = tmp_path / "var" / "clips" / name
+        assert ev.data["clip"] == name and ev.data["error"] is None
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == ev.data["sha256"]
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        # playable, and it covers the decision's frame with the pre/post-roll asked for
+        clip_times = _decode_times(path)
+        assert clip_times and ev.data["duration_s"] >= 1.5
+        if dec.pts is None:  # a decision without a frame: the clip ends where the camera's recording ended
+            continue
+        assert dec.pts >= 3.0  # she arrives after 3 s: the pre-roll shows the doorway before
+        assert ev.data["start_pts"] <= dec.pts - 2.0 + 1e-6 and ev.data["end_pts"] >= dec.pts + 1.5 - 1e-6
+        # every frame the camera recorded in that span is in the clip (detection ran at 5 of 10 fps)
+        wanted = [t for t in source_times if dec.pts - 2.0 - 1e-6 <= t <= dec.pts + 1.5 + 1e-6]
+        assert len(wanted) >= 35 and set(wanted) <= _on_source_timeline(clip_times, ev.data["start_pts"])
+    for dec in decisions:  # the audit chain holds the decision, then its evidence with the same sha256
+        door_id, ev = dec.data["door_id"], evidence[dec.event_id]
+        ok, n, _, problem = verify_log(tmp_path / f"{door_id}.jsonl")
+        assert ok, problem
+        lines = (tmp_path / f"{door_id}.jsonl").read_text().splitlines()
+
+        records = [json.loads(line)["record"] for line in lines]
+        types = [(r["type"], r["event_id"]) for r in records]
+        assert types.index(("doors.decision", dec.event_id)) < types.index(("doors.evidence", ev.event_id))
+        audited = next(r for r in records if r["event_id"] == ev.event_id)
+        assert audited["data"]["sha256"] == ev.data["sha256"]
