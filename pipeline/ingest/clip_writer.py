@@ -184,10 +184,8 @@ class ClipWriter(Stage):
     def loop(self) -> None:
         while True:
             stopping = self.stop_event.is_set()
-            try:
+            with contextlib.suppress(queue.Empty):
                 self._pending.append(self._queue.get(timeout=_POLL_S))
-            except queue.Empty:
-                pass
             now = time.monotonic()
             drain = stopping and self._queue.empty()
             for req in list(self._pending):
