@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.analyze.analyzers import AnalyticsStage, Analyzer
 from pipeline.config.paths import resolve_runtime_paths
@@ -37,6 +38,9 @@ from pipeline.detect.detectors.base import Detector
 from pipeline.ingest.clip_writer import ClipWriter
 from pipeline.ingest.packet_ring import PacketRing
 from pipeline.run.track_clips import TrackClips
+
+if TYPE_CHECKING:
+    from pipeline.deliver.ha_discovery import HaSite
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,15 @@ def build_analyzers(
             TrackingAnalyzer(camera_id, cfg.tracking, cam.analytics, snapshots, video_time=not cam.is_live)
         )
     return analyzers
+
+
+def _ha_site(cfg: PipelineConfig, cameras: list[CameraConfig]) -> HaSite | None:
+    """The entities Home Assistant discovery announces (None when it is off)."""
+    if cfg.sinks.mqtt is None or not cfg.sinks.mqtt.home_assistant.enabled:
+        return None
+    from pipeline.deliver.ha_discovery import site_from
+
+    return site_from(cameras, cfg.doors, cfg.sinks.mqtt.home_assistant.classes)
 
 
 class Pipeline:
@@ -126,6 +139,7 @@ class Pipeline:
                 self.metrics,
                 callables=self.sinks,
                 redis_spool_path=cfg.redis.spool_path,
+                ha_site=_ha_site(cfg, cameras),
             )
             for cam in cameras:
                 self._build_camera(cam)
