@@ -256,3 +256,66 @@ def test_every_door_decision_has_a_playable_clip_whose_sha256_is_signed_and_audi
         assert types.index(("doors.decision", dec.event_id)) < types.index(("doors.evidence", ev.event_id))
         audited = next(r for r in records if r["event_id"] == ev.event_id)
         assert audited["data"]["sha256"] == ev.data["sha256"]
+
+
+# ---------------------------------------------------------------------------------------------- web player
+
+
+def test_web_app_plays_a_decisions_clip_behind_the_login_and_the_api_gives_its_url(
+    start_web, redis_server, tmp_path
+):
+    from tests.support.web_fixtures import TOKEN
+
+    ring = PacketRing("door", max_s=60.0, max_bytes=64 << 20)
+    _fill_ring(VTEST, ring)
+    var = tmp_path / "var"
+    writer = ClipWriter(var / "clips", {"door": ring}, ClipsConfig(enabled=True).for_camera, lambda e: None)
+    writer.start()
+    name = clip_name("door", "door", "e1", time.time())
+    writer.request(ClipRequest("door", name, 30.0, 30.0, 2.0, 2.0))
+    assert writer.finish(30)
+    clip = (var / "clips" / name).read_bytes()
+    cfg = parse_config(
+        {
+            "cameras": [{"id": "door", "source": str(VTEST)}],
+            "redis": {"url": redis_server.url},
+            "faces": {"enabled": True, "gallery_path": str(tmp_path / "g.sqlite")},
+            "doors": [
+                {
+                    "id": "front",
+                    "cameras": ["door"],
+                    "secret": "s" * 24,
+                    "audit_log": str(tmp_path / "audit.jsonl"),
+                }
+            ],  # fmt: skip
+        }
+    )
+    ev = Event(type="doors.decision", camera_id="door", data={"door_id": "front", "decision": "denied",
+               "person": None, "reason": "unknown face", "clip": name})  # fmt: skip
+    import redis as redis_lib
+
+    redis_lib.Redis.from_url(redis_server.url).xadd("vidpipe:stream:doors", {"event": ev.to_json()})
+    web = start_web(cfg)
+
+    status, body = web.api("GET", "/api/events?type=doors.decision")
+    assert status == 200
+    url = body["events"][0]["clip_url"]
+    assert url == f"/clips/{name}"
+    status, headers, _ = web.request("GET", url)  # no login: no clip
+    assert status == 303 and headers["location"].startswith("/login")
+    _, sid = web.login()
+    cookie = {"Cookie": f"vidpipe_session={sid}"}
+    status, headers, got = web.request("GET", url, headers=cookie)
+    assert status == 200 and headers["content-type"] == "video/mp4" and got == clip
+    status, _, part = web.request("GET", url, headers={**cookie, "Range": "bytes=0-99"})  # seeking works
+    assert status == 206 and part == clip[:100]
+    assert web.request("GET", "/clips/%2e%2e/%2e%2e/audit.jsonl", headers=cookie)[0] == 404
+    assert web.request("GET", "/clips/door/missing.mp4", headers=cookie)[0] == 404
+    status, _, page = web.request("GET", "/doors", headers=cookie)
+    assert (
+        status == 200
+        and f'<video class="clip" controls preload="none" width="240" src="{url}">'.encode() in page
+    )
+    status, _, page = web.request("GET", "/events", headers=cookie)
+    assert status == 200 and f'src="{url}"'.encode() in page
+    assert TOKEN.encode() not in page

@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import redis
 
@@ -41,6 +42,13 @@ class EventFilter:
         return True
 
 
+def clip_url(name: object) -> str:
+    """The web app's URL of a clip named by an event (``data.clip``: ``<camera>/<file>.mp4``), or ""."""
+    if not isinstance(name, str) or not name.endswith(".mp4") or ".." in name or name.startswith("/"):
+        return ""
+    return "/clips/" + quote(name)
+
+
 def row(ev: Event, stream_id: str) -> dict[str, Any]:
     d = ev.data
     return {
@@ -55,6 +63,7 @@ def row(ev: Event, stream_id: str) -> dict[str, Any]:
         "sub_label": d.get("sub_label") or "",
         "detail": d.get("reason") or d.get("decision") or d.get("zone") or "",
         "snapshot": d.get("snapshot") or "",
+        "clip_url": clip_url(d.get("clip")),
         "data": d,
     }
 

@@ -119,10 +119,20 @@ async def snapshot(request: Request) -> Response:
     return FileResponse(full, headers={"Cache-Control": "no-store"})
 
 
+async def clip(request: Request) -> Response:
+    """An MP4 clip cut by the clip writer (only ``*.mp4`` under the clips directory; behind the login)."""
+    base = ctx_of(request).clips_dir.resolve()
+    full = (base / request.path_params["path"]).resolve()
+    if not full.is_relative_to(base) or not full.is_file() or full.suffix.lower() != ".mp4":
+        raise HTTPException(404, "no such clip (not written yet, or deleted by the clips quota)")
+    return FileResponse(full, media_type="video/mp4", headers={"Cache-Control": "private, max-age=3600"})
+
+
 def routes() -> list[Route]:
     return [
         Route("/events", events_page),
         Route("/api/events", api_events),
         Route("/api/events/stream", api_events_stream),
         Route("/snapshots/{path:path}", snapshot),
+        Route("/clips/{path:path}", clip),
     ]
