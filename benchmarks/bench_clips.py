@@ -121,9 +121,13 @@ def main() -> None:
     ring, heap, mbit = fill_ring(path, 30.0)
     oldest, newest = ring.span() or (0.0, 0.0)
     print(f"stream: {path.name}, {mbit:.2f} Mbit/s, 1920x1080, ring span {newest - oldest:.1f} s")
-    print(f"| ring (30 s) payload | {ring.nbytes / 2**20:.1f} MiB | Python heap held | {heap / 2**20:.1f} MiB |")
+    print(
+        f"| ring (30 s) payload | {ring.nbytes / 2**20:.1f} MiB | Python heap held | {heap / 2**20:.1f} MiB |"
+    )
 
-    writer = ClipWriter(args.cache / "clips", {"cam": ring}, ClipsConfig(enabled=True).for_camera, lambda e: None)
+    writer = ClipWriter(
+        args.cache / "clips", {"cam": ring}, ClipsConfig(enabled=True).for_camera, lambda e: None
+    )
     mid = (oldest + newest) / 2
     clip_cpu, clip_wall, sizes = [], [], []
     dec_cpu, bgr_cpu = [], []

@@ -319,3 +319,75 @@ def test_web_app_plays_a_decisions_clip_behind_the_login_and_the_api_gives_its_u
     status, _, page = web.request("GET", "/events", headers=cookie)
     assert status == 200 and f'src="{url}"'.encode() in page
     assert TOKEN.encode() not in page
+
+
+def test_a_live_rtsp_camera_gives_playable_clips_and_a_reconnect_starts_a_new_segment(rtsp_server, tmp_path):
+    """H.264 over RTSP (parameter sets from the SDP, Annex B packets) remuxed into MP4 plays back."""
+    ring = PacketRing("cam", max_s=20.0)
+    cam = CameraConfig(id="cam", source=rtsp_server.url, read_timeout_s=2.0)
+    q: BoundedQueue[Frame] = BoundedQueue(1, "latest", "frames")  # a slow consumer: frames are dropped
+    dec = DecoderStage(cam, q, lambda e: None, MetricsRegistry(), ring=ring)
+    dec.start()
+    try:
+        deadline = time.monotonic() + 30
+        while (ring.span() is None or ring.span()[1] - ring.span()[0] < 3.0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        span = ring.span()
+        assert span is not None and span[1] - span[0] >= 3.0
+        segment = ring.segment
+        writer = ClipWriter(tmp_path, {"cam": ring}, ClipsConfig(enabled=True).for_camera, lambda e: None)
+        t = span[1] - 1.5
+        res = writer._cut(ClipRequest("cam", "cam/live.mp4", t, t, 1.0, 1.0))
+        assert res is not None
+        times = _decode_times(res.path)
+        assert len(times) == res.packets and times[-1] - times[0] >= 1.5  # the frames dropped are in it
+        assert q.dropped > 0
+        rtsp_server.stop()
+        rtsp_server.start()
+        deadline = time.monotonic() + 30
+        while ring.segment == segment and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ring.segment > segment  # a new connection: old packets (old codec parameters) are gone
+    finally:
+        dec.stop()
+        dec.join(10)
+    assert ring.ended
+
+
+def test_tracked_objects_get_a_clip_of_their_life(redis_server, tmp_path):
+    """clips.tracks: YOLOX-Nano + tracking on the real pedestrian video; every tracks.end names a clip that
+    covers the object's frames from tracks.new to tracks.end."""
+    from engines.model_store import get_model_path
+    from tests.test_ha_discovery import _street_clip
+
+    street = _street_clip(tmp_path / "street.mp4", frames=120)
+    cfg = parse_config(
+        {
+            "cameras": [{"id": "street", "source": str(street), "detect_fps": 5}],
+            "detector": {
+                "model": str(get_model_path("yolox-nano")),
+                "layout": "yolox",
+                "score_threshold": 0.3,
+                "classes": ["person"],
+            },  # fmt: skip
+            "redis": {"url": redis_server.url, "spool_path": str(tmp_path / "spool.sqlite")},
+            "tracking": {"enabled": True, "min_hits": 2, "default_filter": {"threshold": 0.3}},
+            "clips": {"enabled": True, "tracks": True, "pre_s": 1, "post_s": 1, "ring_max_s": 20},
+        }
+    )
+    events: list[Event] = []
+    pipe = Pipeline(cfg, var_dir=tmp_path / "var", event_sinks=[events.append]).start()
+    assert pipe.wait(240)
+    pipe.join(10)
+    new = {e.data["object_id"]: e for e in events if e.type == "tracks.new"}
+    ends = [e for e in events if e.type == "tracks.end"]
+    assert pipe.clips is not None
+    assert len(ends) >= 2 and pipe.clips.written >= len(ends)
+    for end in ends:
+        path = tmp_path / "var" / "clips" / end.data["clip"]
+        assert end.data["clip"].startswith("street/") and stat.S_IMODE(path.stat().st_mode) == 0o600
+        times = _decode_times(path)
+        start_pts = new[end.data["object_id"]].pts
+        end_pts = end.pts if end.pts is not None else 11.9
+        # from its tracks.new frame (less pre-roll, from a keyframe) to its end: at least that long
+        assert times[-1] - times[0] >= end_pts - start_pts - 0.11, (end.data["clip"], start_pts, end_pts)

@@ -343,6 +343,8 @@ class Pipeline:
 
         Each ``submit`` only queues (or, when that sink's queue is full, spools): no sink's I/O runs on the
         calling camera thread, so a slow or dead sink never stalls a camera or another sink."""
+        if self.track_clips is not None:
+            self.track_clips.observe(event)  # tracks.end: names its clip (the writer cuts it later)
         for delivery in self.deliveries:
             try:
                 delivery.submit(event)
