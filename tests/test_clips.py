@@ -391,3 +391,44 @@ def test_tracked_objects_get_a_clip_of_their_life(redis_server, tmp_path):
         end_pts = end.pts if end.pts is not None else 11.9
         # from its tracks.new frame (less pre-roll, from a keyframe) to its end: at least that long
         assert times[-1] - times[0] >= end_pts - start_pts - 0.11, (end.data["clip"], start_pts, end_pts)
+
+
+def test_a_camera_named_dot_dot_or_a_forged_name_cannot_write_outside_the_clips_directory(tmp_path):
+    ring = PacketRing("..", max_s=60.0)
+    _fill_ring(VTEST, ring)
+    outside = tmp_path / "victim.mp4"
+    outside.write_bytes(b"not a clip")
+    got: list[tuple[ClipResult | None, str]] = []
+    writer = ClipWriter(tmp_path / "clips", {"..": ring}, ClipsConfig(enabled=True, quota_mb=0.001).for_camera,
+                        lambda e: None)  # fmt: skip
+    name = clip_name("..", "door", "e1", time.time())
+    assert name.startswith("_../")
+    writer.start()
+    writer.request(
+        ClipRequest("..", name, 50.0, 50.0, 1.0, 1.0, on_written=lambda r, e: got.append((r, e)) or [])
+    )
+    writer.request(
+        ClipRequest("..", "../x.mp4", 50.0, 50.0, 1.0, 1.0, on_written=lambda r, e: got.append((r, e)) or [])
+    )
+    assert writer.finish(30)
+    (ok, _), (refused, why) = got
+    assert ok is not None and ok.path.parent == tmp_path / "clips" / "_.."
+    assert refused is None and "not <camera>/<file>.mp4" in why
+    assert (
+        outside.read_bytes() == b"not a clip" and not (tmp_path / "x.mp4").exists()
+    )  # quota never reached it
+
+
+def test_a_ray_shard_keeps_only_its_cameras_clip_overrides_and_never_clears_other_shards_entities(tmp_path):
+    from pipeline.scale.shard import shard_config
+
+    cfg = parse_config(
+        {
+            "cameras": [{"id": "a", "source": "a.mp4"}, {"id": "b", "source": "b.mp4"}],
+            "clips": {"enabled": True, "cameras": {"a": {"pre_s": 2}, "b": {"enabled": False}}},
+            "sinks": {"mqtt": {"url": "mqtt://127.0.0.1:1883", "home_assistant": {"enabled": True}}},
+        }
+    )
+    shard = shard_config(cfg, ["a"], tmp_path)
+    assert list(shard.clips.cameras) == ["a"] and shard.clips.for_camera("a").pre_s == 2
+    assert shard.sinks.mqtt is not None and not shard.sinks.mqtt.home_assistant.remove_stale

@@ -36,7 +36,7 @@ SECRET = "front-door-secret-for-the-ha-test"
 
 # Home Assistant's MQTT discovery: the keys each component needs, and the keys every entity may carry.
 REQUIRED = {"binary_sensor": {"state_topic"}, "sensor": {"state_topic"}, "camera": {"topic"}}
-COMMON = {"name", "unique_id", "object_id", "device", "origin", "availability", "qos", "icon"}
+COMMON = {"name", "unique_id", "device", "origin", "availability", "qos", "icon"}
 ALLOWED = {
     "binary_sensor": COMMON | {"state_topic", "device_class", "payload_on", "payload_off"},
     "sensor": COMMON | {"state_topic", "state_class", "unit_of_measurement"},

@@ -56,6 +56,11 @@ class HomeAssistantConfig(BaseModel):
         default_factory=lambda: ["person", "car"], description="a count sensor per camera/zone for each"
     )
     snapshot_max_kb: int = Field(2048, ge=1, description="larger snapshots are not sent to the camera entity")
+    remove_stale: bool = Field(
+        True,
+        description="at connect, clear retained configs under this node id that the config no longer has "
+        "(off in Ray shards: each shard announces only its own cameras)",
+    )
 
 
 class MqttConfig(DeliveryConfig):

@@ -131,7 +131,6 @@ class HomeAssistantTransport(Transport):
         return {
             "name": name,
             "unique_id": f"{self.node}_{slug(unique)}",
-            "object_id": f"{self.node}_{slug(unique)}",
             "device": device,
             "origin": {"name": "vidpipe", "sw_version": pipeline.__version__},
             "availability": [
@@ -389,7 +388,8 @@ class HomeAssistantTransport(Transport):
             log.warning("home assistant: MQTT broker at %s refused us (%s)", self.target, code)
             return
         self._connected.set()
-        client.subscribe(f"{self.dp}/+/{self.node}/+/config", qos=1)  # retained configs: stale ones go
+        if self.ha.remove_stale:
+            client.subscribe(f"{self.dp}/+/{self.node}/+/config", qos=1)  # retained configs: stale ones go
         client.subscribe(f"{self.dp}/status", qos=1)  # Home Assistant's birth message
         self._publish_all()
         log.info("home assistant: discovery under %s/…/%s on %s", self.dp, self.node, self.target)

@@ -70,7 +70,10 @@ class ClipRequest:
 def clip_name(camera_id: str, kind: str, ref: str, ts: float) -> str:
     """``<camera>/<UTC time>_<kind>_<ref>.mp4``: sortable by time, unique by the event/object id."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(ts)) + f"{ts % 1:.3f}"[1:].replace(".", "_")
-    return f"{_SAFE.sub('_', camera_id)}/{stamp}_{kind}_{_SAFE.sub('_', ref)[:32]}.mp4"
+    camera_dir = _SAFE.sub("_", camera_id)
+    if camera_dir.startswith("."):  # a camera id "." or ".." is valid, but must not name a parent directory
+        camera_dir = "_" + camera_dir
+    return f"{camera_dir}/{stamp}_{kind}_{_SAFE.sub('_', ref)[:32]}.mp4"
 
 
 def remux(snapshot: RingSnapshot) -> tuple[bytes, int]:
@@ -239,8 +242,11 @@ class ClipWriter(Stage):
         snap = ring.snapshot(req.t_start - req.pre_s, req.t_end + req.post_s)
         if snap is None:
             return None
-        data, keyframes = remux(snap)
         path = self.path_of(req.name)
+        base = self.directory.resolve()
+        if path.resolve().parent.parent != base:  # one level below the clips directory, never elsewhere
+            raise ValueError(f"clip name {req.name!r} is not <camera>/<file>.mp4 under {base}")
+        data, keyframes = remux(snap)
         write_private(path, data)
         quota = int(self.settings_for(req.camera_id).quota_mb * 1024 * 1024)
         for gone in enforce_quota(path.parent, quota, keep=path):

@@ -257,13 +257,17 @@ class FaceAccessAnalyzer:
         """The clip of a decision: around its frame, or (no frame: the camera was lost) the ring's end."""
         if self.clips is None:
             return None
-        ring = self.clips.rings.get(self.camera_id)
-        t = pts if pts is not None else (ring.newest_t() if ring is not None else None)
-        if t is None:
+        try:
+            ring = self.clips.rings.get(self.camera_id)
+            t = pts if pts is not None else (ring.newest_t() if ring is not None else None)
+            if t is None:
+                return None
+            s = self.clips.settings_for(self.camera_id)
+            name = clip_name(self.camera_id, "door", ev.event_id, ev.ts)
+            return ClipRequest(self.camera_id, name, t, t, s.pre_s, s.post_s)
+        except Exception:  # noqa: BLE001 - evidence must never cost a decision its signature
+            log.exception("camera %s: no clip for decision %s", self.camera_id, ev.event_id)
             return None
-        s = self.clips.settings_for(self.camera_id)
-        name = clip_name(self.camera_id, "door", ev.event_id, ev.ts)
-        return ClipRequest(self.camera_id, name, t, t, s.pre_s, s.post_s)
 
     def _evidence_hook(self, door: _Door, decision: Event):  # noqa: ANN202 - a closure
         """Runs on the clip writer's thread once the clip is on disk (or could not be written): a signed,
