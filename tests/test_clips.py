@@ -432,3 +432,35 @@ def test_a_ray_shard_keeps_only_its_cameras_clip_overrides_and_never_clears_othe
     shard = shard_config(cfg, ["a"], tmp_path)
     assert list(shard.clips.cameras) == ["a"] and shard.clips.for_camera("a").pre_s == 2
     assert shard.sinks.mqtt is not None and not shard.sinks.mqtt.home_assistant.remove_stale
+
+
+def test_a_decision_whose_clip_cannot_be_queued_gets_a_signed_evidence_record_saying_so(tmp_path, engine):
+    from pipeline.analyze.faces.analyzer import FaceAccessAnalyzer
+    from pipeline.config.doors import DoorConfig
+
+    ring = PacketRing("door", max_s=60.0)
+    _fill_ring(VTEST, ring)
+    writer = ClipWriter(
+        tmp_path / "clips", {"door": ring}, ClipsConfig(enabled=True).for_camera, lambda e: None, queue_size=1
+    )  # fmt: skip  (never started: the queue stays full)
+    faces = FacesConfig(enabled=True, gallery_path=str(tmp_path / "g.sqlite"))
+    doors = [
+        DoorConfig(
+            id=d, cameras=["door"], secret=SECRET, audit_log=str(tmp_path / f"{d}.jsonl"), liveness="off"
+        )
+        for d in ("front", "back")
+    ]
+    analyzer = FaceAccessAnalyzer(faces, doors, "door", engine=engine, clips=writer)
+    try:
+        events = analyzer.on_camera_status("offline")  # a denial per door, no frame: the ring's last seconds
+    finally:
+        analyzer.close()
+    decisions = [e for e in events if e.type == "doors.decision"]
+    evidence = [e for e in events if e.type == "doors.evidence"]
+    assert len(decisions) == 2 and all(d.data["clip"] for d in decisions)
+    assert writer.dropped == 1 and len(evidence) == 1  # the first was queued, the second could not be
+    ev = evidence[0]
+    Verifier(ev.data["door_id"], SECRET.encode(), max_age_s=600).verify(ev)
+    assert ev.data["sha256"] is None and "queue was full" in ev.data["error"]
+    records = [json.loads(line)["record"] for line in (tmp_path / f"{ev.data['door_id']}.jsonl").open()]
+    assert [r["type"] for r in records] == ["doors.decision", "doors.evidence"]

@@ -162,6 +162,7 @@ class ClipWriter(Stage):
         self.emit = emit
         self._queue: queue.Queue[ClipRequest] = queue.Queue(queue_size)
         self._pending: list[ClipRequest] = []
+        self._max_pending = queue_size
         self.written = 0
         self.failed = 0
         self.dropped = 0
@@ -187,8 +188,11 @@ class ClipWriter(Stage):
     def loop(self) -> None:
         while True:
             stopping = self.stop_event.is_set()
-            with contextlib.suppress(queue.Empty):
-                self._pending.append(self._queue.get(timeout=_POLL_S))
+            if len(self._pending) < self._max_pending:  # bounded: beyond it the queue fills and drops
+                with contextlib.suppress(queue.Empty):
+                    self._pending.append(self._queue.get(timeout=_POLL_S))
+            else:
+                time.sleep(_POLL_S)
             now = time.monotonic()
             drain = stopping and self._queue.empty()
             for req in list(self._pending):

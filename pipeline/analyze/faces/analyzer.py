@@ -243,8 +243,9 @@ class FaceAccessAnalyzer:
             events.append(ev)
             events.extend(self._checkpoint(door))
             if clip is not None and self.clips is not None:
-                clip.on_written = self._evidence_hook(door, ev)
-                self.clips.request(clip)
+                clip.on_written = hook = self._evidence_hook(door, ev)
+                if not self.clips.request(clip):  # the gap is audited too
+                    events.extend(hook(None, "the clip writer's queue was full: no clip was made"))
         return events
 
     def _checkpoint(self, door: _Door) -> list[Event]:
