@@ -244,6 +244,7 @@ def test_discovery_configs_are_valid_and_states_follow_a_person_entering_a_zone_
 def test_removed_cameras_remove_their_entities(mosquitto):
     cfg = MqttConfig(url=mosquitto.url(), home_assistant={"enabled": True, "classes": ["person"]})
     first = HomeAssistantTransport(cfg, HaSite({"a": ["z1"], "b": []}, ["front"], ["person"]))
+    first.send([], replay=False)  # it connects with the first events
     try:
         deadline = time.monotonic() + 10
         while not first.is_connected() and time.monotonic() < deadline:
@@ -257,6 +258,7 @@ def test_removed_cameras_remove_their_entities(mosquitto):
 
     # a restart whose configuration no longer has camera b: its retained configs are cleared too
     second = HomeAssistantTransport(cfg, HaSite({"c": []}, ["front"], ["person"]))
+    second.send([], replay=False)
     try:
         deadline = time.monotonic() + 10
         while not second.is_connected() and time.monotonic() < deadline:

@@ -111,9 +111,16 @@ class HomeAssistantTransport(Transport):
         for door in self.site.doors:
             self._states[self._door_topic(door, "decision")] = "none"
             self._states[self._door_topic(door, "person")] = "none"
-        parts = urlsplit(config.url)
-        self._client.connect_async(parts.hostname or "", parts.port or (8883 if parts.scheme == "mqtts" else 1883),
-                                   keepalive=config.keepalive_s)  # fmt: skip
+        self._started = False
+
+    def _start(self) -> None:
+        """Connect on the first events (not when the pipeline is built: a build that fails leaves no thread)."""
+        if self._started:
+            return
+        self._started = True
+        parts = urlsplit(self.config.url)
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        self._client.connect_async(parts.hostname or "", port, keepalive=self.config.keepalive_s)
         self._client.loop_start()
 
     # -- topics and configs ----------------------------------------------------------------------------
@@ -226,6 +233,7 @@ class HomeAssistantTransport(Transport):
     # -- Transport ------------------------------------------------------------------------------------
 
     def send(self, records: Sequence[SpoolRecord], *, replay: bool) -> int:
+        self._start()
         for r in records:
             try:
                 self.observe(Event.from_json(r.event_json))
@@ -242,6 +250,8 @@ class HomeAssistantTransport(Transport):
     def close(self) -> None:
         """At shutdown: give a connection that is still coming up its connect timeout, then wait (bounded)
         for the broker to acknowledge what was published, so the final states are not lost."""
+        if not self._started:
+            return
         self._connected.wait(self.config.connect_timeout_s)
         deadline = time.monotonic() + self.config.publish_timeout_s
         with self._lock:
