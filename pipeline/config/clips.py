@@ -54,7 +54,10 @@ class ClipsConfig(_Strict):
     post_s: float = Field(5.0, ge=0, le=120, description="seconds of video after the moment")
     tracks: bool = Field(False, description="also write a clip for every tracked object's life (tracks.end)")
     ring_max_s: float = Field(
-        30.0, gt=0, le=600, description="seconds of packets a camera's ring holds (>= pre_s + post_s + GOP)"
+        30.0,
+        gt=0,
+        le=600,
+        description="seconds of packets a camera's ring holds, from a keyframe (>= pre_s + post_s)",
     )
     ring_max_mb: float = Field(32.0, gt=0, le=4096, description="MB of packets a camera's ring holds at most")
     quota_mb: float = Field(500.0, gt=0, description="MB of clips kept per camera; the oldest go first")

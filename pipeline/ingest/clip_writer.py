@@ -33,7 +33,7 @@ from pipeline.config.clips import ClipSettings
 from pipeline.core.events import Event
 from pipeline.core.metrics import MetricsRegistry
 from pipeline.core.stage import Stage
-from pipeline.ingest.packet_ring import PacketRing, RingSnapshot
+from pipeline.ingest.packet_ring import SUFFIX_FORMATS, PacketRing, RingSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +67,21 @@ class ClipRequest:
     deadline: float = field(default=0.0)  # monotonic; set by request()
 
 
-def clip_name(camera_id: str, kind: str, ref: str, ts: float) -> str:
-    """``<camera>/<UTC time>_<kind>_<ref>.mp4``: sortable by time, unique by the event/object id."""
+def clip_name(camera_id: str, kind: str, ref: str, ts: float, suffix: str = ".mp4") -> str:
+    """``<camera>/<UTC time>_<kind>_<ref>.mp4``: sortable by time, unique by the event/object id. ``suffix``:
+    the camera ring's (``PacketRing.suffix()``; ``.webm`` for a VP8 camera)."""
+    if suffix not in SUFFIX_FORMATS:
+        raise ValueError(f"clip suffix {suffix!r} is not one of {sorted(SUFFIX_FORMATS)}")
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(ts)) + f"{ts % 1:.3f}"[1:].replace(".", "_")
     camera_dir = _SAFE.sub("_", camera_id)
     if camera_dir.startswith("."):  # a camera id "." or ".." is valid, but must not name a parent directory
         camera_dir = "_" + camera_dir
-    return f"{camera_dir}/{stamp}_{kind}_{_SAFE.sub('_', ref)[:32]}.mp4"
+    return f"{camera_dir}/{stamp}_{kind}_{_SAFE.sub('_', ref)[:32]}{suffix}"
 
 
-def remux(snapshot: RingSnapshot) -> tuple[bytes, int]:
-    """The snapshot's packets as an MP4 (bytes) and how many keyframes it holds. No decoding, no encoding."""
+def remux(snapshot: RingSnapshot, fmt: str | None = None) -> tuple[bytes, int]:
+    """The snapshot's packets in container ``fmt`` (default: the template's; MP4 for most codecs) as bytes,
+    and how many keyframes they hold. No decoding, no encoding."""
     buf = io.BytesIO()
     packets = snapshot.packets
     first = packets[0]
@@ -85,7 +89,7 @@ def remux(snapshot: RingSnapshot) -> tuple[bytes, int]:
     base = min(base, min((p.pts for p in packets if p.pts is not None), default=base))
     tb = snapshot.template.time_base
     keyframes = 0
-    with av.open(buf, "w", format="mp4") as out:
+    with av.open(buf, "w", format=fmt or snapshot.template.format) as out:
         stream = out.add_stream_from_template(snapshot.template.stream)
         stream.time_base = tb
         for rp in packets:
@@ -119,10 +123,10 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 def enforce_quota(directory: Path, quota_bytes: int, keep: Path | None = None) -> list[Path]:
-    """Delete the oldest ``*.mp4`` in ``directory`` until the rest fit ``quota_bytes`` (``keep`` is never
+    """Delete the oldest clips (``*.mp4``, ``*.webm``, ``*.mkv``) in ``directory`` until the rest fit ``quota_bytes`` (``keep`` is never
     deleted, so the clip just written survives even when it alone is over). Returns what was deleted."""
     files = []
-    for p in directory.glob("*.mp4"):
+    for p in (p for suffix in SUFFIX_FORMATS for p in directory.glob(f"*{suffix}")):
         try:
             st = p.stat()
         except FileNotFoundError:
@@ -248,9 +252,9 @@ class ClipWriter(Stage):
             return None
         path = self.path_of(req.name)
         base = self.directory.resolve()
-        if path.resolve().parent.parent != base:  # one level below the clips directory, never elsewhere
+        if path.resolve().parent.parent != base or path.suffix not in SUFFIX_FORMATS:
             raise ValueError(f"clip name {req.name!r} is not <camera>/<file>.mp4 under {base}")
-        data, keyframes = remux(snap)
+        data, keyframes = remux(snap, SUFFIX_FORMATS[path.suffix])
         write_private(path, data)
         quota = int(self.settings_for(req.camera_id).quota_mb * 1024 * 1024)
         for gone in enforce_quota(path.parent, quota, keep=path):

@@ -2,7 +2,8 @@
 
 The decoder pushes every demuxed video packet here *before* decoding, so frames the pipeline thins out
 (``detect_fps``) or drops (a ``latest`` queue) are still in the ring and in the clips cut from it. The ring
-is bounded by seconds (``max_s`` of stream time) and by bytes (``max_bytes``); the oldest packets go first.
+is bounded by seconds (``max_s`` of stream time, counted from a keyframe: whole GOPs are dropped, so it holds
+``max_s`` plus at most one GOP) and by bytes (``max_bytes``, a hard cap); the oldest packets go first.
 At 4 Mbit/s a 30 s ring holds about 15 MB (BENCHMARKS.md, issue 22).
 
 Times (``RingPacket.t``) are on the same timeline as ``Frame.pts``: stream seconds, plus the loop offset for
@@ -39,12 +40,27 @@ class RingPacket:
     t: float  # seconds on the Frame.pts timeline
 
 
+# Clip containers by preference: MP4 (H.264, H.265, MPEG-4, MJPEG, AV1, VP9 ...), else WebM (VP8), else
+# Matroska; every one plays in a browser's <video> for the codecs it is chosen for here.
+CONTAINERS: tuple[tuple[str, str], ...] = (("mp4", ".mp4"), ("webm", ".webm"), ("matroska", ".mkv"))
+SUFFIX_FORMATS = {suffix: fmt for fmt, suffix in CONTAINERS}
+
+
 class StreamTemplate:
-    """Codec parameters of one segment's video stream, usable as ``add_stream_from_template`` input."""
+    """Codec parameters of one segment's video stream, usable as ``add_stream_from_template`` input, and the
+    first container of ``CONTAINERS`` that can carry the codec (``format``, ``suffix``)."""
 
     def __init__(self, stream: av.video.stream.VideoStream) -> None:
-        self._holder = av.open(io.BytesIO(), "w", format="mp4")  # never started: only holds codecpar
-        self.stream = self._holder.add_stream_from_template(stream)
+        for fmt, suffix in CONTAINERS:
+            holder = av.open(io.BytesIO(), "w", format=fmt)  # never started: only holds codecpar
+            try:
+                self.stream = holder.add_stream_from_template(stream)
+            except ValueError:
+                continue
+            self._holder, self.format, self.suffix = holder, fmt, suffix
+            break
+        else:
+            raise ValueError(f"no clip container ({', '.join(f for f, _ in CONTAINERS)}) carries this codec")
         self.time_base: Fraction = stream.time_base or Fraction(1, 90_000)
         self.codec = stream.codec_context.name
         self.width = stream.codec_context.width
@@ -66,6 +82,7 @@ class PacketRing:
         self.max_s = float(max_s)
         self.max_bytes = int(max_bytes)
         self._packets: deque[RingPacket] = deque()
+        self._keys: deque[RingPacket] = deque()  # the keyframes among them, oldest first
         self._bytes = 0
         self._lock = threading.Lock()
         self._template: StreamTemplate | None = None
@@ -88,6 +105,7 @@ class PacketRing:
             template = None
         with self._lock:
             self._packets.clear()
+            self._keys.clear()
             self._bytes = 0
             self._template = template
             self._offset = float(offset_s)
@@ -112,13 +130,25 @@ class PacketRing:
         with self._lock:
             self._packets.append(item)
             self._bytes += len(item.data)
-            newest = item.t
-            while len(self._packets) > 1 and (
-                self._bytes > self.max_bytes or newest - self._packets[0].t > self.max_s
-            ):
-                old = self._packets.popleft()
-                self._bytes -= len(old.data)
-                self.evicted += 1
+            if item.keyframe:
+                self._keys.append(item)
+            # By time, whole GOPs go: a GOP leaves only once the next one starts max_s or more before the
+            # newest packet, so the ring always holds max_s seconds *from a keyframe* (plus up to one GOP)
+            # and a clip's pre-roll can start at one.
+            while len(self._keys) >= 2 and item.t - self._keys[1].t >= self.max_s:
+                self._keys.popleft()
+                while self._packets[0] is not self._keys[0]:
+                    self._drop_oldest()
+            # By bytes, a hard cap, packet by packet.
+            while self._bytes > self.max_bytes and len(self._packets) > 1:
+                self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        old = self._packets.popleft()
+        self._bytes -= len(old.data)
+        self.evicted += 1
+        if self._keys and old is self._keys[0]:
+            self._keys.popleft()
 
     def end(self) -> None:
         """The decoder stopped (end of file, stop, failure): waiting for more packets is pointless."""
@@ -137,6 +167,11 @@ class PacketRing:
             if not self._packets:
                 return None
             return self._packets[0].t, max(self._packets[-1].t, self._packets[0].t)
+
+    def suffix(self) -> str:
+        """The file suffix clips of the current segment get (``.mp4`` unless its codec needs another)."""
+        template = self._template
+        return template.suffix if template is not None else ".mp4"
 
     def newest_t(self) -> float | None:
         with self._lock:

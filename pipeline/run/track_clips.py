@@ -43,7 +43,8 @@ class TrackClips:
         if end is None:
             return
         start = end if start is None or start > end else start
-        name = clip_name(event.camera_id, "track", key[1] or event.event_id, event.ts)
+        suffix = ring.suffix() if ring is not None else ".mp4"
+        name = clip_name(event.camera_id, "track", key[1] or event.event_id, event.ts, suffix)
         if self.writer.request(
             ClipRequest(event.camera_id, name, start, end, settings.pre_s, settings.post_s)
         ):

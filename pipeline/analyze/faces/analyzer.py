@@ -264,7 +264,8 @@ class FaceAccessAnalyzer:
             if t is None:
                 return None
             s = self.clips.settings_for(self.camera_id)
-            name = clip_name(self.camera_id, "door", ev.event_id, ev.ts)
+            suffix = ring.suffix() if ring is not None else ".mp4"
+            name = clip_name(self.camera_id, "door", ev.event_id, ev.ts, suffix)
             return ClipRequest(self.camera_id, name, t, t, s.pre_s, s.post_s)
         except Exception:  # noqa: BLE001 - evidence must never cost a decision its signature
             log.exception("camera %s: no clip for decision %s", self.camera_id, ev.event_id)

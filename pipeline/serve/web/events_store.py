@@ -42,9 +42,12 @@ class EventFilter:
         return True
 
 
+CLIP_TYPES = (".mp4", ".webm", ".mkv")
+
+
 def clip_url(name: object) -> str:
     """The web app's URL of a clip named by an event (``data.clip``: ``<camera>/<file>.mp4``), or ""."""
-    if not isinstance(name, str) or not name.endswith(".mp4") or ".." in name or name.startswith("/"):
+    if not isinstance(name, str) or not name.endswith(CLIP_TYPES) or "/." in name or name.startswith("/"):
         return ""
     return "/clips/" + quote(name)
 

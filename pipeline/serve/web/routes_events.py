@@ -119,13 +119,17 @@ async def snapshot(request: Request) -> Response:
     return FileResponse(full, headers={"Cache-Control": "no-store"})
 
 
+_CLIP_MEDIA = {".mp4": "video/mp4", ".webm": "video/webm", ".mkv": "video/x-matroska"}
+
+
 async def clip(request: Request) -> Response:
-    """An MP4 clip cut by the clip writer (only ``*.mp4`` under the clips directory; behind the login)."""
+    """A clip cut by the clip writer (only ``*.mp4|webm|mkv`` under the clips directory; behind the login)."""
     base = ctx_of(request).clips_dir.resolve()
     full = (base / request.path_params["path"]).resolve()
-    if not full.is_relative_to(base) or not full.is_file() or full.suffix.lower() != ".mp4":
+    media = _CLIP_MEDIA.get(full.suffix.lower())
+    if not full.is_relative_to(base) or not full.is_file() or media is None:
         raise HTTPException(404, "no such clip (not written yet, or deleted by the clips quota)")
-    return FileResponse(full, media_type="video/mp4", headers={"Cache-Control": "private, max-age=3600"})
+    return FileResponse(full, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
 
 
 def routes() -> list[Route]:
