@@ -29,6 +29,7 @@ def resolve_runtime_paths(cfg: PipelineConfig, var_dir: str | Path) -> PipelineC
     for door in out.doors:
         door.audit_log = str(paths.resolve(door.audit_log))
     out.sinks = out.sinks.with_spools_under(paths.var_dir)
+    out.clips.dir = str(paths.resolve(out.clips.dir))
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.config.clips import ClipsConfig
 from pipeline.config.doors import DoorConfig
 from pipeline.config.faces import FacesConfig
 from pipeline.config.profiles import PROFILES, ProfileName, profile_detect
@@ -209,6 +210,7 @@ class PipelineConfig(_Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     web: WebConfig = Field(default_factory=WebConfig)
     sinks: SinksConfig = Field(default_factory=SinksConfig, description="MQTT, webhooks beside redis")
+    clips: ClipsConfig = Field(default_factory=ClipsConfig, description="MP4 clips of doors and tracks")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     executor: Literal["local", "ray"] = Field(
         "local", description="local: every camera in this process; ray: cameras sharded on a Ray cluster"
@@ -248,6 +250,9 @@ class PipelineConfig(_Strict):
             unknown = [c for c in door.cameras if c not in cams]
             if unknown:
                 raise ValueError(f"doors[{i}] ({door.id}): unknown camera id(s) {unknown}")
+        unknown_clips = sorted(set(self.clips.cameras) - cams)
+        if unknown_clips:
+            raise ValueError(f"clips.cameras: unknown camera id(s) {unknown_clips}")
         if self.doors and not self.faces.enabled:
             raise ValueError("doors are configured but faces.enabled is false (doors need face recognition)")
         return self

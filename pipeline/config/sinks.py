@@ -40,6 +40,29 @@ class DeliveryConfig(BaseModel):
     notice_interval_s: float = Field(60.0, gt=0, description="while spooling, say so this often")
 
 
+class HomeAssistantConfig(BaseModel):
+    """Home Assistant MQTT discovery (``sinks.mqtt.home_assistant``): entities appear in HA by themselves."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="publish retained discovery configs and entity states")
+    discovery_prefix: str = Field(
+        "homeassistant", pattern=r"^[^#+]+$", description="Home Assistant's discovery prefix (its default)"
+    )
+    node_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_-]+$", description="discovery node id; None = the topic prefix"
+    )
+    classes: list[str] = Field(
+        default_factory=lambda: ["person", "car"], description="a count sensor per camera/zone for each"
+    )
+    snapshot_max_kb: int = Field(2048, ge=1, description="larger snapshots are not sent to the camera entity")
+    remove_stale: bool = Field(
+        True,
+        description="at connect, clear retained configs under this node id that the config no longer has "
+        "(off in Ray shards: each shard announces only its own cameras)",
+    )
+
+
 class MqttConfig(DeliveryConfig):
     url: str = Field(..., description="mqtt://[user:password@]host[:1883] or mqtts://... for TLS (port 8883)")
     topic_prefix: str = Field("vidpipe", pattern=r"^[^#+]+$", description="first topic level; no wildcards")
@@ -53,6 +76,7 @@ class MqttConfig(DeliveryConfig):
         False, description="mqtts://: skip the host name check (self-signed labs only)"
     )
     spool_path: str = "var/spool-mqtt.sqlite"
+    home_assistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
 
     @field_validator("url")
     @classmethod

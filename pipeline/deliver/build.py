@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from pipeline.config.sinks import SinksConfig
 from pipeline.core.metrics import MetricsRegistry
 from pipeline.deliver.callback import CallbackSettings, CallbackTransport, EventSink
 from pipeline.deliver.delivery import DeliveryStage
+
+if TYPE_CHECKING:
+    from pipeline.deliver.ha_discovery import HaSite
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +26,11 @@ def build_sinks(
     *,
     callables: list[EventSink] | None = None,
     redis_spool_path: str | None = None,
+    ha_site: HaSite | None = None,
 ) -> list[DeliveryStage]:
     """One delivery stage per configured sink and per callable; each opens (and locks) its own spool here, so
-    a bad path fails at startup."""
+    a bad path fails at startup. ``ha_site``: the cameras, zones and doors Home Assistant discovery announces
+    (with ``sinks.mqtt.home_assistant.enabled``)."""
     owners = cfg.spool_owners()
     if redis_spool_path is not None and redis_spool_path in owners:
         raise SinkConfigError(
@@ -47,6 +53,18 @@ def build_sinks(
             )
             for hint in cfg.subscribe_hints():
                 log.info("events also go to MQTT %s; watch them with: %s", stages[-1].transport.target, hint)
+            if cfg.mqtt.home_assistant.enabled:
+                from pipeline.deliver.ha_discovery import HaSite, HomeAssistantTransport
+
+                stages.append(
+                    DeliveryStage(
+                        "sink:home-assistant",
+                        HomeAssistantTransport(cfg.mqtt, ha_site or HaSite()),
+                        CallbackSettings(),
+                        metrics=metrics,
+                        counter_prefix="sink_home_assistant",
+                    )
+                )
         for i, hook in enumerate(cfg.webhooks):
             from pipeline.deliver.webhook import WebhookTransport
 

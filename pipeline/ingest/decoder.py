@@ -39,6 +39,7 @@ from pipeline.core.sources import open_spec, redact_url
 from pipeline.core.stage import Stage
 from pipeline.core.states import CameraStatus
 from pipeline.core.types import Frame
+from pipeline.ingest.packet_ring import PacketRing
 from pipeline.ingest.stream_clock import StreamClock
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,9 @@ class DecoderStage(Stage):
         metrics: MetricsRegistry,
         *,
         rng: random.Random | None = None,
+        ring: PacketRing | None = None,
     ) -> None:
+        """``ring``: every demuxed video packet is also kept there (before decoding and thinning) for clips."""
         super().__init__("decoder", cam.id, metrics)
         self.cam = cam
         self.out = out
@@ -124,6 +127,7 @@ class DecoderStage(Stage):
         self._last_pts: float | None = None
         self._pace_origin: tuple[float, float] | None = None  # (monotonic, pts) for realtime files
         self.stream_clock = StreamClock()  # live sources: capture_time from pts
+        self.ring = ring
         self.metrics.queue_drops = lambda: out.dropped
 
     # ------------------------------------------------------------------ stage protocol
@@ -135,6 +139,8 @@ class DecoderStage(Stage):
             self._run_file()
 
     def on_exit(self) -> None:
+        if self.ring is not None:
+            self.ring.end()
         self.out.close()
 
     # ------------------------------------------------------------------ status events
@@ -278,6 +284,8 @@ class DecoderStage(Stage):
         stream.codec_context.thread_type = "AUTO"
         rate = stream.average_rate or stream.guessed_rate
         self._frame_step = 1.0 / float(rate) if rate else None
+        if self.ring is not None:
+            self.ring.start_segment(stream, 0.0 if self.live else self._pts_offset)
         count = 0
         read_errors = 0
         silence_s = self.cam.read_timeout_s * _SILENCE_FRACTION
@@ -300,6 +308,8 @@ class DecoderStage(Stage):
                 continue
             waited = time.monotonic() - t_read
             read_errors = 0
+            if self.ring is not None:
+                self.ring.push(packet)
             t0 = time.perf_counter()
             try:
                 frames = packet.decode()

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.analyze.analyzers import AnalyticsStage, Analyzer
 from pipeline.config.paths import resolve_runtime_paths
@@ -34,6 +35,12 @@ from pipeline.deliver.build import build_sinks
 from pipeline.deliver.delivery import DeliveryStage
 from pipeline.detect.detect_stage import DetectStage
 from pipeline.detect.detectors.base import Detector
+from pipeline.ingest.clip_writer import ClipWriter
+from pipeline.ingest.packet_ring import PacketRing
+from pipeline.run.track_clips import TrackClips
+
+if TYPE_CHECKING:
+    from pipeline.deliver.ha_discovery import HaSite
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +48,9 @@ EventSink = Callable[[Event], None]  # an in-process sink; runs on its own deliv
 _WAIT_SLICE_S = 0.1  # the main thread returns to the interpreter this often (signals)
 
 
-def build_analyzers(cfg: PipelineConfig, camera_id: str, var_dir: Path) -> list[Analyzer]:
+def build_analyzers(
+    cfg: PipelineConfig, camera_id: str, var_dir: Path, clips: ClipWriter | None = None
+) -> list[Analyzer]:
     """Face access first (it labels faces), then tracking (it carries those labels)."""
     cam = next(c for c in cfg.cameras if c.id == camera_id)
     analyzers: list[Analyzer] = []
@@ -49,7 +58,9 @@ def build_analyzers(cfg: PipelineConfig, camera_id: str, var_dir: Path) -> list[
         from pipeline.analyze.faces.analyzer import FaceAccessAnalyzer
 
         doors = [d for d in cfg.doors if camera_id in d.cameras]
-        analyzers.append(FaceAccessAnalyzer(cfg.faces, doors, camera_id, redis_url=cfg.redis.url))
+        analyzers.append(
+            FaceAccessAnalyzer(cfg.faces, doors, camera_id, redis_url=cfg.redis.url, clips=clips)
+        )
     if cfg.tracking.enabled:
         from pipeline.analyze.tracking.analyzer import TrackingAnalyzer
 
@@ -58,6 +69,15 @@ def build_analyzers(cfg: PipelineConfig, camera_id: str, var_dir: Path) -> list[
             TrackingAnalyzer(camera_id, cfg.tracking, cam.analytics, snapshots, video_time=not cam.is_live)
         )
     return analyzers
+
+
+def _ha_site(cfg: PipelineConfig, cameras: list[CameraConfig]) -> HaSite | None:
+    """The entities Home Assistant discovery announces (None when it is off)."""
+    if cfg.sinks.mqtt is None or not cfg.sinks.mqtt.home_assistant.enabled:
+        return None
+    from pipeline.deliver.ha_discovery import site_from
+
+    return site_from(cameras, cfg.doors, cfg.sinks.mqtt.home_assistant.classes)
 
 
 class Pipeline:
@@ -97,8 +117,16 @@ class Pipeline:
         self.analytics: dict[str, AnalyticsStage] = {}
         self._analytics_left = len(cameras)
         self._left_lock = threading.Lock()
+        # clips: one packet ring per camera (fed by its decoder), one writer thread for every camera
+        self.rings: dict[str, PacketRing] = {}
+        self.clips: ClipWriter | None = None
+        if any(cfg.clips.for_camera(c.id).enabled for c in cfg.cameras):
+            self.clips = ClipWriter(
+                cfg.clips.dir, self.rings, cfg.clips.for_camera, self.emit, self.metrics, cfg.clips.queue_size
+            )
+        self.track_clips = TrackClips(self.clips) if self.clips is not None else None
         make_analyzers: Callable[[str], list[Analyzer]] = analyzers_factory or (
-            lambda cam_id: build_analyzers(cfg, cam_id, self.var_dir)
+            lambda cam_id: build_analyzers(cfg, cam_id, self.var_dir, self.clips)
         )
 
         self.latest: dict[str, FrameResult] = {}  # live tap: newest detected frame per camera (a reference)
@@ -111,6 +139,7 @@ class Pipeline:
                 self.metrics,
                 callables=self.sinks,
                 redis_spool_path=cfg.redis.spool_path,
+                ha_site=_ha_site(cfg, cameras),
             )
             for cam in cameras:
                 self._build_camera(cam)
@@ -168,7 +197,14 @@ class Pipeline:
             1 if policy == "latest" else cam.queue_size, policy, f"frames[{cam.id}]", self.frame_wakeup
         )
         self.frame_queues[cam.id] = fq
-        decoder = DecoderStage(cam, fq, self._on_decoder_event, self.metrics)
+        ring = None
+        clip_cfg = self.cfg.clips.for_camera(cam.id)
+        if self.clips is not None and clip_cfg.enabled:
+            ring = self.rings.get(cam.id)
+            if ring is None:
+                ring = PacketRing(cam.id, clip_cfg.ring_max_s, int(clip_cfg.ring_max_mb * 1024 * 1024))
+                self.rings[cam.id] = ring
+        decoder = DecoderStage(cam, fq, self._on_decoder_event, self.metrics, ring=ring)
         # The decoder's line shows its output queue: frames waiting for the detector (the decoder itself
         # reports the frames a `latest` queue dropped because the detector was behind).
         decoder.metrics.queue_depth = fq.qsize
@@ -295,6 +331,7 @@ class Pipeline:
             if stage is not None:
                 stage.join(timeout)
         if forget:
+            self.rings.pop(camera_id, None)
             self._placeholders.pop(camera_id, None)
             self.frame_queues.pop(camera_id, None)
             placeholder.close()  # the detect stage forgets this camera on its next round
@@ -306,6 +343,8 @@ class Pipeline:
 
         Each ``submit`` only queues (or, when that sink's queue is full, spools): no sink's I/O runs on the
         calling camera thread, so a slow or dead sink never stalls a camera or another sink."""
+        if self.track_clips is not None:
+            self.track_clips.observe(event)  # tracks.end: names its clip (the writer cuts it later)
         for delivery in self.deliveries:
             try:
                 delivery.submit(event)
@@ -339,6 +378,8 @@ class Pipeline:
             self._analytics_left -= 1
             last = self._analytics_left == 0
         if last:
+            if self.clips is not None:  # its doors.evidence events go out before the queues close
+                self.clips.finish()
             self._close_event_queues()
 
     def _close_event_queues(self) -> None:
@@ -356,6 +397,8 @@ class Pipeline:
     def start(self) -> Pipeline:
         for delivery in self.deliveries:
             delivery.start()
+        if self.clips is not None:
+            self.clips.start()
         for stage in self.analytics.values():
             stage.start()
         self.detect.start()
@@ -392,7 +435,8 @@ class Pipeline:
 
     def join(self, timeout: float = 30.0) -> bool:
         ok = self.wait(timeout)
-        for s in [*self.decoders.values(), self.detect, *self.analytics.values(), *self.deliveries]:
+        clips = [self.clips] if self.clips is not None else []
+        for s in [*self.decoders.values(), self.detect, *self.analytics.values(), *clips, *self.deliveries]:
             s.join(1.0)
         self.detector.close()
         return ok

@@ -47,6 +47,9 @@ def shard_config(cfg: PipelineConfig, camera_ids: list[str], var_dir: Path) -> P
     wanted = set(camera_ids)
     data["cameras"] = [c for c in data["cameras"] if c["id"] in wanted]
     data["doors"] = [d for d in data["doors"] if set(d["cameras"]) <= wanted]
+    data["clips"]["cameras"] = {k: v for k, v in data["clips"]["cameras"].items() if k in wanted}
+    if data["sinks"]["mqtt"]:  # a shard knows only its cameras: it must not clear the others' HA entities
+        data["sinks"]["mqtt"]["home_assistant"]["remove_stale"] = False
     data["redis"]["spool_path"] = str(var_dir / "spool.sqlite")
     for sink in [*([data["sinks"]["mqtt"]] if data["sinks"]["mqtt"] else []), *data["sinks"]["webhooks"]]:
         sink["spool_path"] = str(var_dir / Path(sink["spool_path"]).name)  # one writer per spool, as above

@@ -30,6 +30,7 @@ from pipeline.config.doors import DoorConfig
 from pipeline.config.faces import FacesConfig
 from pipeline.core.events import Event
 from pipeline.core.types import FaceMatch, FrameResult
+from pipeline.ingest.clip_writer import ClipRequest, ClipResult, ClipWriter, clip_name
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,13 @@ class FaceAccessAnalyzer:
         clock: Callable[[], float] = time.time,
         base_dir: str | Path | None = None,
         redis_url: str | None = None,
+        clips: ClipWriter | None = None,
     ) -> None:
         """``base_dir``: relative paths in the config (gallery, audit log, crops) are resolved against it
-        (default: the working directory)."""
+        (default: the working directory). ``clips``: when given (and clips are enabled for this camera),
+        every decision names a clip and a signed ``doors.evidence`` record carries its sha256."""
         self.cfg = faces
+        self.clips = clips if clips is not None and clips.settings_for(camera_id).enabled else None
         self.camera_id = camera_id
         self.clock = clock
         base = Path(base_dir) if base_dir is not None else None
@@ -230,15 +234,67 @@ class FaceAccessAnalyzer:
                 dec = {**dec, "decision": "denied", "reason": "door locked down"}
             frame = result.frame if result else None
             ev = Event.for_frame("doors.decision", frame, dec, camera_id=self.camera_id, ts=now)
+            clip = self._plan_clip(ev, frame.pts if frame is not None else None)
+            if clip is not None:
+                ev.data["clip"] = clip.name  # signed: the record names its evidence before it exists
             ev = sign_event(ev, door.cfg.id, door.key, now=now)
             door.audit.append(ev.model_dump(mode="json"))
             log.info("door %s: %s %s (%s)", door.cfg.id, dec["decision"], dec["person"] or "-", dec["reason"])
             events.append(ev)
-            if door.audit.last_checkpoint is not None:  # off-host copy: truncating the log is detected
-                events.append(
-                    Event(type=CHECKPOINT_EVENT, camera_id=self.camera_id, data=door.audit.last_checkpoint)
-                )
+            events.extend(self._checkpoint(door))
+            if clip is not None and self.clips is not None:
+                clip.on_written = hook = self._evidence_hook(door, ev)
+                if not self.clips.request(clip):  # the gap is audited too
+                    events.extend(hook(None, "the clip writer's queue was full: no clip was made"))
         return events
+
+    def _checkpoint(self, door: _Door) -> list[Event]:
+        if door.audit.last_checkpoint is None:
+            return []
+        # off-host copy: truncating the log is detected
+        return [Event(type=CHECKPOINT_EVENT, camera_id=self.camera_id, data=door.audit.last_checkpoint)]
+
+    def _plan_clip(self, ev: Event, pts: float | None) -> ClipRequest | None:
+        """The clip of a decision: around its frame, or (no frame: the camera was lost) the ring's end."""
+        if self.clips is None:
+            return None
+        try:
+            ring = self.clips.rings.get(self.camera_id)
+            t = pts if pts is not None else (ring.newest_t() if ring is not None else None)
+            if t is None:
+                return None
+            s = self.clips.settings_for(self.camera_id)
+            suffix = ring.suffix() if ring is not None else ".mp4"
+            name = clip_name(self.camera_id, "door", ev.event_id, ev.ts, suffix)
+            return ClipRequest(self.camera_id, name, t, t, s.pre_s, s.post_s)
+        except Exception:  # noqa: BLE001 - evidence must never cost a decision its signature
+            log.exception("camera %s: no clip for decision %s", self.camera_id, ev.event_id)
+            return None
+
+    def _evidence_hook(self, door: _Door, decision: Event):  # noqa: ANN202 - a closure
+        """Runs on the clip writer's thread once the clip is on disk (or could not be written): a signed,
+        audited ``doors.evidence`` record with the clip's sha256, chained after its decision."""
+
+        def hook(result: ClipResult | None, error: str) -> list[Event]:
+            data = {
+                "door_id": door.cfg.id,
+                "decision_event_id": decision.event_id,
+                "decision": decision.data.get("decision"),
+                "person": decision.data.get("person"),
+                "clip": decision.data.get("clip"),
+                "sha256": result.sha256 if result else None,
+                "bytes": result.size if result else 0,
+                "duration_s": round(result.duration_s, 3) if result else 0.0,
+                "start_pts": round(result.start_t, 4) if result else None,
+                "end_pts": round(result.end_t, 4) if result else None,
+                "error": error or None,
+            }
+            ev = Event(type="doors.evidence", camera_id=self.camera_id, data=data)
+            ev = sign_event(ev, door.cfg.id, door.key)
+            door.audit.append(ev.model_dump(mode="json"))
+            return [ev, *self._checkpoint(door)]
+
+        return hook
 
     def _unknown_event(
         self, result: FrameResult, boxes: np.ndarray, idx: list[int], matches: list[Match]

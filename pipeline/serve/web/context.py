@@ -45,6 +45,14 @@ class WebContext:
         return Path(p)
 
     @property
+    def clips_dir(self) -> Path:
+        """Where the clip writer keeps MP4 clips (``clips.dir`` of the pipeline running here, else
+        ``<var-dir>/clips``)."""
+        if self.pipeline is not None:
+            return Path(self.pipeline.cfg.clips.dir)
+        return self.var_dir / "clips"
+
+    @property
     def snapshots_dir(self) -> Path:
         """Where the tracker writes best-frame snapshots (the pipeline's var dir when one runs here)."""
         base = self.pipeline.var_dir if self.pipeline is not None else self.var_dir

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import redis
 
@@ -44,6 +45,16 @@ class EventFilter:
         return True
 
 
+CLIP_TYPES = (".mp4", ".webm", ".mkv")
+
+
+def clip_url(name: object) -> str:
+    """The web app's URL of a clip named by an event (``data.clip``: ``<camera>/<file>.mp4``), or ""."""
+    if not isinstance(name, str) or not name.endswith(CLIP_TYPES) or "/." in name or name.startswith("/"):
+        return ""
+    return "/clips/" + quote(name)
+
+
 def row(ev: Event, stream_id: str) -> dict[str, Any]:
     d = ev.data
     return {
@@ -58,6 +69,7 @@ def row(ev: Event, stream_id: str) -> dict[str, Any]:
         "sub_label": d.get("sub_label") or "",
         "detail": d.get("reason") or d.get("decision") or d.get("zone") or "",
         "snapshot": d.get("snapshot") or "",
+        "clip_url": clip_url(d.get("clip")),
         "data": d,
     }
 

@@ -147,10 +147,24 @@ async def snapshot(request: Request) -> Response:
     return FileResponse(full, headers={"Cache-Control": "no-store"})
 
 
+_CLIP_MEDIA = {".mp4": "video/mp4", ".webm": "video/webm", ".mkv": "video/x-matroska"}
+
+
+async def clip(request: Request) -> Response:
+    """A clip cut by the clip writer (only ``*.mp4|webm|mkv`` under the clips directory; behind the login)."""
+    base = ctx_of(request).clips_dir.resolve()
+    full = (base / request.path_params["path"]).resolve()
+    media = _CLIP_MEDIA.get(full.suffix.lower())
+    if not full.is_relative_to(base) or not full.is_file() or media is None:
+        raise HTTPException(404, "no such clip (not written yet, or deleted by the clips quota)")
+    return FileResponse(full, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+
+
 def routes() -> list[Route]:
     return [
         Route("/events", events_page),
         Route("/api/events", api_events),
         Route("/api/events/stream", api_events_stream),
         Route("/snapshots/{path:path}", snapshot),
+        Route("/clips/{path:path}", clip),
     ]

@@ -90,6 +90,13 @@ function liveEvents(table) {
     const tr = document.createElement("tr");
     const cells = [new Date(e.ts * 1000).toLocaleString(), e.camera, e.type, e.label + (e.sub_label ? ` (${e.sub_label})` : ""), e.detail, ""];
     for (const text of cells) { const td = document.createElement("td"); td.textContent = text; tr.appendChild(td); }
+    const clip = document.createElement("td");  // the clip is playable once its post-roll is recorded
+    if (e.clip_url && e.clip_url.startsWith("/clips/")) {
+      const v = document.createElement("video");
+      Object.assign(v, { className: "clip", controls: true, preload: "none", width: 240, src: e.clip_url });
+      clip.appendChild(v);
+    }
+    tr.appendChild(clip);
     tr.classList.add("new");
     const decision = e.type === "doors.decision" && e.data ? e.data.decision : "";
     if (decision === "granted" || decision === "denied") { tr.classList.add(decision); tr.dataset.decision = decision; }

@@ -1,0 +1,51 @@
+"""A clip per tracked object's life (``clips.tracks: true``): ``tracks.end`` names it, the writer cuts it.
+
+The tracker's own times (``first_seen``/``last_seen``) run on its clock, not on the packets' timeline, so the
+clip is placed by the frames the object's events came from: from its ``tracks.new`` frame (minus ``pre_s``)
+to its ``tracks.end`` frame (plus ``post_s``). ``tracks.end`` gets ``data.clip`` (``<camera>/<file>.mp4``)
+before it is delivered; the file appears once the post-roll has been recorded.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from pipeline.core.events import Event
+from pipeline.ingest.clip_writer import ClipRequest, ClipWriter, clip_name
+
+_MAX_OPEN = 10_000  # objects whose start we remember (an object without tracks.end is forgotten past this)
+
+
+class TrackClips:
+    def __init__(self, writer: ClipWriter) -> None:
+        self.writer = writer
+        self._started: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._lock = threading.Lock()  # every camera's analytics thread emits
+
+    def observe(self, event: Event) -> None:
+        if not event.type.startswith("tracks.") or event.type not in ("tracks.new", "tracks.end"):
+            return
+        settings = self.writer.settings_for(event.camera_id)
+        if not (settings.enabled and settings.tracks):
+            return
+        key = (event.camera_id, str(event.data.get("object_id", "")))
+        with self._lock:
+            if event.type == "tracks.new":
+                if event.pts is not None:
+                    self._started[key] = event.pts
+                    while len(self._started) > _MAX_OPEN:
+                        self._started.popitem(last=False)
+                return
+            start = self._started.pop(key, None)
+        ring = self.writer.rings.get(event.camera_id)
+        end = event.pts if event.pts is not None else (ring.newest_t() if ring is not None else None)
+        if end is None:
+            return
+        start = end if start is None or start > end else start
+        suffix = ring.suffix() if ring is not None else ".mp4"
+        name = clip_name(event.camera_id, "track", key[1] or event.event_id, event.ts, suffix)
+        if self.writer.request(
+            ClipRequest(event.camera_id, name, start, end, settings.pre_s, settings.post_s)
+        ):
+            event.data["clip"] = name
