@@ -49,7 +49,11 @@ def build_analyzers(cfg: PipelineConfig, camera_id: str, var_dir: Path) -> list[
         from pipeline.analyze.faces.analyzer import FaceAccessAnalyzer
 
         doors = [d for d in cfg.doors if camera_id in d.cameras]
-        analyzers.append(FaceAccessAnalyzer(cfg.faces, doors, camera_id, redis_url=cfg.redis.url))
+        analyzers.append(
+            FaceAccessAnalyzer(
+                cfg.faces, doors, camera_id, redis_url=cfg.redis.url, redis_prefix=cfg.redis.prefix
+            )
+        )
     if cfg.tracking.enabled:
         from pipeline.analyze.tracking.analyzer import TrackingAnalyzer
 
