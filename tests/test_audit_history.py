@@ -42,12 +42,16 @@ def write_entries(path: Path, n: int, redis_url: str | None, tmp_path: Path, tag
     log = AuditLog(path, AUDIT_KEY.encode())
     cps = []
     for i in range(n):
-        log.append({"type": "doors.decision", "data": {"door_id": "front", "decision": "denied", "i": f"{tag}{i}"}})
+        log.append(
+            {"type": "doors.decision", "data": {"door_id": "front", "decision": "denied", "i": f"{tag}{i}"}}
+        )
         assert log.last_checkpoint is not None
         cps.append(log.last_checkpoint)
     log.close()
     if redis_url:
-        pub = Publisher(RedisConfig(prefix=PREFIX, spool_path=str(tmp_path / f"spool{tag}.sqlite")), url=redis_url)
+        pub = Publisher(
+            RedisConfig(prefix=PREFIX, spool_path=str(tmp_path / f"spool{tag}.sqlite")), url=redis_url
+        )
         pub.start()
         for cp in cps:
             pub.publish_event(Event(type=CHECKPOINT_EVENT, camera_id="cam1", data=cp))
@@ -143,7 +147,9 @@ def test_deleted_middle_generation_fails(redis_server, tmp_path):
         assert "3 entries" in r.stdout  # what the checkpoints say it held (reset entry + 2)
 
 
-def test_pipeline_refuses_a_new_chain_over_a_deleted_log_until_an_audited_reset(redis_server, demo_mp4, tmp_path):
+def test_pipeline_refuses_a_new_chain_over_a_deleted_log_until_an_audited_reset(
+    redis_server, demo_mp4, tmp_path
+):
     path = tmp_path / "doors_audit.jsonl"
     cfg = _door_config(tmp_path, redis_server.url, demo_mp4.path)
     write_entries(path, 4, redis_server.url, tmp_path)

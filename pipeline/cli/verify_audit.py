@@ -77,7 +77,9 @@ def verify_audit(path: str, redis_url: str | None, prefix: str) -> int:
     return 1 if rep.problems else 0
 
 
-def audit_reset(path: Path, door_id: str, reason: str, redis_url: str | None, prefix: str, maxlen: int) -> int:
+def audit_reset(
+    path: Path, door_id: str, reason: str, redis_url: str | None, prefix: str, maxlen: int
+) -> int:
     """``faces audit-reset``: archive what is left of ``path`` and start its next generation, recorded in the
     keyed history (and Redis when configured: unreachable is exit 2, nothing changed)."""
     from pipeline.analyze.doors.audit_reset import reset_log

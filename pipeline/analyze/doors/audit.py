@@ -284,9 +284,7 @@ class HistoryReport:
     history: History
 
 
-def verify_history(
-    path: str | Path, key: bytes, remote: Iterable[Mapping[str, Any]] = ()
-) -> HistoryReport:
+def verify_history(path: str | Path, key: bytes, remote: Iterable[Mapping[str, Any]] = ()) -> HistoryReport:
     """Checks every generation of a log against the whole checkpoint history (side file + ``remote``):
     the chain itself (gaps, restarts), the current log, and each archived generation's file, which must
     still be there unless the reset that closed it recorded it as missing or damaged."""
@@ -301,7 +299,10 @@ def verify_history(
             ok, n, _, problem = verify_log(path, key, cps, log_name=path.name)
             entries = n
             if ok and n and not cps:
-                ok, problem = False, f"no checkpoint found ({_sources(hist)}) although the log has {n} entries"
+                ok, problem = (
+                    False,
+                    f"no checkpoint found ({_sources(hist)}) although the log has {n} entries",
+                )
             if not ok:
                 problems.append(problem if len(gens) == 1 else f"generation {gen}: {problem}")
             continue

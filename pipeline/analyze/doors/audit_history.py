@@ -157,7 +157,7 @@ def check_history(
                 h.problems.append(f"{where}: it is for log {cp.get('log')!r}")
                 continue
             lines = cp.get("lines")
-            if not _int(lines) or lines < 1:
+            if not isinstance(lines, int) or isinstance(lines, bool) or lines < 1:
                 h.problems.append(f"{where}: bad line count {lines!r}")
                 continue
             if "cseq" not in cp:
@@ -196,7 +196,9 @@ def check_history(
                 f"{when(b)}): history dropped"
             )
         elif b.get("prev") != a["mac"]:
-            h.problems.append(f"checkpoint {b['cseq']} does not follow checkpoint {a['cseq']} (spliced chain)")
+            h.problems.append(
+                f"checkpoint {b['cseq']} does not follow checkpoint {a['cseq']} (spliced chain)"
+            )
         elif b["gen"] == a["gen"]:
             if b["lines"] <= a["lines"] or isinstance(b.get("reset"), dict):
                 h.problems.append(

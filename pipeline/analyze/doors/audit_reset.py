@@ -85,7 +85,9 @@ def reset_log(
     record = {"type": RESET_RECORD, "ts": time.time(), **reset}
     first = _hash(key, GENESIS, record, 1)
     with open(path, "x", encoding="utf-8") as fh:
-        fh.write(json.dumps({"seq": 1, "prev": GENESIS, "record": record, "hash": first}, sort_keys=True) + "\n")
+        fh.write(
+            json.dumps({"seq": 1, "prev": GENESIS, "record": record, "hash": first}, sort_keys=True) + "\n"
+        )
         fh.flush()
         os.fsync(fh.fileno())
     cp = sign_checkpoint(

@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.analyze.doors.audit import CHECKPOINT_EVENT, AuditLog, open_audit_log
 from pipeline.analyze.doors.lockdown import Lockdown, lockdown_path
 from pipeline.analyze.doors.policy import DoorPolicy, FaceVote
-from pipeline.analyze.doors.second_factor import SecondFactorListener
+from pipeline.analyze.doors.second_factor import SecondFactorListener, door_readers
 from pipeline.analyze.doors.signing import sign_event
 from pipeline.analyze.faces.enroll import FaceEngine, shared_engine
 from pipeline.analyze.faces.gallery import Gallery
@@ -115,7 +115,8 @@ class FaceAccessAnalyzer:
                     f"camera {camera_id}: a door needs a second factor on Redis channel(s) {channels}, "
                     "but no redis.url is configured to listen on"
                 )
-            self.second_factor = SecondFactorListener(redis_url, channels, clock=clock)
+            readers = door_readers(d.cfg for d in self.doors)  # raises now, naming a door without keys
+            self.second_factor = SecondFactorListener(redis_url, channels, readers, clock=clock)
             for d in self.doors:
                 d.policy.second_factor = self.second_factor.check
         self._crop_dir = self._resolve(faces.unknown_crops.dir)
