@@ -204,3 +204,16 @@ def test_writer_continues_the_history_across_restarts(redis_server, tmp_path, wh
     assert [cp["cseq"] for cp in cps] == [3, 4] and cps[0]["lines"] == 3
     r = verify(path, redis_server.url if where == "redis" else None)
     assert r.returncode == 0 and "4 entries, chain intact" in r.stdout, r.stdout
+
+
+def test_a_log_deleted_while_written_is_reported(tmp_path, caplog):
+    path = tmp_path / "doors_audit.jsonl"
+    log = AuditLog(path, AUDIT_KEY.encode())
+    log.append({"type": "doors.decision", "i": 1})
+    delete_log_and_side_file(path)
+    with caplog.at_level("ERROR"):
+        log.append({"type": "doors.decision", "i": 2})
+        log.append({"type": "doors.decision", "i": 3})
+    log.close()
+    assert caplog.text.count("was DELETED while the pipeline writes it") == 1
+    assert log.last_checkpoint is not None and log.last_checkpoint["cseq"] == 3  # the history goes on

@@ -128,6 +128,7 @@ class AuditLog:
         self._cprev = str(hist.last["mac"]) if hist.last else GENESIS
         self._abs = str(self.path.resolve())
         self.last_checkpoint: dict[str, Any] | None = None
+        self._deleted_logged = False
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for appends
         self._cp = open(checkpoints_path(self.path), "a", encoding="utf-8")  # noqa: SIM115
 
@@ -160,7 +161,22 @@ class AuditLog:
             os.fsync(self._cp.fileno())
             self._cseq, self._cprev = cp["cseq"], cp["mac"]
             self.last_checkpoint = cp
+            self._check_not_deleted()
             return h
+
+    def _check_not_deleted(self) -> None:
+        """Logs (once) when the log or its side file was deleted while being written: the entries go on
+        into the unlinked files and to Redis, where ``verify-audit --redis`` shows what is missing."""
+        if self._deleted_logged:
+            return
+        if os.fstat(self._fh.fileno()).st_nlink == 0 or os.fstat(self._cp.fileno()).st_nlink == 0:
+            self._deleted_logged = True
+            _log.error(
+                "audit log %s (or its .checkpoints) was DELETED while the pipeline writes it; entries since "
+                "are only in the deleted file and the Redis checkpoints: investigate, `faces verify-audit "
+                "--redis` shows the gap, and the next start is refused until an audited reset",
+                self.path,
+            )
 
     def close(self) -> None:
         with self._lock:
