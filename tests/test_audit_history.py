@@ -217,3 +217,24 @@ def test_a_log_deleted_while_written_is_reported(tmp_path, caplog):
     log.close()
     assert caplog.text.count("was DELETED while the pipeline writes it") == 1
     assert log.last_checkpoint is not None and log.last_checkpoint["cseq"] == 3  # the history goes on
+
+
+def test_logs_with_old_format_checkpoints_go_on_and_still_verify(tmp_path):
+    """A log written before the checkpoint chain (checkpoints without cseq) continues after the upgrade."""
+    from pipeline.analyze.doors.audit_history import checkpoint_mac
+
+    path = tmp_path / "doors_audit.jsonl"
+    cps = write_entries(path, 3, None, tmp_path)
+    legacy = []
+    for cp in cps:  # what the previous writer kept: {log, lines, head, time, mac}
+        old = {k: cp[k] for k in ("log", "lines", "head", "time")}
+        legacy.append(json.dumps({**old, "mac": checkpoint_mac(AUDIT_KEY.encode(), old)}))
+    checkpoints_path(path).write_text("\n".join(legacy) + "\n")
+    assert verify(path).returncode == 0
+    new = write_entries(path, 2, None, tmp_path, tag="new")
+    assert [cp["cseq"] for cp in new] == [1, 2] and new[-1]["lines"] == 5
+    r = verify(path)
+    assert r.returncode == 0 and "5 entries, chain intact" in r.stdout, r.stdout
+    path.write_text("\n".join(path.read_text().splitlines()[:4]) + "\n")  # cut: still caught
+    r = verify(path)
+    assert r.returncode == 1 and "truncated log" in r.stdout, r.stdout
