@@ -17,7 +17,8 @@ Per fold (identities with >= 6 photos split into ``--folds`` groups; fold f's gr
   one tracked face to the real DoorPolicy (every enrolled person allowed, liveness off: photos), counting
   grants; the same for genuine people. Different photos of one person vary far more than video frames do.
 
-Prints markdown tables (sums over folds) and the per-fold thresholds.
+Prints markdown tables (sums over folds), the per-fold thresholds, and per fold how far the closest held-apart
+impostor stayed above the calibrated threshold (``--safety``: calibrate's safety margin; 0 shows without).
 """
 
 from __future__ import annotations
@@ -107,6 +108,12 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--far", type=float, default=0.001)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--safety",
+        type=float,
+        default=None,
+        help="faces calibrate's safety margin (default: its own; 0: none)",
+    )
     ap.add_argument("--cache", default="/tmp/vidpipe_open_set_embeddings.npz")
     ap.add_argument(
         "--compare", type=float, nargs="*", default=[0.5, 0.6], help="fixed thresholds to show beside"
@@ -139,6 +146,8 @@ def main() -> None:
     rows = {"calibrated": [], **{f"fixed {t}": [] for t in args.compare}}
     votes = {k: [0, 0, 0, 0] for k in rows}  # impostor attempts, grants, genuine attempts, grants
     thresholds = []
+    margins: list[float] = []  # calibrate's safety margin per fold
+    slack: list[float] = []  # closest held-apart impostor's distance - the calibrated threshold, per fold
     per_ds: dict[str, list[int]] = {}
     n_photos = sum(len(v) for v in by_id.values()) + len(fr_imp)
     for held in groups:
@@ -152,11 +161,14 @@ def main() -> None:
             genuine += [(who, e[i]) for i in pick[args.enroll :]]
         names = sorted(gallery)
         att = cal.gallery_attempts(gallery)
-        chosen = cal.choose_threshold(att, names, margin, args.far)
+        chosen = cal.choose_threshold(att, names, margin, args.far, args.safety)
         thresholds.append(
             (chosen.threshold, chosen.impostor_attempts, chosen.genuine_attempts, chosen.far, chosen.frr)
         )
         imp_probes = [e for who in held for e in by_id[who]] + fr_imp
+        closest = min(float(np.linalg.norm(gallery[n] - p, axis=1).mean()) for n in names for p in imp_probes)
+        slack.append(closest - chosen.threshold)
+        margins.append(cal.safety_margin(att) if args.safety is None else args.safety)
         test = cal.merge(
             cal.external_attempts(gallery, np.stack(imp_probes)),
             cal.Attempts(
@@ -240,6 +252,13 @@ def main() -> None:
             f"{v[1]} / {v[0]} | {v[3]} / {v[2]} |"
         )
 
+    print(
+        "\nSafety margin per fold "
+        + ", ".join(f"{m:.3f}" for m in margins)
+        + "; closest held-apart impostor above the calibrated threshold by "
+        + ", ".join(f"{x:+.3f}" for x in slack)
+        + " (per fold; negative: a never-seen person let in)"
+    )
     print(
         "\nCalibrated FRR per data set: "
         + ", ".join(f"{k} {v[1]}/{v[0]} = {v[1] / v[0]:.3f}" for k, v in per_ds.items())

@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 
 from pipeline.analyze.doors.policy import DoorPolicy, FaceVote
+from pipeline.analyze.doors.reader_messages import DoorReaders, sign_reader_message
 from pipeline.analyze.doors.second_factor import SecondFactorListener
 from pipeline.analyze.faces.matcher import REASON_MARGIN, REASON_THRESHOLD, Matcher
 from pipeline.analyze.faces.tracks import FaceTracker
 from pipeline.config.doors import DoorConfig
 
 KEY = "k" * 32
+READER_KEY = b"reader-key-for-these-tests-01"
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC).timestamp()  # a Monday, 10:00 UTC
 
 
@@ -134,19 +136,24 @@ def test_face_tracker_keeps_ids_and_splits_jumps():
 
 
 def test_second_factor_badge_on_redis(redis_server, redis_client):
-    listener = SecondFactorListener(redis_server.url, ["badges"])
+    readers = {"front": DoorReaders({"badge-1": READER_KEY}), "other": DoorReaders({"badge-9": READER_KEY})}
+    listener = SecondFactorListener(redis_server.url, ["badges"], readers)
+
+    def badge(door_id: str = "front", person: str | None = "alice", reader: str = "badge-1") -> str:
+        return json.dumps(sign_reader_message(READER_KEY, reader, door_id, person))
+
     try:
         p = DoorPolicy(door(liveness="off", second_factor={"channel": "badges", "within_s": 5}))
         p.second_factor = listener.check
         now = time.time()
         assert feed(p, [[vote()]] * 3, t0=now) == []  # no badge: held back
         assert p.why_not_counts["waiting for second factor"] == 1
-        redis_client.publish("badges", json.dumps({"door_id": "other", "person": "alice"}))  # another door
-        redis_client.publish("badges", json.dumps({"door_id": "front", "person": "bob"}))  # bob's badge
+        redis_client.publish("badges", badge("other", reader="badge-9"))  # another door
+        redis_client.publish("badges", badge(person="bob"))  # bob's badge
         redis_client.publish("badges", "not json")
         time.sleep(0.5)
         assert feed(p, [[vote()]] * 3, t0=time.time()) == []
-        redis_client.publish("badges", json.dumps({"door_id": "front", "person": "alice"}))
+        redis_client.publish("badges", badge())
         time.sleep(0.5)
         d = feed(p, [[vote()]] * 3, t0=time.time())
         assert [(x["decision"], x["person"]) for x in d] == [("granted", "alice")]
@@ -154,10 +161,11 @@ def test_second_factor_badge_on_redis(redis_server, redis_client):
         # the badge event is used up: after the cooldown, alice needs a new one
         assert feed(p, [[vote()]] * 3, t0=time.time() + 6) == []
         # a PIN pad (no person) at this door works for whoever matched, once
-        redis_client.publish("badges", json.dumps({"door_id": "front"}))
+        redis_client.publish("badges", badge(person=None))
         time.sleep(0.5)
         d = feed(p, [[vote("bob", track=9)]] * 3, t0=time.time())
         assert [(x["decision"], x["person"]) for x in d] == [("granted", "bob")]
+        assert listener.refused == {"malformed": 1}
     finally:
         listener.close()
 

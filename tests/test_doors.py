@@ -272,6 +272,7 @@ def test_controller_cli_prints_open_for_a_signed_grant(redis_server, redis_clien
     env = {k: v for k, v in os.environ.items() if k != "TEST_DOOR_KEY"}
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "TEST_DOOR_KEY is not set" in r.stderr
+    (tmp_path / "front.counter").write_text(json.dumps({"door_id": "front", "counter": 0}))  # existing state
     out = tmp_path / "out.txt"
     with open(out, "w") as fh:
         proc = subprocess.Popen(cmd, env={**env, "TEST_DOOR_KEY": KEY}, stdout=fh, stderr=subprocess.STDOUT)
@@ -331,6 +332,7 @@ def test_replayed_and_reordered_grants_refused_after_controller_restart(redis_se
     state, hook_file, log_file = tmp_path / "front.counter", tmp_path / "opened.txt", tmp_path / "ctl.log"
     older = sign_event(decision_event(), "front", KEY.encode())  # signed first, held back by the attacker
     grant = sign_event(decision_event(), "front", KEY.encode())
+    state.write_text(json.dumps({"door_id": "front", "counter": 0}))  # a state file with nothing accepted yet
     proc = _start_controller(redis_server, redis_client, state, hook_file, log_file)
     try:
         redis_client.publish(channel_for("vp", grant), grant.to_json())

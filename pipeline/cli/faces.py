@@ -5,7 +5,8 @@
     python run_pipeline.py faces remove NAME
     python run_pipeline.py faces rename OLD NEW
     python run_pipeline.py faces serve                      (web app, faces only; API token: $VIDPIPE_FACES_TOKEN)
-    python run_pipeline.py faces verify-audit FILE          (check a door audit log's hash chain)
+    python run_pipeline.py faces verify-audit FILE [--redis URL]  (check a door audit log's whole history)
+    python run_pipeline.py faces --config C audit-reset --door D --reason TEXT  (audited new generation)
     python run_pipeline.py faces calibrate [--impostors DIR]  (choose + store the match threshold)
     python run_pipeline.py faces identify PHOTO [PHOTO ...]   (JSON line per face: name, distance, margin)
 
@@ -60,6 +61,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("file")
     p.add_argument("--redis", help="also check the checkpoints published to this Redis (redis:// URL)")
     p.add_argument("--prefix", default="vidpipe", help="Redis key prefix of the pipeline (default vidpipe)")
+    p = sub.add_parser(
+        "audit-reset",
+        help="operator's audited reset of a door's audit log (archives it, starts a new generation)",
+    )
+    p.add_argument("--door", required=True, help="door id in --config (its audit_log is reset)")
+    p.add_argument("--reason", required=True, help="why (recorded in the keyed history)")
+    p.add_argument("--redis", help="Redis holding the checkpoint history (default: the config's redis.url)")
+    p.add_argument("--prefix", help="Redis key prefix (default: the config's redis.prefix)")
     faces_tools.add_arguments(sub)
 
 
@@ -85,6 +94,8 @@ def _main(args: argparse.Namespace) -> int:
         from pipeline.cli.verify_audit import verify_audit
 
         return verify_audit(args.file, args.redis, args.prefix)
+    if args.action == "audit-reset":
+        return _audit_reset(args)
 
     from pipeline.analyze.faces.gallery import Gallery, display_name
 
@@ -120,6 +131,26 @@ def _main(args: argparse.Namespace) -> int:
                 print(line)
             return 0 if report.accepted else 1
     return 2
+
+
+def _audit_reset(args: argparse.Namespace) -> int:
+    from pipeline.cli.verify_audit import audit_reset
+    from pipeline.config.paths import resolve_runtime_paths
+
+    if not args.config:
+        raise ValueError("audit-reset needs --config (the door's audit_log and redis settings come from it)")
+    cfg = resolve_runtime_paths(load_config(args.config), args.var_dir)
+    door = next((d for d in cfg.doors if d.id == args.door), None)
+    if door is None:
+        raise ValueError(f"no door {args.door!r} in {args.config} (doors: {[d.id for d in cfg.doors]})")
+    url = args.redis or cfg.redis.url
+    if url is None:
+        print(
+            "note: no Redis URL (redis.url unset, --redis not given): only the side file's history is consulted",
+            file=sys.stderr,
+        )
+    prefix = args.prefix or cfg.redis.prefix
+    return audit_reset(Path(door.audit_log), door.id, args.reason, url, prefix, cfg.redis.stream_maxlen)
 
 
 def _serve(args: argparse.Namespace, cfg: FacesConfig) -> int:

@@ -29,6 +29,13 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--far", type=float, default=0.001, help="target per-attempt false accept rate")
     p.add_argument("--k", type=int, default=3, help="frames in a door vote (for the vote's rates)")
+    p.add_argument(
+        "--safety",
+        type=float,
+        default=None,
+        help="distance taken off the gallery-derived threshold (default: the standard error of the impostors' "
+        "mean nearest distance over identities, 95 %%; see docs/door-decisions.md)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the report, do not store the threshold")
     p = sub.add_parser("identify", help="print what the gallery makes of each face in photos (JSON lines)")
     p.add_argument("photos", nargs="+")
@@ -98,7 +105,8 @@ def run(args: argparse.Namespace, cfg: FacesConfig, gallery: Gallery) -> int:
         cal.external_attempts(templates, np.asarray(external, np.float32).reshape(-1, 128)),
     )
     loio = int((~att.genuine).sum()) - len(external)
-    rates = cal.choose_threshold(att, names, cfg.margin, args.far)
+    safety = cal.safety_margin(att) if args.safety is None else args.safety
+    rates = cal.choose_threshold(att, names, cfg.margin, args.far, safety)
     rep = cal.report(
         rates,
         args.k,
@@ -110,11 +118,14 @@ def run(args: argparse.Namespace, cfg: FacesConfig, gallery: Gallery) -> int:
             "photos_without_face": skipped,
         },
         cal.tail_threshold(att, args.far),
+        safety,
+        cal.unmargined_threshold(att, names, cfg.margin, args.far),
     )
     print(json.dumps(rep, indent=2))
     print(
         f"threshold {rates.threshold:.3f} (margin {rates.margin:.3f}; normal-tail estimate "
-        f"{rep['tail_threshold']:.3f}): per attempt FAR {rates.far:.4f} "
+        f"{rep['tail_threshold']:.3f}; {rep['threshold_without_safety']:.3f} less the safety margin {safety:.3f}): "
+        f"per attempt FAR {rates.far:.4f} "
         f"({rates.impostor_attempts} impostor attempts; 95 % upper bound {rates.far_upper95:.4f}), "
         f"FRR {rates.frr:.4f} ({rates.genuine_attempts} genuine attempts); {args.k}-frame vote FAR between "
         f"{rep['vote_far_independent']:.2e} (independent frames) and {rates.far:.4f} (identical frames)"

@@ -1,65 +1,89 @@
-"""``faces verify-audit``: check a door audit log against its key and every checkpoint that can be found.
+"""``faces verify-audit``: check a door audit log's whole history against its key and every checkpoint found;
+``faces audit-reset``: an operator's audited reset of a door's log (the only way to start a new chain).
 
 Checkpoints come from the side file the writer keeps (``<log>.checkpoints``) and, with ``--redis``, from the
-``audit.checkpoint`` events in the stream ``{prefix}:stream:audit``: an attacker who cut the newest lines off
-the log and its side file on the host cannot reach those. A log with entries but no checkpoint anywhere is
-a failure too (the writer signs one after every append, so they were removed).
+``audit.checkpoint`` events in the stream ``{prefix}:stream:audit``: an attacker who cut or deleted the log and
+its side file on the host cannot reach those. The checkpoints are one numbered, keyed chain across every
+generation of the log, so a gap or a restarted chain fails, and so does an archived generation that is gone.
 """
 
 from __future__ import annotations
 
+import getpass
+import logging
+import os
 import sys
-from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import redis
-
-from pipeline.analyze.doors.audit import (
-    CHECKPOINT_EVENT,
-    AuditError,
-    audit_key,
-    checkpoints_path,
-    iter_checkpoints,
-    verify_log,
+from pipeline.analyze.doors.audit import AuditError, audit_key, checkpoints_path, verify_history
+from pipeline.analyze.doors.audit_remote import (
+    RemoteError,
+    audit_stream,
+    fetch_checkpoints,
+    publish_checkpoint,
+    read_stream,
 )
-from pipeline.core.events import Event
 from pipeline.core.sources import redact_url
-from pipeline.deliver.redis_transport import stream_for
 
-_SCAN = 1000  # stream entries read per round trip, newest first
+log = logging.getLogger("pipeline.audit")
 
 
-def redis_checkpoints(url: str, prefix: str, log_name: str, limit: int = 100_000) -> list[dict[str, Any]]:
-    """The newest ``audit.checkpoint`` for ``log_name`` in the audit stream (a list of 0 or 1). Only the
-    newest is needed: it covers the most lines, and the chain below it is checked line by line."""
-    client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10)
-    stream = stream_for(prefix, CHECKPOINT_EVENT.split(".")[0])
-    end, seen = "+", 0
-    try:
-        while seen < limit:
-            rows = cast(
-                "list[tuple[str, dict[str, str]]]", client.xrevrange(stream, max=end, min="-", count=_SCAN)
-            )
-            for _entry_id, fields in rows:
-                try:
-                    event = Event.from_json(fields["event"])
-                except (KeyError, ValueError):
-                    continue
-                if event.type == CHECKPOINT_EVENT and event.data.get("log") == log_name:
-                    return [event.data]
-            if len(rows) < _SCAN:
-                return []
-            seen += len(rows)
-            end = "(" + rows[-1][0]
-    finally:
-        client.close()
-    return []
+def redis_checkpoints(url: str, prefix: str, log_name: str) -> list[dict[str, Any]]:
+    """Every ``audit.checkpoint`` for logs named ``log_name`` in the audit stream, newest first."""
+    return read_stream(url, prefix, log_name)[::-1]
 
 
 def verify_audit(path: str, redis_url: str | None, prefix: str) -> int:
-    """Prints one line saying intact or where the log is broken; returns the exit code (0 intact, 1 broken,
-    2 cannot check: no key, Redis unreachable)."""
+    """Prints one line saying intact or where the history is broken (then notes); returns the exit code
+    (0 intact, 1 broken, 2 cannot check: no key, Redis unreachable)."""
+    try:
+        key = audit_key()
+    except AuditError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    remote: list[dict[str, Any]] = []
+    others: set[str] = set()
+    if redis_url:
+        try:
+            remote = fetch_checkpoints(redis_url, prefix, path)
+            named = read_stream(redis_url, prefix, Path(path).name) if not remote else []
+        except RemoteError as exc:
+            print(f"error: cannot read checkpoints from {redact_url(redis_url)}: {exc}", file=sys.stderr)
+            return 2
+        others = {str(cp.get("path")) for cp in named if cp.get("path")}
+    rep = verify_history(path, key, remote)
+    hist = rep.history
+    sources = [f"{hist.side} in {checkpoints_path(path)}"]
+    if redis_url:
+        sources.append(f"{hist.remote} in Redis {audit_stream(prefix)}")
+    newest = max((int(cp["lines"]) for cp in hist.of_generation(hist.gen)), default=0)
+    if not rep.problems:
+        print(
+            f"{path}: {rep.entries} entries, chain intact; generation {hist.gen}, "
+            f"{len(hist.chain)} chained checkpoint(s); checkpoints {', '.join(sources)}, newest covers {newest}"
+        )
+    else:
+        print(f"{path}: BROKEN: {rep.problems[0]}")
+        for problem in rep.problems[1:]:
+            print(f"  also: {problem}")
+    for note in rep.notes:
+        print(f"  note: {note}")
+    if others:
+        print(
+            f"  note: Redis holds no checkpoint for this path, but some for logs of the same name at "
+            f"{sorted(others)} (verify on the host that writes it, or a copy at that path)"
+        )
+    return 1 if rep.problems else 0
+
+
+def audit_reset(
+    path: Path, door_id: str, reason: str, redis_url: str | None, prefix: str, maxlen: int
+) -> int:
+    """``faces audit-reset``: archive what is left of ``path`` and start its next generation, recorded in the
+    keyed history (and Redis when configured: unreachable is exit 2, nothing changed)."""
+    from pipeline.analyze.doors.audit_reset import reset_log
+
     try:
         key = audit_key()
     except AuditError as exc:
@@ -68,40 +92,45 @@ def verify_audit(path: str, redis_url: str | None, prefix: str) -> int:
     remote: list[dict[str, Any]] = []
     if redis_url:
         try:
-            remote = redis_checkpoints(redis_url, prefix, Path(path).name)
-        except redis.RedisError as exc:
-            print(f"error: cannot read checkpoints from {redact_url(redis_url)}: {exc}", file=sys.stderr)
+            remote = fetch_checkpoints(redis_url, prefix, path)
+        except RemoteError as exc:
+            print(
+                f"error: cannot read the history of {path} from {redact_url(redis_url)} ({exc}); nothing "
+                "was changed (a reset must see the whole history)",
+                file=sys.stderr,
+            )
             return 2
-    seen = {"side": 0, "newest": 0}
-    ok, n, _, problem = verify_log(path, key, _tally(iter_checkpoints(path), remote, seen))
-    sources = [f"{seen['side']} in {checkpoints_path(path)}"]
+    by = os.environ.get("SUDO_USER") or getpass.getuser()
+    try:
+        res = reset_log(path, key, by=by, reason=reason, remote=remote)
+    except AuditError as exc:
+        print(f"error: door {door_id}: {exc}", file=sys.stderr)
+        return 1
+    cp = res.checkpoint
+    log.warning(
+        "AUDIT RESET of door %s log %s by %s: %r; generation %d (%s%s) closed, generation %d started",
+        door_id,
+        path,
+        by,
+        reason,
+        res.prior_gen,
+        res.prior_log,
+        f": {res.problem}" if res.problem else "",
+        cp["gen"],
+    )
+    print(
+        f"AUDIT RESET: door {door_id}, {path}: generation {res.prior_gen} closed ({res.prior_log}"
+        + (f", archived as {res.archived_as}" if res.archived_as else "")
+        + f"); generation {cp['gen']} started by {by!r}: {reason!r} (checkpoint {cp['cseq']})"
+    )
     if redis_url:
-        sources.append(f"{len(remote)} in Redis {stream_for(prefix, 'audit')}")
-    if ok and n and not seen["side"] + len(remote):
-        ok, problem = False, f"no checkpoint found ({', '.join(sources)}) although the log has {n} entries"
-    if ok:
-        print(
-            f"{path}: {n} entries, chain intact; checkpoints {', '.join(sources)}, newest covers {seen['newest']}"
-        )
-        return 0
-    print(f"{path}: BROKEN: {problem}")
-    return 1
-
-
-def _tally(
-    side: Iterable[dict[str, Any]], remote: list[dict[str, Any]], seen: dict[str, int]
-) -> Iterator[dict[str, Any]]:
-    """The side file's checkpoints then Redis's, counting the former and the most lines any covers."""
-    for cp in side:
-        seen["side"] += 1
-        _newest(cp, seen)
-        yield cp
-    for cp in remote:
-        _newest(cp, seen)
-        yield cp
-
-
-def _newest(cp: dict[str, Any], seen: dict[str, int]) -> None:
-    lines = cp.get("lines")
-    if isinstance(lines, int):
-        seen["newest"] = max(seen["newest"], lines)
+        try:
+            publish_checkpoint(redis_url, prefix, cp, f"audit-reset:{door_id}", maxlen)
+        except RemoteError as exc:
+            print(
+                f"error: the reset is recorded in {checkpoints_path(path)} but not in Redis ({exc}); "
+                f"publish it before the pipeline starts, or verify-audit --redis will show a gap",
+                file=sys.stderr,
+            )
+            return 1
+    return 0

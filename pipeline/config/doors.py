@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from datetime import time as dtime
+from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -56,12 +57,56 @@ class TimeWindow(_Strict):
         return (today in self.days and now >= start) or (yesterday in self.days and now < end)
 
 
+class ReaderConfig(_Strict):
+    """A badge / PIN reader's own HMAC key (at least 16 characters), from the environment or a file."""
+
+    secret_env: str | None = Field(None, description="environment variable holding the reader's key")
+    secret_file: str | None = Field(None, description="file holding the reader's key (whitespace stripped)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ReaderConfig:
+        if (self.secret_env is None) == (self.secret_file is None):
+            raise ValueError("set exactly one of secret_env or secret_file")
+        return self
+
+    def key(self, door_id: str, reader_id: str) -> bytes:
+        """The key; raises ValueError naming the door, reader and variable or file (never the value)."""
+        where = f"door {door_id!r} reader {reader_id!r}"
+        if self.secret_env is not None:
+            value = os.environ.get(self.secret_env, "")
+            if not value:
+                raise ValueError(f"{where}: environment variable {self.secret_env} is not set or empty")
+        else:
+            try:
+                value = Path(self.secret_file or "").read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"{where}: cannot read key file {self.secret_file}: {exc.strerror}"
+                ) from None
+        if len(value) < 16:
+            raise ValueError(f"{where}: the key must be at least 16 characters")
+        return value.encode()
+
+
 class SecondFactorConfig(_Strict):
-    """A PIN pad or badge reader publishing to Redis: a grant also needs one of its events for this door
-    (JSON ``{"door_id": ..., "person": optional}``) received within ``within_s`` seconds of the face match."""
+    """A PIN pad or badge reader publishing to Redis: a grant also needs one of its signed messages for this
+    door (docs/doors.md, "Second factor") received within ``within_s`` seconds of the face match."""
 
     channel: str = Field(..., min_length=1, description="Redis pub/sub channel the reader publishes to")
     within_s: float = Field(10.0, gt=0, le=300)
+    readers: dict[str, ReaderConfig] = Field(
+        default_factory=dict,
+        description="reader id -> its key (secret_env or secret_file); messages must be signed by one",
+    )
+    max_age_s: float = Field(5.0, gt=0, le=60, description="older reader messages are refused")
+
+    @field_validator("readers")
+    @classmethod
+    def _reader_ids(cls, v: dict[str, ReaderConfig]) -> dict[str, ReaderConfig]:
+        bad = [r for r in v if not re.match(r"^[A-Za-z0-9_.:-]{1,64}$", r)]
+        if bad:
+            raise ValueError(f"reader id(s) {bad}: use 1-64 of A-Z a-z 0-9 _ . : -")
+        return v
 
 
 LivenessMode = Literal["off", "blink", "motion", "any", "all"]

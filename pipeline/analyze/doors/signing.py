@@ -99,12 +99,14 @@ class CounterStore:
         self.path = Path(path)
         self.door_id = door_id
         self.last = 0
+        self.meta: dict[str, Any] = {}  # other facts kept with the counter (how the state was initialised)
         if self.path.exists():
             try:
                 state = json.loads(self.path.read_text(encoding="utf-8"))
                 if state.get("door_id") != door_id:
                     raise ValueError(f"it belongs to door {state.get('door_id')!r}, not {door_id!r}")
                 self.last = int(state["counter"])
+                self.meta = {k: v for k, v in state.items() if k not in ("door_id", "counter")}
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise VerifyError(
                     f"replay state {self.path} is unreadable ({exc}); refusing to start without it"
@@ -114,7 +116,7 @@ class CounterStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"door_id": self.door_id, "counter": counter}, fh)
+            json.dump({**self.meta, "door_id": self.door_id, "counter": counter}, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)

@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.analyze.doors.audit import CHECKPOINT_EVENT, AuditLog, open_audit_log
 from pipeline.analyze.doors.lockdown import Lockdown, lockdown_path
 from pipeline.analyze.doors.policy import DoorPolicy, FaceVote
-from pipeline.analyze.doors.second_factor import SecondFactorListener
+from pipeline.analyze.doors.second_factor import SecondFactorListener, door_readers
 from pipeline.analyze.doors.signing import sign_event
 from pipeline.analyze.faces.enroll import FaceEngine, shared_engine
 from pipeline.analyze.faces.gallery import Gallery
@@ -51,14 +51,22 @@ def operating_point(cfg: FacesConfig, gallery: Gallery, model_id: str) -> tuple[
 
 
 class _Door:
-    def __init__(self, cfg: DoorConfig, groups: dict[str, list[str]], base_dir: Path | None) -> None:
+    def __init__(
+        self,
+        cfg: DoorConfig,
+        groups: dict[str, list[str]],
+        base_dir: Path | None,
+        redis_url: str | None = None,
+        redis_prefix: str = "vidpipe",
+    ) -> None:
         self.cfg = cfg
         self.policy = DoorPolicy(cfg, groups)
         self.key = cfg.secret_bytes()  # raises now (naming the door) rather than at the first decision
         path = Path(cfg.audit_log)
         if base_dir is not None and not path.is_absolute():
             path = base_dir / path
-        self.audit: AuditLog = open_audit_log(path)
+        # with Redis: its copy of the checkpoint history joins the check (a log deleted with its side file)
+        self.audit: AuditLog = open_audit_log(path, redis_url, redis_prefix)
         self.lockdown = Lockdown(lockdown_path(path))  # consulted before every grant (fails closed)
 
 
@@ -73,6 +81,7 @@ class FaceAccessAnalyzer:
         base_dir: str | Path | None = None,
         redis_url: str | None = None,
         clips: ClipWriter | None = None,
+        redis_prefix: str = "vidpipe",
     ) -> None:
         """``base_dir``: relative paths in the config (gallery, audit log, crops) are resolved against it
         (default: the working directory). ``clips``: when given (and clips are enabled for this camera),
@@ -83,7 +92,9 @@ class FaceAccessAnalyzer:
         self.clock = clock
         base = Path(base_dir) if base_dir is not None else None
         self._resolve = lambda p: Path(p) if base is None or Path(p).is_absolute() else base / p
-        self.doors = [_Door(d, faces.groups, base) for d in doors if camera_id in d.cameras]
+        self.doors = [
+            _Door(d, faces.groups, base, redis_url, redis_prefix) for d in doors if camera_id in d.cameras
+        ]
         self.engine = engine or shared_engine(faces)
         self.gallery = Gallery(self._resolve(faces.gallery_path))
         self._gallery_version: tuple | None = None
@@ -108,7 +119,8 @@ class FaceAccessAnalyzer:
                     f"camera {camera_id}: a door needs a second factor on Redis channel(s) {channels}, "
                     "but no redis.url is configured to listen on"
                 )
-            self.second_factor = SecondFactorListener(redis_url, channels, clock=clock)
+            readers = door_readers(d.cfg for d in self.doors)  # raises now, naming a door without keys
+            self.second_factor = SecondFactorListener(redis_url, channels, readers, clock=clock)
             for d in self.doors:
                 d.policy.second_factor = self.second_factor.check
         self._crop_dir = self._resolve(faces.unknown_crops.dir)
