@@ -134,7 +134,9 @@ def _main(args: argparse.Namespace) -> int:
     if args.action == "edit":
         patch = _patch(args)
         if not patch:
-            raise ValueError("edit: give at least one setting to change (--source, --detect-fps, --profile, ...)")
+            raise ValueError(
+                "edit: give at least one setting to change (--source, --detect-fps, --profile, ...)"
+            )
         if args.url:
             _call(args, "PATCH", f"/api/cameras/{args.id}", patch)
         else:

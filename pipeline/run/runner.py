@@ -60,7 +60,12 @@ def build_analyzers(
         doors = [d for d in cfg.doors if camera_id in d.cameras]
         analyzers.append(
             FaceAccessAnalyzer(
-                cfg.faces, doors, camera_id, redis_url=cfg.redis.url, redis_prefix=cfg.redis.prefix, clips=clips
+                cfg.faces,
+                doors,
+                camera_id,
+                redis_url=cfg.redis.url,
+                redis_prefix=cfg.redis.prefix,
+                clips=clips,
             )
         )
     if cfg.tracking.enabled:
