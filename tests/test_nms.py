@@ -23,7 +23,10 @@ def _is_score_order(keep: np.ndarray, scores: np.ndarray) -> bool:
     return bool(np.all((s[:-1] > s[1:]) | ((s[:-1] == s[1:]) & (keep[:-1] < keep[1:]))))
 
 
-@pytest.mark.parametrize("n", [1000, 10000, 100000])
+SIZES = [10, 100, 300, 1000, 3000, 10000, 100000]  # a frame's candidates (100-1k) up to a tiled batch's
+
+
+@pytest.mark.parametrize("n", SIZES)
 def test_agnostic_nms_keeps_torchvisions_boxes_in_its_order(n):
     b, s, _ = _inputs(n, 1, n)  # scores rounded to 2 decimals: thousands of ties
     ours = nms(b, s, 0.5)
@@ -32,9 +35,10 @@ def test_agnostic_nms_keeps_torchvisions_boxes_in_its_order(n):
     assert _is_score_order(ours, s)
 
 
-@pytest.mark.parametrize("n", [1000, 10000, 100000])
-def test_batched_nms_keeps_torchvisions_per_class_boxes(n):
-    b, s, c = _inputs(n, 80, n + 1)
+@pytest.mark.parametrize("classes", [6, 80])
+@pytest.mark.parametrize("n", SIZES)
+def test_batched_nms_keeps_torchvisions_per_class_boxes(n, classes):
+    b, s, c = _inputs(n, classes, n + classes)
     ours = batched_nms(b, s, c, 0.5)
     tb, ts, tc = torch.from_numpy(b), torch.from_numpy(s), torch.from_numpy(c)
     exact = _batched_nms_vanilla(tb, ts, tc, 0.5).numpy()

@@ -12,8 +12,9 @@ compared with the threshold as the kernel does (in double precision):
 - :func:`batched_nms` (class-aware) runs NMS per class. Classes are grouped with one stable sort, never by
   shifting boxes apart by class: the shift (torchvision's "coordinate trick", and this module's until
   2026-11) rounds float32 coordinates at large offsets and changed the kept set (12415 vs 12416 of 100k
-  boxes, 80 classes). Classes of at most :data:`SMALL_GROUP` boxes (the common case) are done all at once in
-  NumPy (:func:`_small_groups_nms`); larger ones go through the blocked walk one class at a time.
+  boxes, 80 classes). A class with one box keeps it; classes of at most :data:`SMALL_GROUP` boxes are done all
+  at once in NumPy (:func:`_small_groups_nms`) and larger ones by the kernel, one call per class (the
+  blocked walk above :data:`GROUP_DIRECT` boxes).
 
 benchmarks/bench_nms.py times both against torchvision in the same run and checks the kept sets.
 """
@@ -31,8 +32,9 @@ if TYPE_CHECKING:
 SMALL_GROUP = 64
 #: boxes the C++ kernel settles at a time in the blocked walk (128 was fastest at 1k-100k boxes here)
 BLOCK = 128
-#: a class with up to this many boxes goes to the kernel in one call (no blocked walk)
-GROUP_DIRECT = 512
+#: up to this many boxes (a class, or all of them class-agnostic) go to the kernel in one call: the
+#: blocked walk pays for itself only above a few thousand boxes (bench_nms.py: 1.03x at 1k, 0.99x at 3k)
+GROUP_DIRECT = 2048
 #: columns per vectorised IoU pass of the blocked walk (bounds its memory to BLOCK x CHUNK floats)
 CHUNK = 1 << 14
 
@@ -65,11 +67,26 @@ def iou_matrix(a: np.ndarray, b: np.ndarray, dtype: type = np.float32) -> np.nda
     return np.where(union > 0, inter / np.maximum(union, dtype(1e-12)), 0.0).astype(dtype)
 
 
+_KERNEL = None
+
+
+def _kernel():  # noqa: ANN202 - torch's OpOverloadPacket
+    """torchvision's C++ NMS op, looked up once: resolving ``torch.ops.torchvision.nms`` goes through the
+    op namespace's ``__getattr__`` on every access (microseconds that matter at 100 boxes). torch is
+    imported here, not at module import: iou_matrix (tracking, metrics) needs only NumPy."""
+    global _KERNEL
+    if _KERNEL is None:
+        import torch
+        import torchvision  # noqa: F401 - registers torch.ops.torchvision.nms
+
+        _KERNEL = torch.ops.torchvision.nms.default
+    return _KERNEL
+
+
 def _as_tensors(boxes: np.ndarray, scores: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-copy float32 tensors. torch is imported here, not at module import: iou_matrix (tracking,
-    metrics) needs only NumPy."""
+    """Zero-copy float32 tensors."""
+    _kernel()
     import torch
-    import torchvision  # noqa: F401 - registers torch.ops.torchvision.nms
 
     b = torch.from_numpy(np.ascontiguousarray(boxes, np.float32).reshape(-1, 4))
     s = torch.from_numpy(np.ascontiguousarray(scores, np.float32).reshape(-1))
@@ -86,17 +103,19 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return _greedy(b, s, iou_threshold).numpy()
 
 
-def _greedy(b: torch.Tensor, s: torch.Tensor, iou_threshold: float, direct: int = BLOCK) -> torch.Tensor:
+def _greedy(
+    b: torch.Tensor, s: torch.Tensor, iou_threshold: float, direct: int = GROUP_DIRECT
+) -> torch.Tensor:
     """Kept indices of greedy NMS over float32 tensors, in score order (see the module docstring).
 
     Up to ``direct`` boxes go to the kernel in one call: below a few hundred boxes the blocked walk's fixed
     cost outweighs what it saves.
     """
-    import torch
-
     n = b.shape[0]
     if n <= max(direct, BLOCK):
-        return torch.ops.torchvision.nms(b, s, float(iou_threshold))
+        return _kernel()(b, s, float(iou_threshold))
+    import torch
+
     order = torch.sort(s, descending=True, stable=True).indices
     bs, ss = b[order], s[order]
     x1, y1, x2, y2 = (bs[:, k].contiguous() for k in range(4))
@@ -106,7 +125,7 @@ def _greedy(b: torch.Tensor, s: torch.Tensor, iou_threshold: float, direct: int 
     kept = []
     while alive.numel():
         head, rest = alive[:BLOCK], alive[BLOCK:]
-        new = head[torch.ops.torchvision.nms(bs[head], ss[head], float(iou_threshold))]
+        new = head[_kernel()(bs[head], ss[head], float(iou_threshold))]
         kept.append(new)
         if rest.numel() == 0:
             break
@@ -201,8 +220,12 @@ def batched_nms(
     cuts = np.flatnonzero(sorted_cls[1:] != sorted_cls[:-1]) + 1
     starts = np.concatenate([[0], cuts])
     lengths = np.diff(np.concatenate([starts, [n]]))
-    small = lengths <= SMALL_GROUP
-    kept_parts = []
+    single = lengths == 1  # a class with one box keeps it: no IoU to compute
+    kept_parts = [order[starts[single]]]
+    multi = ~single
+    # Small classes all at once in NumPy: the kernel's fixed cost (~20 us a call here, whatever the size)
+    # would dominate one call per class (measured: 6 classes at 100 boxes took 2x longer that way).
+    small = multi & (lengths <= SMALL_GROUP)
     if small.any():
         sub_len = lengths[small]
         sub_starts = np.cumsum(sub_len) - sub_len
@@ -210,11 +233,12 @@ def batched_nms(
         sub = np.take(b.numpy(), np.take(order, rows), axis=0)
         mask = _small_groups_nms(sub, sub_starts, sub_len, iou_threshold)
         kept_parts.append(order[rows[mask]])
-    if not small.all():
+    big = multi & ~small
+    if big.any():
         import torch
 
         sorted_b, sorted_s = b[torch.from_numpy(order)], s[torch.from_numpy(order)]
-        for a, k in zip(starts[~small].tolist(), lengths[~small].tolist(), strict=True):
+        for a, k in zip(starts[big].tolist(), lengths[big].tolist(), strict=True):
             kept = _greedy(sorted_b[a : a + k], sorted_s[a : a + k], iou_threshold, GROUP_DIRECT)
             kept_parts.append(order[kept.numpy() + a])
     keep = np.concatenate(kept_parts)

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def build(cfg: DetectorConfig) -> YoloDetector:
-    path = Path(cfg.model).expanduser()
+    path = model_file(cfg.model)
     if not path.is_file():
         raise ModelError(f"detector.model: ONNX file {path} not found")
     if cfg.backend == "torch":
@@ -41,6 +41,18 @@ def build(cfg: DetectorConfig) -> YoloDetector:
     except BaseException:
         engine.close()  # a file rejected here does not keep its session (or GPU memory)
         raise
+
+
+def model_file(model: str) -> Path:
+    """The .onnx file of ``detector.model``: a model-store entry (``yolox-nano``) or a path."""
+    from engines import model_store
+
+    if model in model_store.REGISTRY:
+        try:
+            return model_store.get_model_path(model)
+        except model_store.ModelStoreError as exc:
+            raise ModelError(f"detector.model: {exc}") from None
+    return Path(model).expanduser()
 
 
 def _detector(engine: InferenceEngine, path: Path, cfg: DetectorConfig) -> YoloDetector:
