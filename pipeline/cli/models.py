@@ -101,7 +101,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from pipeline.config.schema import DetectorConfig
     from pipeline.detect.detectors.factory import build_detector
     from pipeline.detect.detectors.int8 import MAX_LOSS, Int8Refused, build_int8
-    from pipeline.models.darknet import ModelError
+    from pipeline.models.errors import ModelError
 
     bound = MAX_LOSS if args.max_loss is None else args.max_loss
     try:

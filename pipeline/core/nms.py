@@ -21,6 +21,7 @@ benchmarks/bench_nms.py times both against torchvision in the same run and check
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -77,10 +78,40 @@ def _kernel():  # noqa: ANN202 - torch's OpOverloadPacket
     global _KERNEL
     if _KERNEL is None:
         import torch
-        import torchvision  # noqa: F401 - registers torch.ops.torchvision.nms
 
+        _load_torchvision_ops()
         _KERNEL = torch.ops.torchvision.nms.default
     return _KERNEL
+
+
+def warm_up() -> None:
+    """Load the NMS kernel now (torch, seconds on a busy machine) rather than at the first detection: the
+    run's start-up calls it on the detector-loading thread, in parallel with the redis-server start."""
+    _kernel()
+
+
+def _load_torchvision_ops() -> None:
+    """Register torchvision's C++ ops (``torch.ops.torchvision.nms``) by loading its ``_C`` library alone.
+
+    ``import torchvision`` also imports its models, datasets and torch._dynamo: seconds of start-up for one
+    kernel. Falls back to the import when the library is not where the package keeps it.
+    """
+    import importlib.util
+    import sys
+
+    import torch
+
+    if "torchvision" not in sys.modules:
+        spec = importlib.util.find_spec("torchvision")
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            libs = sorted(Path(folder).glob("_C*.so")) + sorted(Path(folder).glob("_C*.pyd"))
+            if libs:
+                try:
+                    torch.ops.load_library(str(libs[0]))
+                    return
+                except (OSError, RuntimeError):
+                    break
+    import torchvision  # noqa: F401 - registers torch.ops.torchvision.nms
 
 
 def _as_tensors(boxes: np.ndarray, scores: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -104,8 +104,11 @@ class DecoderStage(Stage):
         metrics: MetricsRegistry,
         *,
         rng: random.Random | None = None,
+        ffmpeg_threads: int = 0,
     ) -> None:
         super().__init__("decoder", cam.id, metrics)
+        #: FFmpeg decode threads (0 = FFmpeg's choice); pipeline/ingest/thread_budget.py picks it
+        self.ffmpeg_threads = ffmpeg_threads
         self.cam = cam
         self.out = out
         self.emit = emit
@@ -276,6 +279,8 @@ class DecoderStage(Stage):
         self.stream_clock.reset()  # a new connection's pts start over
         stream = container.streams.video[0]
         stream.codec_context.thread_type = "AUTO"
+        if self.ffmpeg_threads:
+            stream.codec_context.thread_count = self.ffmpeg_threads
         rate = stream.average_rate or stream.guessed_rate
         self._frame_step = 1.0 / float(rate) if rate else None
         count = 0

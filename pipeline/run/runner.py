@@ -168,7 +168,12 @@ class Pipeline:
             1 if policy == "latest" else cam.queue_size, policy, f"frames[{cam.id}]", self.frame_wakeup
         )
         self.frame_queues[cam.id] = fq
-        decoder = DecoderStage(cam, fq, self._on_decoder_event, self.metrics)
+        from pipeline.ingest.thread_budget import decode_threads
+
+        cameras = sum(1 for c in self.cfg.cameras if c.enabled)
+        decoder = DecoderStage(
+            cam, fq, self._on_decoder_event, self.metrics, ffmpeg_threads=decode_threads(cameras)
+        )
         # The decoder's line shows its output queue: frames waiting for the detector (the decoder itself
         # reports the frames a `latest` queue dropped because the detector was behind).
         decoder.metrics.queue_depth = fq.qsize

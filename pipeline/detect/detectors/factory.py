@@ -7,7 +7,7 @@ import logging
 from pipeline.config.schema import DetectorConfig
 from pipeline.detect.detectors.base import Detector
 from pipeline.detect.detectors.yolo import YoloDetector
-from pipeline.models.darknet import ModelError
+from pipeline.models.errors import ModelError
 
 log = logging.getLogger(__name__)
 

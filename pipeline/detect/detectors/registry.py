@@ -16,7 +16,7 @@ from engines.model_store import ModelStoreError, get_spec
 from pipeline.config.schema import DetectorConfig
 from pipeline.detect.detectors import family_darknet, family_mtcnn, family_onnx_yolo, family_ssd
 from pipeline.detect.detectors.base import Detector, build_null
-from pipeline.models.darknet import ModelError
+from pipeline.models.errors import ModelError
 
 log = logging.getLogger(__name__)
 
