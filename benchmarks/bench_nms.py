@@ -27,6 +27,7 @@ from torchvision.ops.boxes import _batched_nms_vanilla
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines.cuda.synthetic import clustered_detections  # noqa: E402
+from pipeline.core import nms as nms_module  # noqa: E402
 from pipeline.core.nms import batched_nms, nms  # noqa: E402
 
 
@@ -60,6 +61,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    nms_module.warm_up()  # the kernel paths at every size (a fresh run uses NumPy for small inputs first)
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, 1 thread, IoU {args.iou}")
     print()
     print(

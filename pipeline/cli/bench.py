@@ -66,6 +66,10 @@ class Round:
             f"{'holds' if self.holds(hold) else 'FALLS BEHIND'}"
         )
 
+    def cores_per_camera(self) -> float:
+        """CPU (cores) one camera used at the rate it got."""
+        return sum(self.cpu.values()) / max(self.cameras, 1)
+
 
 def _thread_cpu() -> dict[int, tuple[str, float]]:
     """native thread id -> (its name, CPU seconds) for every thread of this process."""
@@ -106,10 +110,7 @@ def _cpu_shares(before: dict, after: dict, seconds: float) -> dict[str, float]:
 def run_round(cfg, n: int, seconds: float, warmup: float, var_dir: Path) -> Round:  # noqa: ANN001
     """One pipeline run with ``n`` copies of the config's first camera; rates measured after the warm-up."""
     from pipeline.config.schema import CameraConfig
-    from pipeline.core.nms import warm_up
     from pipeline.run.runner import Pipeline
-
-    warm_up()
 
     template = cfg.cameras[0]
     base = template.model_dump(exclude={"id"})
@@ -129,7 +130,7 @@ def run_round(cfg, n: int, seconds: float, warmup: float, var_dir: Path) -> Roun
         deadline = time.monotonic() + max(warmup, _FIRST_DETECTION_S)
         time.sleep(warmup)
         while min(detected().values()) == 0 and time.monotonic() < deadline:
-            time.sleep(0.2)  # the first detection pays one-off costs (model warm-up, NMS kernel load)
+            time.sleep(0.2)  # the first detection pays one-off costs (ONNX Runtime's first run)
         start, before, t0 = detected(), _thread_cpu(), time.monotonic()
         time.sleep(seconds)
         end, after = detected(), _thread_cpu()
@@ -198,16 +199,27 @@ def cmd_cameras(args: argparse.Namespace) -> int:
             flush=True,
         )
         best = 0
+        held: Round | None = None
         try:
             for n in range(1, args.max + 1):
                 r = run_round(cfg, n, args.seconds, args.warmup, var_dir)
                 print(r.line(args.hold), flush=True)
                 if not r.holds(args.hold):
                     break
-                best = n
+                best, held = n, r
         finally:
             if local_redis:
                 local_redis.stop()
+    if held is not None:
+        from pipeline.ingest.thread_budget import usable_cores
+
+        per = held.cores_per_camera()
+        cores = usable_cores()
+        print(
+            f"CPU per camera at {best} camera(s): {per:.2f} cores; all {cores} cores to this process "
+            f"would hold about {int(cores / per) if per > 0 else 0} (a projection: on a shared machine the "
+            "measured N is what the other load leaves)"
+        )
     more = " (or more: raise --max)" if best == args.max else ""
     print(
         f"largest N that holds {args.hold * fps:g} detections/s per camera: {best}{more} "

@@ -138,14 +138,10 @@ def prefetch_detector(cfg: PipelineConfig) -> Future:
     future: Future = Future()
 
     def build() -> None:
-        from pipeline.core.nms import warm_up
         from pipeline.detect.detectors.factory import build_detector
 
         try:
-            detector = build_detector(cfg.detector)
-            if cfg.detector.model != "none":
-                warm_up()  # torch for NMS, off the first detection's path
-            future.set_result(detector)
+            future.set_result(build_detector(cfg.detector))
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for it
             future.set_exception(exc)
 

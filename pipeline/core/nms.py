@@ -16,6 +16,10 @@ compared with the threshold as the kernel does (in double precision):
   at once in NumPy (:func:`_small_groups_nms`) and larger ones by the kernel, one call per class (the
   blocked walk above :data:`GROUP_DIRECT` boxes).
 
+Small inputs while torch is not loaded (up to :data:`NUMPY_PAIRS` same-class pairs, a detector's frame)
+are suppressed in NumPy with the same float32 IoU (:func:`_small_groups_nms`): a run whose frames stay
+small never imports torch (seconds of start-up). The first larger input loads the kernel, used from then on.
+
 benchmarks/bench_nms.py times both against torchvision in the same run and checks the kept sets.
 """
 
@@ -31,6 +35,11 @@ if TYPE_CHECKING:
 
 #: classes with at most this many boxes are suppressed together in NumPy; larger ones by the blocked walk
 SMALL_GROUP = 64
+#: while torch is not loaded, inputs with up to this many same-class box pairs are suppressed in NumPy
+#: (exact, :func:`_small_groups_nms`) rather than importing torch for them: that import is seconds of a
+#: run's start-up (issue 24), and a detector's frame (tens to hundreds of candidates) stays far below it.
+#: Once torch is loaded (a larger input, or :func:`warm_up`), the kernel paths are used for every size.
+NUMPY_PAIRS = 50_000
 #: boxes the C++ kernel settles at a time in the blocked walk (128 was fastest at 1k-100k boxes here)
 BLOCK = 128
 #: up to this many boxes (a class, or all of them class-agnostic) go to the kernel in one call: the
@@ -85,8 +94,8 @@ def _kernel():  # noqa: ANN202 - torch's OpOverloadPacket
 
 
 def warm_up() -> None:
-    """Load the NMS kernel now (torch, seconds on a busy machine) rather than at the first detection: the
-    run's start-up calls it on the detector-loading thread, in parallel with the redis-server start."""
+    """Load the NMS kernel now (torch: seconds on a busy machine): from then on every size goes through
+    torchvision's kernel paths (benchmarks, and a caller that knows it will see large inputs)."""
     _kernel()
 
 
@@ -126,12 +135,30 @@ def _as_tensors(boxes: np.ndarray, scores: np.ndarray) -> tuple[torch.Tensor, to
     return b, s
 
 
+def _as_arrays(boxes: np.ndarray, scores: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    b = np.ascontiguousarray(boxes, np.float32).reshape(-1, 4)
+    s = np.ascontiguousarray(scores, np.float32).reshape(-1)
+    if b.shape[0] != s.shape[0]:
+        raise ValueError(f"{what}: {b.shape[0]} boxes but {s.shape[0]} scores")
+    return b, s
+
+
+def _numpy_first(pairs: int) -> bool:
+    """Suppress in NumPy instead of loading torch: only while torch is not loaded, for small inputs."""
+    return _KERNEL is None and pairs <= NUMPY_PAIRS
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Hard NMS. Returns kept indices (int64), highest score first, equal scores lower index first."""
-    b, s = _as_tensors(boxes, scores)
-    if b.shape[0] == 0:
+    b, s = _as_arrays(boxes, scores, "nms")
+    n = b.shape[0]
+    if n == 0:
         return np.zeros((0,), np.int64)
-    return _greedy(b, s, iou_threshold).numpy()
+    if _numpy_first(n * (n - 1) // 2):
+        order = _class_score_order(np.zeros(n, np.int64), s)
+        return order[_small_groups_nms(b[order], np.array([0]), np.array([n]), iou_threshold)]
+    tb, ts = _as_tensors(b, s)
+    return _greedy(tb, ts, iou_threshold).numpy()
 
 
 def _greedy(
@@ -238,14 +265,13 @@ def batched_nms(
     Returns kept indices, highest score first, equal scores lower index first: the set
     ``torchvision.ops.batched_nms`` keeps with its exact per-class path.
     """
-    b, s = _as_tensors(boxes, scores)
-    n = b.shape[0]
+    nb, sc = _as_arrays(boxes, scores, "batched_nms")
+    n = nb.shape[0]
     if n == 0:
         return np.zeros((0,), np.int64)
     cls = np.asarray(class_ids).reshape(-1)
     if cls.shape[0] != n:
         raise ValueError(f"batched_nms: {n} boxes but {cls.shape[0]} class ids")
-    sc = s.numpy()
     order = _class_score_order(cls, sc)
     sorted_cls = cls[order]
     cuts = np.flatnonzero(sorted_cls[1:] != sorted_cls[:-1]) + 1
@@ -257,17 +283,20 @@ def batched_nms(
     # Small classes all at once in NumPy: the kernel's fixed cost (~20 us a call here, whatever the size)
     # would dominate one call per class (measured: 6 classes at 100 boxes took 2x longer that way).
     small = multi & (lengths <= SMALL_GROUP)
+    if _numpy_first(int((lengths * (lengths - 1) // 2).sum())):
+        small = multi  # torch not loaded and the input is small: every class in NumPy
     if small.any():
         sub_len = lengths[small]
         sub_starts = np.cumsum(sub_len) - sub_len
         rows = np.repeat(starts[small] - sub_starts, sub_len) + np.arange(int(sub_len.sum()))
-        sub = np.take(b.numpy(), np.take(order, rows), axis=0)
+        sub = np.take(nb, np.take(order, rows), axis=0)
         mask = _small_groups_nms(sub, sub_starts, sub_len, iou_threshold)
         kept_parts.append(order[rows[mask]])
     big = multi & ~small
     if big.any():
         import torch
 
+        b, s = _as_tensors(nb, sc)
         sorted_b, sorted_s = b[torch.from_numpy(order)], s[torch.from_numpy(order)]
         for a, k in zip(starts[big].tolist(), lengths[big].tolist(), strict=True):
             kept = _greedy(sorted_b[a : a + k], sorted_s[a : a + k], iou_threshold, GROUP_DIRECT)
