@@ -47,3 +47,18 @@ def test_bench_cameras_without_a_camera_is_a_config_error(tmp_path):
         timeout=120,
     )
     assert out.returncode == 2 and "cameras" in out.stderr
+
+
+@pytest.mark.skipif(not CLIP.is_file(), reason=f"shared data missing: {CLIP}")
+def test_bench_cameras_with_a_refused_int8_model_says_why(tmp_path):
+    config = tmp_path / "int8.yaml"
+    config.write_text(
+        f"cameras:\n  - id: cam\n    source: {CLIP}\n    detect_fps: 1\n"
+        f"detector:\n  model: yolox-nano\n  precision: int8\n  calibration_images: {CLIP}\n"
+        "  calibration_limit: 24\n  classes: null\nweb:\n  enabled: false\n"
+    )
+    cmd = [sys.executable, "run_pipeline.py", "bench", "cameras", "--config", str(config), "--max", "1"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "detector.precision: int8 refused for model 'yolox-nano'" in out.stderr
+    assert "int8 lost" in out.stderr

@@ -202,7 +202,11 @@ def cmd_cameras(args: argparse.Namespace) -> int:
         held: Round | None = None
         try:
             for n in range(1, args.max + 1):
-                r = run_round(cfg, n, args.seconds, args.warmup, var_dir)
+                try:
+                    r = run_round(cfg, n, args.seconds, args.warmup, var_dir)
+                except Exception as exc:  # noqa: BLE001 - e.g. int8 refused, a model not found: say which
+                    print(f"error: cannot start the pipeline with {n} camera(s): {exc}", file=sys.stderr)
+                    return 2
                 print(r.line(args.hold), flush=True)
                 if not r.holds(args.hold):
                     break
