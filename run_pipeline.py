@@ -6,6 +6,7 @@ python run_pipeline.py models fetch|list                                        
 python run_pipeline.py evaluate --annotations A.json --images DIR                         COCO mAP
 python run_pipeline.py faces enroll|list|remove|rename ...                                face gallery
 python run_pipeline.py cameras list|add|edit|pause|resume|remove ... [--url WEB_APP]       cameras
+python run_pipeline.py bench cameras --config C [--max N] [--seconds S]                   cameras this machine holds
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ SUBCOMMANDS = {
     "evaluate": "pipeline.cli.evaluate",
     "faces": "pipeline.cli.faces",
     "cameras": "pipeline.cli.cameras",
+    "bench": "pipeline.cli.bench",
 }
 
 

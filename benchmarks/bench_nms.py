@@ -1,10 +1,10 @@
 """CPU NMS: pipeline/core/nms.py against torchvision.ops in the same run, and whether both keep the same boxes.
 
 Inputs: detector-like clustered boxes (engines/cuda/synthetic.py) in a 1000x1000 image, scores rounded to
-2 decimals so ties occur. Rows: class-agnostic ``nms`` vs ``torchvision.ops.nms``, and 80 classes
-``batched_nms`` vs ``torchvision.ops.batched_nms``. Calls alternate (ours, theirs, ours, ...) so load on a
+2 decimals so ties occur. Rows: class-agnostic ``nms`` vs ``torchvision.ops.nms``, and 6 (the default
+``detector.classes`` filter) or 80 classes ``batched_nms`` vs ``torchvision.ops.batched_nms``. Calls alternate (ours, theirs, ours, ...) so load on a
 shared machine hits both alike; the table gives the best and the median of ``--repeats`` calls each.
-"same kept set" compares index sets with torchvision (for 80 classes: with its exact per-class path,
+"same kept set" compares index sets with torchvision (with classes: with its exact per-class path,
 ``_batched_nms_vanilla``, and with ``batched_nms`` itself, which switches to float32 class offsets at
 <= 1000 boxes).
 
@@ -27,6 +27,7 @@ from torchvision.ops.boxes import _batched_nms_vanilla
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines.cuda.synthetic import clustered_detections  # noqa: E402
+from pipeline.core import nms as nms_module  # noqa: E402
 from pipeline.core.nms import batched_nms, nms  # noqa: E402
 
 
@@ -47,12 +48,20 @@ def _alternate(ours, theirs, repeats: int) -> tuple[list[float], list[float]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000, 10000, 100000])
+    ap.add_argument(
+        "--classes",
+        type=int,
+        nargs="+",
+        default=[1, 6, 80],
+        help="1 = class-agnostic nms; 6 = the default detector.classes filter; 80 = every COCO class",
+    )
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--iou", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    nms_module.warm_up()  # the kernel paths at every size (a fresh run uses NumPy for small inputs first)
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, 1 thread, IoU {args.iou}")
     print()
     print(
@@ -61,7 +70,7 @@ def main() -> int:
     print("|---:|---:|---:|---:|---:|---:|---|")
     rng = np.random.default_rng(args.seed)
     for n in args.sizes:
-        for classes in (1, 80):
+        for classes in args.classes:
             b, s, c = clustered_detections(rng, 1, n, num_classes=classes)
             b, s, c = b[0], s[0], c[0].astype(np.int64)
             tb, ts, tc = torch.from_numpy(b), torch.from_numpy(s), torch.from_numpy(c)

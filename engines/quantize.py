@@ -41,6 +41,15 @@ DEFAULT_LIMIT = 32
 _RECIPE = "decode-tail-fp32,backbone-calib,pad-edge"
 
 
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has an int8 dot-product instruction (AVX512-VNNI or AVX-VNNI, x86 Linux)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 @dataclass(frozen=True)
 class QuantSettings:
     """How to quantize. The defaults were the fastest and most accurate here (benchmarks/bench_detectors.py)."""
@@ -53,6 +62,12 @@ class QuantSettings:
 
     def key(self) -> str:
         return ",".join(f"{k}={v}" for k, v in sorted(asdict(self).items()))
+
+
+def default_settings() -> QuantSettings:
+    """The settings for this CPU: full 8-bit weights where VNNI accumulates int8 products in 32 bits
+    (7-bit weights only cost accuracy there), 7-bit weights on AVX2 without VNNI."""
+    return QuantSettings(reduce_range=not cpu_has_vnni())
 
 
 def load_calibration_images(source: str | Path, limit: int = DEFAULT_LIMIT) -> list[np.ndarray]:

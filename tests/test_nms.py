@@ -10,6 +10,7 @@ from torchvision.ops.boxes import _batched_nms_vanilla
 
 from engines.cuda.synthetic import clustered_detections
 from pipeline.analyze.tracking.geometry import iou_matrix as tracking_iou
+from pipeline.core import nms as nms_module
 from pipeline.core.nms import BLOCK, SMALL_GROUP, batched_nms, iou_matrix, nms
 
 
@@ -23,7 +24,34 @@ def _is_score_order(keep: np.ndarray, scores: np.ndarray) -> bool:
     return bool(np.all((s[:-1] > s[1:]) | ((s[:-1] == s[1:]) & (keep[:-1] < keep[1:]))))
 
 
-@pytest.mark.parametrize("n", [1000, 10000, 100000])
+SIZES = [10, 100, 300, 1000, 3000, 10000, 100000]  # a frame's candidates (100-1k) up to a tiled batch's
+
+
+@pytest.fixture(params=["kernel", "numpy-first"], autouse=True)
+def path(request, monkeypatch):
+    """Every test runs twice: with torchvision's kernel loaded (every size through the kernel paths), and
+    as a fresh run sees it (torch not loaded: inputs up to NUMPY_PAIRS pairs suppressed in NumPy)."""
+    if request.param == "kernel":
+        nms_module.warm_up()
+        monkeypatch.setattr(nms_module, "NUMPY_PAIRS", -1)
+    else:
+        monkeypatch.setattr(nms_module, "_KERNEL", None)
+    return request.param
+
+
+def test_a_fresh_run_does_not_load_torch_for_a_frames_candidates(path):
+    if path != "numpy-first":
+        pytest.skip("about the NumPy-first path")
+    b, s, c = _inputs(300, 6, 3)
+    batched_nms(b, s, c, 0.5)
+    nms(b, s, 0.5)
+    assert nms_module._KERNEL is None  # torch not needed for them
+    b, s, c = _inputs(3000, 1, 4)
+    nms(b, s, 0.5)  # 4.5M pairs: the kernel is loaded for it
+    assert nms_module._KERNEL is not None
+
+
+@pytest.mark.parametrize("n", SIZES)
 def test_agnostic_nms_keeps_torchvisions_boxes_in_its_order(n):
     b, s, _ = _inputs(n, 1, n)  # scores rounded to 2 decimals: thousands of ties
     ours = nms(b, s, 0.5)
@@ -32,9 +60,10 @@ def test_agnostic_nms_keeps_torchvisions_boxes_in_its_order(n):
     assert _is_score_order(ours, s)
 
 
-@pytest.mark.parametrize("n", [1000, 10000, 100000])
-def test_batched_nms_keeps_torchvisions_per_class_boxes(n):
-    b, s, c = _inputs(n, 80, n + 1)
+@pytest.mark.parametrize("classes", [6, 80])
+@pytest.mark.parametrize("n", SIZES)
+def test_batched_nms_keeps_torchvisions_per_class_boxes(n, classes):
+    b, s, c = _inputs(n, classes, n + classes)
     ours = batched_nms(b, s, c, 0.5)
     tb, ts, tc = torch.from_numpy(b), torch.from_numpy(s), torch.from_numpy(c)
     exact = _batched_nms_vanilla(tb, ts, tc, 0.5).numpy()

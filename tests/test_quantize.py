@@ -186,17 +186,18 @@ def test_calibration_from_folder_and_video(tmp_path):
 
 
 def test_cli_quantize_prints_the_int8_model_path(tmp_path, capsys):
+    """Real frames (a street clip): calibrated on the earlier ones, measured on the held-apart last ones."""
     import argparse
+    from pathlib import Path
 
     from pipeline.cli import models
 
-    folder = tmp_path / "cam"
-    folder.mkdir()
-    for i, f in enumerate(render_frames(width=320, height=240, fps=25, n_frames=4)):
-        cv2.imwrite(str(folder / f"{i}.jpg"), f)
+    video = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "pedestrians_street.mp4"
+    if not video.is_file():
+        pytest.skip(f"shared data missing: {video}")
     parser = argparse.ArgumentParser()
     models.add_arguments(parser)
-    args = parser.parse_args(["quantize", "--model", "yolov3-tiny", "--images", str(folder), "--limit", "4"])
+    args = parser.parse_args(["quantize", "--model", "yolov3-tiny", "--images", str(video), "--limit", "24"])
     assert models.main(args) == 0
     out = capsys.readouterr().out.strip().splitlines()[-1]
     assert out.endswith(".onnx") and "-int8-" in out

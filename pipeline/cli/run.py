@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import secrets
 import signal
 import sys
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -141,6 +143,32 @@ def _resolve_demo_sources(cfg: PipelineConfig, var_dir: Path) -> None:
             log.info("camera %s: demo clip %s (built from scikit-image's sample photos)", cam.id, cam.source)
 
 
+def prefetch_detector(cfg: PipelineConfig) -> Future:
+    """Build the detector on a thread while the caller starts Redis and the sinks (start-up in parallel:
+    model load and ONNX Runtime session creation overlap the redis-server start). ``result()`` gives the
+    detector or raises what building it raised."""
+    future: Future = Future()
+
+    def build() -> None:
+        from pipeline.detect.detectors.factory import build_detector
+
+        try:
+            future.set_result(build_detector(cfg.detector))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for it
+            future.set_exception(exc)
+
+    threading.Thread(target=build, name="detector-load", daemon=True).start()
+    return future
+
+
+def discard_detector(future: Future | None) -> None:
+    """Close a prefetched detector the run will not use (start-up stopped early)."""
+    if future is None:
+        return
+    with contextlib.suppress(Exception):  # its error no longer matters: the run is not starting
+        future.result().close()
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         cfg = _apply_overrides(load_config(args.config), args)
@@ -154,6 +182,7 @@ def main(args: argparse.Namespace) -> int:
     var_dir.mkdir(parents=True, exist_ok=True)
     _resolve_demo_sources(cfg, var_dir)
     cfg = resolve_runtime_paths(cfg, var_dir)
+    detector = prefetch_detector(cfg) if cfg.executor != "ray" else None
 
     local_redis = None
     if cfg.redis.url is None:
@@ -161,10 +190,12 @@ def main(args: argparse.Namespace) -> int:
             local_redis = start_local_redis(RuntimePaths(var_dir).redis)
         except RedisServerError as exc:
             print(f"error: cannot start a local redis-server (redis.url is null): {exc}", file=sys.stderr)
+            discard_detector(detector)
             return EXIT_STARTUP
         cfg.redis.url = local_redis.url
     elif (reason := check_redis_at_start(cfg)) is not None:
         print(f"error: {reason}", file=sys.stderr)
+        discard_detector(detector)
         return EXIT_STARTUP
 
     if cfg.executor == "ray":
@@ -188,7 +219,9 @@ def main(args: argparse.Namespace) -> int:
 
         sinks.append(print_event)
     try:
-        pipeline = Pipeline(cfg, event_sinks=sinks, var_dir=var_dir)
+        pipeline = Pipeline(
+            cfg, event_sinks=sinks, var_dir=var_dir, detector=detector.result() if detector else None
+        )
     except Exception as exc:  # noqa: BLE001 - a startup error is reported, not dumped
         log.error("cannot start the pipeline: %s", exc)
         if local_redis:

@@ -12,14 +12,20 @@ compared with the threshold as the kernel does (in double precision):
 - :func:`batched_nms` (class-aware) runs NMS per class. Classes are grouped with one stable sort, never by
   shifting boxes apart by class: the shift (torchvision's "coordinate trick", and this module's until
   2026-11) rounds float32 coordinates at large offsets and changed the kept set (12415 vs 12416 of 100k
-  boxes, 80 classes). Classes of at most :data:`SMALL_GROUP` boxes (the common case) are done all at once in
-  NumPy (:func:`_small_groups_nms`); larger ones go through the blocked walk one class at a time.
+  boxes, 80 classes). A class with one box keeps it; classes of at most :data:`SMALL_GROUP` boxes are done all
+  at once in NumPy (:func:`_small_groups_nms`) and larger ones by the kernel, one call per class (the
+  blocked walk above :data:`GROUP_DIRECT` boxes).
+
+Small inputs while torch is not loaded (up to :data:`NUMPY_PAIRS` same-class pairs, a detector's frame)
+are suppressed in NumPy with the same float32 IoU (:func:`_small_groups_nms`): a run whose frames stay
+small never imports torch (seconds of start-up). The first larger input loads the kernel, used from then on.
 
 benchmarks/bench_nms.py times both against torchvision in the same run and checks the kept sets.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,10 +35,16 @@ if TYPE_CHECKING:
 
 #: classes with at most this many boxes are suppressed together in NumPy; larger ones by the blocked walk
 SMALL_GROUP = 64
+#: while torch is not loaded, inputs with up to this many same-class box pairs are suppressed in NumPy
+#: (exact, :func:`_small_groups_nms`) rather than importing torch for them: that import is seconds of a
+#: run's start-up (issue 24), and a detector's frame (tens to hundreds of candidates) stays far below it.
+#: Once torch is loaded (a larger input, or :func:`warm_up`), the kernel paths are used for every size.
+NUMPY_PAIRS = 50_000
 #: boxes the C++ kernel settles at a time in the blocked walk (128 was fastest at 1k-100k boxes here)
 BLOCK = 128
-#: a class with up to this many boxes goes to the kernel in one call (no blocked walk)
-GROUP_DIRECT = 512
+#: up to this many boxes (a class, or all of them class-agnostic) go to the kernel in one call: the
+#: blocked walk pays for itself only above a few thousand boxes (bench_nms.py: 1.03x at 1k, 0.99x at 3k)
+GROUP_DIRECT = 2048
 #: columns per vectorised IoU pass of the blocked walk (bounds its memory to BLOCK x CHUNK floats)
 CHUNK = 1 << 14
 
@@ -76,11 +88,56 @@ def intersection_matrix(a: np.ndarray, b: np.ndarray, dtype: type = np.float32) 
     return (wh[..., 0] * wh[..., 1]).astype(dtype)
 
 
-def _as_tensors(boxes: np.ndarray, scores: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-copy float32 tensors. torch is imported here, not at module import: iou_matrix (tracking,
-    metrics) needs only NumPy."""
+_KERNEL = None
+
+
+def _kernel():  # noqa: ANN202 - torch's OpOverloadPacket
+    """torchvision's C++ NMS op, looked up once: resolving ``torch.ops.torchvision.nms`` goes through the
+    op namespace's ``__getattr__`` on every access (microseconds that matter at 100 boxes). torch is
+    imported here, not at module import: iou_matrix (tracking, metrics) needs only NumPy."""
+    global _KERNEL
+    if _KERNEL is None:
+        import torch
+
+        _load_torchvision_ops()
+        _KERNEL = torch.ops.torchvision.nms.default
+    return _KERNEL
+
+
+def warm_up() -> None:
+    """Load the NMS kernel now (torch: seconds on a busy machine): from then on every size goes through
+    torchvision's kernel paths (benchmarks, and a caller that knows it will see large inputs)."""
+    _kernel()
+
+
+def _load_torchvision_ops() -> None:
+    """Register torchvision's C++ ops (``torch.ops.torchvision.nms``) by loading its ``_C`` library alone.
+
+    ``import torchvision`` also imports its models, datasets and torch._dynamo: seconds of start-up for one
+    kernel. Falls back to the import when the library is not where the package keeps it.
+    """
+    import importlib.util
+    import sys
+
     import torch
+
+    if "torchvision" not in sys.modules:
+        spec = importlib.util.find_spec("torchvision")
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            libs = sorted(Path(folder).glob("_C*.so")) + sorted(Path(folder).glob("_C*.pyd"))
+            if libs:
+                try:
+                    torch.ops.load_library(str(libs[0]))
+                    return
+                except (OSError, RuntimeError):
+                    break
     import torchvision  # noqa: F401 - registers torch.ops.torchvision.nms
+
+
+def _as_tensors(boxes: np.ndarray, scores: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-copy float32 tensors."""
+    _kernel()
+    import torch
 
     b = torch.from_numpy(np.ascontiguousarray(boxes, np.float32).reshape(-1, 4))
     s = torch.from_numpy(np.ascontiguousarray(scores, np.float32).reshape(-1))
@@ -89,25 +146,45 @@ def _as_tensors(boxes: np.ndarray, scores: np.ndarray) -> tuple[torch.Tensor, to
     return b, s
 
 
+def _as_arrays(boxes: np.ndarray, scores: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    b = np.ascontiguousarray(boxes, np.float32).reshape(-1, 4)
+    s = np.ascontiguousarray(scores, np.float32).reshape(-1)
+    if b.shape[0] != s.shape[0]:
+        raise ValueError(f"{what}: {b.shape[0]} boxes but {s.shape[0]} scores")
+    return b, s
+
+
+def _numpy_first(pairs: int) -> bool:
+    """Suppress in NumPy instead of loading torch: only while torch is not loaded, for small inputs."""
+    return _KERNEL is None and pairs <= NUMPY_PAIRS
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Hard NMS. Returns kept indices (int64), highest score first, equal scores lower index first."""
-    b, s = _as_tensors(boxes, scores)
-    if b.shape[0] == 0:
+    b, s = _as_arrays(boxes, scores, "nms")
+    n = b.shape[0]
+    if n == 0:
         return np.zeros((0,), np.int64)
-    return _greedy(b, s, iou_threshold).numpy()
+    if _numpy_first(n * (n - 1) // 2):
+        order = _class_score_order(np.zeros(n, np.int64), s)
+        return order[_small_groups_nms(b[order], np.array([0]), np.array([n]), iou_threshold)]
+    tb, ts = _as_tensors(b, s)
+    return _greedy(tb, ts, iou_threshold).numpy()
 
 
-def _greedy(b: torch.Tensor, s: torch.Tensor, iou_threshold: float, direct: int = BLOCK) -> torch.Tensor:
+def _greedy(
+    b: torch.Tensor, s: torch.Tensor, iou_threshold: float, direct: int = GROUP_DIRECT
+) -> torch.Tensor:
     """Kept indices of greedy NMS over float32 tensors, in score order (see the module docstring).
 
     Up to ``direct`` boxes go to the kernel in one call: below a few hundred boxes the blocked walk's fixed
     cost outweighs what it saves.
     """
-    import torch
-
     n = b.shape[0]
     if n <= max(direct, BLOCK):
-        return torch.ops.torchvision.nms(b, s, float(iou_threshold))
+        return _kernel()(b, s, float(iou_threshold))
+    import torch
+
     order = torch.sort(s, descending=True, stable=True).indices
     bs, ss = b[order], s[order]
     x1, y1, x2, y2 = (bs[:, k].contiguous() for k in range(4))
@@ -117,7 +194,7 @@ def _greedy(b: torch.Tensor, s: torch.Tensor, iou_threshold: float, direct: int 
     kept = []
     while alive.numel():
         head, rest = alive[:BLOCK], alive[BLOCK:]
-        new = head[torch.ops.torchvision.nms(bs[head], ss[head], float(iou_threshold))]
+        new = head[_kernel()(bs[head], ss[head], float(iou_threshold))]
         kept.append(new)
         if rest.numel() == 0:
             break
@@ -199,33 +276,40 @@ def batched_nms(
     Returns kept indices, highest score first, equal scores lower index first: the set
     ``torchvision.ops.batched_nms`` keeps with its exact per-class path.
     """
-    b, s = _as_tensors(boxes, scores)
-    n = b.shape[0]
+    nb, sc = _as_arrays(boxes, scores, "batched_nms")
+    n = nb.shape[0]
     if n == 0:
         return np.zeros((0,), np.int64)
     cls = np.asarray(class_ids).reshape(-1)
     if cls.shape[0] != n:
         raise ValueError(f"batched_nms: {n} boxes but {cls.shape[0]} class ids")
-    sc = s.numpy()
     order = _class_score_order(cls, sc)
     sorted_cls = cls[order]
     cuts = np.flatnonzero(sorted_cls[1:] != sorted_cls[:-1]) + 1
     starts = np.concatenate([[0], cuts])
     lengths = np.diff(np.concatenate([starts, [n]]))
-    small = lengths <= SMALL_GROUP
-    kept_parts = []
+    single = lengths == 1  # a class with one box keeps it: no IoU to compute
+    kept_parts = [order[starts[single]]]
+    multi = ~single
+    # Small classes all at once in NumPy: the kernel's fixed cost (~20 us a call here, whatever the size)
+    # would dominate one call per class (measured: 6 classes at 100 boxes took 2x longer that way).
+    small = multi & (lengths <= SMALL_GROUP)
+    if _numpy_first(int((lengths * (lengths - 1) // 2).sum())):
+        small = multi  # torch not loaded and the input is small: every class in NumPy
     if small.any():
         sub_len = lengths[small]
         sub_starts = np.cumsum(sub_len) - sub_len
         rows = np.repeat(starts[small] - sub_starts, sub_len) + np.arange(int(sub_len.sum()))
-        sub = np.take(b.numpy(), np.take(order, rows), axis=0)
+        sub = np.take(nb, np.take(order, rows), axis=0)
         mask = _small_groups_nms(sub, sub_starts, sub_len, iou_threshold)
         kept_parts.append(order[rows[mask]])
-    if not small.all():
+    big = multi & ~small
+    if big.any():
         import torch
 
+        b, s = _as_tensors(nb, sc)
         sorted_b, sorted_s = b[torch.from_numpy(order)], s[torch.from_numpy(order)]
-        for a, k in zip(starts[~small].tolist(), lengths[~small].tolist(), strict=True):
+        for a, k in zip(starts[big].tolist(), lengths[big].tolist(), strict=True):
             kept = _greedy(sorted_b[a : a + k], sorted_s[a : a + k], iou_threshold, GROUP_DIRECT)
             kept_parts.append(order[kept.numpy() + a])
     keep = np.concatenate(kept_parts)

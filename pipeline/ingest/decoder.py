@@ -106,9 +106,12 @@ class DecoderStage(Stage):
         *,
         rng: random.Random | None = None,
         ring: PacketRing | None = None,
+        ffmpeg_threads: int = 0,
     ) -> None:
         """``ring``: every demuxed video packet is also kept there (before decoding and thinning) for clips."""
         super().__init__("decoder", cam.id, metrics)
+        #: FFmpeg decode threads (0 = FFmpeg's choice); pipeline/ingest/thread_budget.py picks it
+        self.ffmpeg_threads = ffmpeg_threads
         self.cam = cam
         self.out = out
         self.emit = emit
@@ -282,6 +285,8 @@ class DecoderStage(Stage):
         self.stream_clock.reset()  # a new connection's pts start over
         stream = container.streams.video[0]
         stream.codec_context.thread_type = "AUTO"
+        if self.ffmpeg_threads:
+            stream.codec_context.thread_count = self.ffmpeg_threads
         rate = stream.average_rate or stream.guessed_rate
         self._frame_step = 1.0 / float(rate) if rate else None
         if self.ring is not None:

@@ -26,9 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class ModelError(ValueError):
-    """A model file could not be understood; the message names the file and where in it."""
+from pipeline.models.errors import ModelError  # its home; imported from here by older code
 
 
 @dataclass

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models.darknet import ModelError
+from pipeline.models.errors import ModelError
 from pipeline.models.tf_graph import TfNode, load_graph
 
 INPUT_SIZE = 300

@@ -20,7 +20,7 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
-from pipeline.models.darknet import ModelError
+from pipeline.models.errors import ModelError
 
 _F = descriptor_pb2.FieldDescriptorProto
 

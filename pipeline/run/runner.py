@@ -211,7 +211,12 @@ class Pipeline:
             if ring is None:
                 ring = PacketRing(cam.id, clip_cfg.ring_max_s, int(clip_cfg.ring_max_mb * 1024 * 1024))
                 self.rings[cam.id] = ring
-        decoder = DecoderStage(cam, fq, self._on_decoder_event, self.metrics, ring=ring)
+        from pipeline.ingest.thread_budget import decode_threads
+
+        cameras = sum(1 for c in self.cfg.cameras if c.enabled)
+        decoder = DecoderStage(
+            cam, fq, self._on_decoder_event, self.metrics, ring=ring, ffmpeg_threads=decode_threads(cameras)
+        )
         # The decoder's line shows its output queue: frames waiting for the detector (the decoder itself
         # reports the frames a `latest` queue dropped because the detector was behind).
         decoder.metrics.queue_depth = fq.qsize

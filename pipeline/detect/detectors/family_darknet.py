@@ -17,7 +17,7 @@ from pipeline.detect.detectors.yolo import (
     preprocess_for,
     read_names,
 )
-from pipeline.models.darknet import ModelError, load_darknet
+from pipeline.models.errors import ModelError
 
 
 def build(cfg: DetectorConfig) -> YoloDetector:
@@ -46,6 +46,8 @@ def build(cfg: DetectorConfig) -> YoloDetector:
 def build_darknet_detector(
     cfg_path: Path, weights_path: Path, names_path: Path | None, cfg: DetectorConfig, name: str
 ) -> YoloDetector:
+    from pipeline.models.darknet import load_darknet  # torch: imported only when a Darknet model is built
+
     module = load_darknet(cfg_path, weights_path)
     if module.num_classes is None:
         raise ModelError(f"{cfg_path}: no [yolo] layer, so not a detector")

@@ -18,21 +18,20 @@ backend (onnxruntime or tensorrt), device, threads, resize, score_threshold, nms
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
 from engines import create_engine
 from engines.base import InferenceEngine
-from engines.model_store import ModelStoreError, get_model_path
 from pipeline.config.schema import DetectorConfig
 from pipeline.core.nms import batched_nms
 from pipeline.core.types import Detections
 from pipeline.detect.detectors.base import Detector
+from pipeline.detect.detectors.family_onnx_yolo import model_file
 from pipeline.detect.detectors.letterbox import ResizeMode, Transform, resize_to_input
 from pipeline.detect.detectors.yolo import class_mask
 from pipeline.detect.detectors.yolo_decode import COCO_CLASSES
-from pipeline.models.darknet import ModelError
+from pipeline.models.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -163,20 +162,8 @@ class NanoDetDetector(Detector):
         self.engine.close()
 
 
-def _model_file(model: str) -> tuple[Path, str]:
-    path = Path(model).expanduser()
-    if path.suffix.lower() == ".onnx" or path.is_file():
-        if not path.is_file():
-            raise ModelError(f"detector.model: ONNX file {path} not found")
-        return path, path.stem
-    try:
-        return get_model_path(model, "onnx"), model
-    except ModelStoreError as exc:
-        raise ModelError(f"detector.model: {exc}") from None
-
-
 def build(cfg: DetectorConfig) -> NanoDetDetector:
-    path, name = _model_file(cfg.model)
+    path, name = model_file(cfg.model)
     if cfg.backend == "torch":
         raise ModelError(
             f"detector.backend: 'torch' cannot run ONNX file {path}; use onnxruntime or tensorrt"

@@ -23,7 +23,7 @@ from pipeline.detect.detectors.yolo import (
     preprocess_for,
 )
 from pipeline.detect.detectors.yolo_decode import Layout, detect_layout
-from pipeline.models.darknet import ModelError
+from pipeline.models.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def _detector(engine: InferenceEngine, path: Path, cfg: DetectorConfig, name: st
     batch_limit = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
     trained: str = layout  # the PREPROCESS entry: the layout's default unless the file names its own
     source: str | None = None
-    declared = _declared_preprocess(path)
+    declared = _declared_preprocess(path, engine)
     if declared is not None:
         if declared not in PREPROCESS:
             raise ModelError(
@@ -98,8 +98,13 @@ def _detector(engine: InferenceEngine, path: Path, cfg: DetectorConfig, name: st
     )
 
 
-def _declared_preprocess(path: Path) -> str | None:
-    """The PREPROCESS entry named in the file's metadata (vidpipe writes it when exporting a Darknet model)."""
+def _declared_preprocess(path: Path, engine: InferenceEngine | None = None) -> str | None:
+    """The PREPROCESS entry named in the file's metadata (vidpipe writes it when exporting a Darknet model).
+
+    Read from the ONNX Runtime session when there is one: importing ``onnx`` costs a second of start-up."""
+    session = getattr(engine, "session", None)
+    if session is not None and hasattr(session, "get_modelmeta"):
+        return session.get_modelmeta().custom_metadata_map.get(PREPROCESS_KEY)
     import onnx
 
     try:

@@ -15,7 +15,7 @@ from engines.model_store import ModelStoreError, get_model_files
 from pipeline.config.schema import DetectorConfig
 from pipeline.detect.detectors.ssd import SsdDetector
 from pipeline.detect.detectors.yolo_decode import COCO_CLASSES, canonical_label
-from pipeline.models.darknet import ModelError
+from pipeline.models.errors import ModelError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pipeline.detect.detectors import (
     family_ssd,
 )
 from pipeline.detect.detectors.base import Detector, build_null
-from pipeline.models.darknet import ModelError
+from pipeline.models.errors import ModelError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from pipeline.core.types import Detections
 from pipeline.detect.detectors.base import Detector
 from pipeline.detect.detectors.letterbox import Transform, resize_to_input
 from pipeline.detect.detectors.yolo import class_mask
-from pipeline.models.darknet import ModelError
+from pipeline.models.errors import ModelError
 
 SsdResize = Literal["stretch", "letterbox"]
 

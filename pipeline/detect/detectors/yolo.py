@@ -32,7 +32,7 @@ from pipeline.detect.detectors.yolo_decode import (
     select,
     to_rows,
 )
-from pipeline.models.darknet import ModelError
+from pipeline.models.errors import ModelError
 
 log = logging.getLogger(__name__)
 
