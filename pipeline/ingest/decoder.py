@@ -93,6 +93,41 @@ def _describe(exc: BaseException) -> str:
     return redact_url(f"{type(exc).__name__}: {exc}")
 
 
+def open_source(cam: CameraConfig) -> av.container.InputContainer:
+    """Open a camera's source with its timeouts; raises if it cannot be opened or is not a video."""
+    spec = open_spec(cam.source, rtsp_transport=cam.rtsp_transport, read_timeout_s=cam.read_timeout_s)
+    container = av.open(
+        spec.url,
+        format=spec.format,
+        options={**spec.options, **cam.ffmpeg_options},
+        timeout=(cam.open_timeout_s, cam.read_timeout_s),
+    )
+    if not container.streams.video:
+        container.close()
+        raise SourceError("no video stream")
+    codec = container.streams.video[0].codec_context.name
+    if container.format.name in _TEXT_FORMATS or codec in _TEXT_CODECS:
+        container.close()
+        raise SourceError(
+            f"not a video: FFmpeg reads it as text art ({container.format.name} demuxer, {codec} codec)"
+        )
+    return container
+
+
+def probe_file_source(cam: CameraConfig) -> str | None:
+    """None if a file camera's source opens as a video; else the reason, worded as the decoder's failure.
+
+    Start-up calls this before the model loads, so a missing or non-video file is reported in seconds.
+    Live sources are not probed: they may come online later and reconnect on their own."""
+    if cam.is_live:
+        return None
+    try:
+        open_source(cam).close()
+    except Exception as exc:  # noqa: BLE001 - any open failure is the camera's failure, reported clearly
+        return f"camera {cam.id!r}: cannot open {redact_url(cam.source)}: {_describe(exc)}"
+    return None
+
+
 class DecoderStage(Stage):
     """Decodes one camera into ``out``; reports status changes through ``emit``."""
 
@@ -242,25 +277,7 @@ class DecoderStage(Stage):
     # ------------------------------------------------------------------ shared decode loop
 
     def _open(self) -> av.container.InputContainer:
-        spec = open_spec(
-            self.cam.source, rtsp_transport=self.cam.rtsp_transport, read_timeout_s=self.cam.read_timeout_s
-        )
-        container = av.open(
-            spec.url,
-            format=spec.format,
-            options={**spec.options, **self.cam.ffmpeg_options},
-            timeout=(self.cam.open_timeout_s, self.cam.read_timeout_s),
-        )
-        if not container.streams.video:
-            container.close()
-            raise SourceError("no video stream")
-        codec = container.streams.video[0].codec_context.name
-        if container.format.name in _TEXT_FORMATS or codec in _TEXT_CODECS:
-            container.close()
-            raise SourceError(
-                f"not a video: FFmpeg reads it as text art ({container.format.name} demuxer, {codec} codec)"
-            )
-        return container
+        return open_source(self.cam)
 
     def _pump(self, container: av.container.InputContainer) -> tuple[int, str]:
         """Decode until the source ends, breaks or stop() is called, then close ``container``.
