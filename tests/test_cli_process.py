@@ -566,3 +566,4 @@ def test_metrics_export_skipped_frames_and_frame_age(demo_mp4, redis_server, tmp
     assert value('vidpipe_skipped_total{stage="decoder",camera="loop"}') >= 20
     age = value('vidpipe_frame_age_at_detection_seconds{camera="loop",quantile="0.95"}')
     assert 0 <= age < 2.0
+    assert 0 <= value('vidpipe_decoder_lag_seconds{camera="loop"}') < 2.0  # a realtime file keeps its pace

@@ -35,6 +35,7 @@ from pipeline.config.schema import CameraConfig
 from pipeline.core.events import Event
 from pipeline.core.metrics import MetricsRegistry
 from pipeline.core.queues import BoundedQueue, QueueClosed
+from pipeline.core.rate_watch import DecoderLagWatch
 from pipeline.core.sources import open_spec, redact_url
 from pipeline.core.stage import Stage
 from pipeline.core.states import CameraStatus
@@ -159,6 +160,9 @@ class DecoderStage(Stage):
         self._last_pts: float | None = None
         self._pace_origin: tuple[float, float] | None = None  # (monotonic, pts) for realtime files
         self.stream_clock = StreamClock()  # live sources: capture_time from pts
+        self._registry = metrics
+        self.lag_watch = DecoderLagWatch(cam.id)
+        self._pace_lost_s = 0.0  # realtime files: time given up by re-anchoring the pace (decoder behind)
         self.metrics.queue_drops = lambda: out.dropped
 
     # ------------------------------------------------------------------ stage protocol
@@ -354,6 +358,8 @@ class DecoderStage(Stage):
             self._pace(pts)
         arrival = time.time()
         captured = self.stream_clock.capture_time(pts, arrival) if self.live else arrival
+        if self.live:
+            self._report_lag(arrival - captured)
         image = vf.to_ndarray(format="bgr24")
         frame = Frame(camera_id=self.cam.id, seq=seq, pts=pts, capture_time=captured, image=image)
         self.metrics.observe(latency_ms=(time.perf_counter() - t0) * 1000.0)
@@ -367,10 +373,21 @@ class DecoderStage(Stage):
             return
         wall0, pts0 = self._pace_origin
         delay = wall0 + (pts - pts0) - now
+        self._report_lag(self._pace_lost_s + max(0.0, -delay))
         if delay > 0:
             self.stop_event.wait(delay)
         elif delay < -1.0:  # far behind (slow consumer): re-anchor instead of bursting to catch up
+            self._pace_lost_s += -delay  # a simulated live camera would be this much further ahead
             self._pace_origin = (now, pts)
+
+    def _report_lag(self, lag_s: float) -> None:
+        """Live edge minus decoded time: a metric, and a warning when it stays high (DecoderLagWatch)."""
+        lag_s = max(0.0, lag_s)
+        self._registry.set_decoder_lag(self.cam.id, lag_s)
+        if (
+            self.cam.effective_queue_policy == "latest"
+        ):  # a `block` queue's lag includes waiting for the detector
+            self.lag_watch.observe(lag_s)
 
     def _put(self, frame: Frame) -> bool:
         while not self.stop_event.is_set():
