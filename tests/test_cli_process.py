@@ -523,6 +523,39 @@ def test_var_dir_holds_gallery_crops_audit_log_and_spool(demo_mp4, redis_server,
     crops = [f["crop"] for e in events if e.type == "faces.unknown" for f in e.data["faces"] if f["crop"]]
     assert all(Path(c).is_relative_to(var / "unknown_faces") for c in crops)
     assert not (tmp_path / "var").exists()  # the old behaviour: gallery, crops, audit log in ./var
+    # private: face templates, audit logs, spools, crops and snapshots are the user's alone
+    assert oct(var.stat().st_mode & 0o777) == "0o700"
+    for name in ("faces.sqlite", "doors_audit.jsonl", "spool.sqlite"):
+        assert oct((var / name).stat().st_mode & 0o777) == "0o600", name
+    loose = [str(p) for p in var.rglob("*") if p.stat().st_mode & 0o077]
+    assert not loose, loose
+
+
+def test_an_earlier_loose_var_dir_is_made_private_and_the_enroll_audit_log_is_0600(tmp_path):
+    """Files an earlier version left 0644 in a 0755 folder are tightened by the next command."""
+    import cv2
+    from skimage import data
+
+    var = tmp_path / "state"
+    var.mkdir(mode=0o755)
+    var.chmod(0o755)
+    old_spool = var / "spool.sqlite"
+    old_spool.write_bytes(b"")
+    old_spool.chmod(0o644)
+    photo = tmp_path / "astronaut.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    env = {**__import__("os").environ, "VIDPIPE_AUDIT_KEY": "k" * 32}
+    r = subprocess.run(
+        [sys.executable, str(REPO / "run_pipeline.py"), "faces", "--var-dir", str(var), "enroll", "--name",
+         "eileen", str(photo)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert oct(var.stat().st_mode & 0o777) == "0o700"
+    assert oct(old_spool.stat().st_mode & 0o777) == "0o600"
+    audit = var / "faces.sqlite.audit.jsonl"
+    assert audit.is_file() and oct(audit.stat().st_mode & 0o777) == "0o600"
+    assert oct((var / "faces.sqlite").stat().st_mode & 0o777) == "0o600"
 
 
 def test_metrics_export_skipped_frames_and_frame_age(demo_mp4, redis_server, tmp_path):
