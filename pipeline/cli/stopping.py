@@ -24,15 +24,16 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-log = logging.getLogger("vidpipe")
+from pipeline.core.exit_status import (  # noqa: F401 - re-exported for the CLI
+    EXIT_ALL_CAMERAS_FAILED,
+    EXIT_CLUSTER_LOST,
+    EXIT_FORCED,
+    EXIT_OK,
+    EXIT_STARTUP,
+    EXIT_STOP_DEADLINE,
+)
 
-# Exit statuses (docs/running.md lists them all).
-EXIT_OK = 0
-EXIT_ALL_CAMERAS_FAILED = 1
-EXIT_STARTUP = 2
-EXIT_STOP_DEADLINE = 3  # the orderly stop did not finish within stop_timeout_s; the watchdog ended the run
-EXIT_CLUSTER_LOST = 4  # executor ray: the Ray cluster (head/GCS) was lost during the run
-EXIT_FORCED = 130  # a second signal
+log = logging.getLogger("vidpipe")
 
 
 def flush_std_streams() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config.schema import PipelineConfig
+from pipeline.core.exit_status import EXIT_STARTUP
 from pipeline.run.status_line import print_status_lines
 
 log = logging.getLogger("vidpipe")
@@ -49,14 +50,15 @@ def run_sharded(cfg: PipelineConfig, args: argparse.Namespace, var_dir: Path) ->
     try:
         connect(cfg.ray.address)
     except Exception as exc:  # noqa: BLE001 - a start error is reported, not dumped
+        # exit 2 (could not start), not 1: docs/running.md keeps 1 for "every camera failed"
         log.error("cannot reach Ray at %r (ray.address / --ray): %s", cfg.ray.address, exc)
-        return 1
+        return EXIT_STARTUP
     executor = RayExecutor(cfg, var_dir)
     try:
         executor.start()
     except ValueError as exc:  # e.g. doors that do not fit one shard
         log.error("cannot place the cameras: %s", exc)
-        return 2
+        return EXIT_STARTUP
     print(
         f"executor ray: {len(executor.shards)} shard(s) for {len(cfg.cameras)} camera(s); shards keep their "
         f"spools under {executor.shards_dir}",
