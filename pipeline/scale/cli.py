@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config.schema import PipelineConfig
-from pipeline.core.exit_status import EXIT_STARTUP
+from pipeline.core.exit_status import EXIT_CLUSTER_LOST, EXIT_STARTUP
 from pipeline.run.status_line import print_status_lines
 
 log = logging.getLogger("vidpipe")
@@ -94,8 +94,11 @@ def run_sharded(cfg: PipelineConfig, args: argparse.Namespace, var_dir: Path) ->
     for t in threads:
         t.start()
     try:
-        if not executor.wait(args.duration):
+        if not executor.wait(args.duration) and executor.lost is None:
             executor.stop()
+        if executor.lost is not None:  # no Ray to stop or join the shards through
+            print(f"error: {executor.lost}; shards keep undelivered events in their spools", file=sys.stderr)
+            return EXIT_CLUSTER_LOST
         ok = executor.join(timeout=cfg.redis.flush_timeout_s + 10)
     finally:
         stop.set()
