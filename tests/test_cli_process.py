@@ -600,3 +600,26 @@ def test_metrics_export_skipped_frames_and_frame_age(demo_mp4, redis_server, tmp
     age = value('vidpipe_frame_age_at_detection_seconds{camera="loop",quantile="0.95"}')
     assert 0 <= age < 2.0
     assert 0 <= value('vidpipe_decoder_lag_seconds{camera="loop"}') < 2.0  # a realtime file keeps its pace
+
+
+def test_sigterm_while_ray_cannot_be_reached_exits_0_at_once(demo_mp4, tmp_path):
+    """`ray.init` on a dead address blocks in C for minutes; the signal is still acted on at once (the
+    wakeup-fd listener), the local redis-server is stopped, and the exit is 0, not a -15 or a hang."""
+    pytest.importorskip("ray")
+    cfg = loop_camera_cfg(tmp_path, demo_mp4.path, None)
+    proc = subprocess.Popen(
+        cli("--config", str(cfg), "--var-dir", str(tmp_path / "var"), "--ray", "127.0.0.1:1"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    started = _wait_line(proc.stderr, "started a local redis-server", "its redis-server started")
+    _wait_line(proc.stderr, "Connecting to existing Ray cluster", "Ray was asked to connect")
+    time.sleep(2.0)  # inside ray.init now
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert time.monotonic() - t0 < STOP_TIMEOUT_S + EXIT_SLACK_S
+    assert "stopped during start-up" in err
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(port=_local_redis_port(started), socket_connect_timeout=1).ping()

@@ -311,8 +311,16 @@ def main(args: argparse.Namespace) -> int:
     if cfg.executor == "ray":
         from pipeline.scale.cli import run_sharded
 
+        # while Ray connects (ray.init can block for minutes on a bad address) a signal ends the run at once;
+        # once connected, the driver stops its shards through Ray with its own handlers
+        stop.on_stop = lambda: _exit_during_startup(stop, local_redis, [])
+
+        def connected() -> None:
+            stop.on_stop = None
+            stop.release()
+
         try:
-            return run_sharded(cfg, args, var_dir)
+            return run_sharded(cfg, args, var_dir, on_connected=connected)
         finally:
             if local_redis:
                 local_redis.stop()

@@ -42,6 +42,14 @@ def flush_std_streams() -> None:
             stream.flush()
 
 
+def _say(level: int, message: str) -> None:
+    """Log it; before logging is configured (a signal during the config load), print it."""
+    if logging.getLogger().handlers:
+        log.log(level, "%s", message)
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
 class StopController:
     """Owns SIGINT/SIGTERM for a run: first signal = stop within ``timeout_s``; second = exit now."""
 
@@ -55,30 +63,64 @@ class StopController:
         self.forced_note = "forced exit"
         self._exit_now = exit_now
         self._watchdog: threading.Thread | None = None
+        self._released = False
+        self._request_lock = threading.Lock()
 
     # -- signals ---------------------------------------------------------------------------------------
     def install(self) -> StopController:
+        """Handlers for SIGINT/SIGTERM, and a thread that acts on them at once.
+
+        Python runs a signal handler only in the main thread, once that thread is back in the interpreter:
+        a main thread inside a long C call (a model load, ``ray.init``) would see it seconds or minutes
+        late. The C-level handler also writes the signal number to a wakeup fd (``signal.set_wakeup_fd``)
+        at once, whichever thread the kernel interrupted; the listener thread reads it and starts the stop
+        (and the deadline) there. The Python-level handler only has to exist."""
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        threading.Thread(target=self._listen, args=(r,), name="signals", daemon=True).start()
         return self
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        """Python-level handler (main thread, maybe late): the listener thread has acted already."""
+
+    def _listen(self, fd: int) -> None:
+        while True:
+            try:
+                data = os.read(fd, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            for signum in data:
+                if signum in (signal.SIGINT, signal.SIGTERM) and not self._released:
+                    self._signal(signum)
+
+    def release(self) -> None:
+        """Hand the signals over (``executor: ray`` installs its own handlers): no deadline, no watchdog."""
+        self._released = True
+        signal.set_wakeup_fd(-1)
+
+    def _signal(self, signum: int) -> None:
         self.signals_seen += 1
         name = signal.Signals(signum).name
         if self.signals_seen == 1:
             self.request(f"{name}: stopping within {self.timeout_s:g}s (send again to force)")
             return
-        log.warning("%s again: %s", name, self.forced_note)
+        _say(logging.WARNING, f"{name} again: {self.forced_note}")
         flush_std_streams()
         self._exit_now(EXIT_FORCED)
 
     def request(self, message: str) -> None:
         """Start the stop (a signal, or the run's own end): the deadline clock starts now."""
-        if self.requested.is_set():
-            return
-        self.requested_at = time.monotonic()
-        self.requested.set()
-        log.info("%s", message)
+        with self._request_lock:
+            if self.requested.is_set():
+                return
+            self.requested_at = time.monotonic()
+            self.requested.set()
+        _say(logging.INFO, message)
         self._start_watchdog()
         if self.on_stop is not None:
             self.on_stop()

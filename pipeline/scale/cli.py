@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,15 @@ def _print_events(url: str, prefix: str, stop: threading.Event) -> None:
         sub.close()
 
 
-def run_sharded(cfg: PipelineConfig, args: argparse.Namespace, var_dir: Path) -> int:
-    """Run every camera as shards on Ray until the files end, ``--duration`` passes or a signal comes."""
+def run_sharded(
+    cfg: PipelineConfig,
+    args: argparse.Namespace,
+    var_dir: Path,
+    on_connected: Callable[[], None] | None = None,
+) -> int:
+    """Run every camera as shards on Ray until the files end, ``--duration`` passes or a signal comes.
+
+    on_connected: called once Ray answered, before this installs its own signal handlers."""
     from pipeline.scale.executor import RayExecutor, connect
 
     if cfg.web.enabled and not getattr(args, "no_web", False):
@@ -53,6 +61,8 @@ def run_sharded(cfg: PipelineConfig, args: argparse.Namespace, var_dir: Path) ->
         # exit 2 (could not start), not 1: docs/running.md keeps 1 for "every camera failed"
         log.error("cannot reach Ray at %r (ray.address / --ray): %s", cfg.ray.address, exc)
         return EXIT_STARTUP
+    if on_connected is not None:
+        on_connected()
     executor = RayExecutor(cfg, var_dir)
     try:
         executor.start()
