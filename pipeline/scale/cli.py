@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config.schema import PipelineConfig
-from pipeline.core.exit_status import EXIT_CLUSTER_LOST, EXIT_STARTUP
+from pipeline.core.exit_status import EXIT_CLUSTER_LOST, EXIT_OK, EXIT_STARTUP, EXIT_STOP_DEADLINE
 from pipeline.run.status_line import print_status_lines
 
 log = logging.getLogger("vidpipe")
@@ -117,4 +117,5 @@ def run_sharded(
         if metrics_server:
             metrics_server.stop()
     print(f"shards stopped; placement: {executor.placement()}", file=sys.stderr)
-    return 0 if ok else 1
+    # a shard that did not drain in time is a stop that did not finish (3), not "every camera failed" (1)
+    return EXIT_OK if ok else EXIT_STOP_DEADLINE
