@@ -313,7 +313,10 @@ def main(args: argparse.Namespace) -> int:
 
         # while Ray connects (ray.init can block for minutes on a bad address) a signal ends the run at once;
         # once connected, the driver stops its shards through Ray with its own handlers
-        stop.on_stop = lambda: _exit_during_startup(stop, local_redis, [])
+        def stop_while_connecting() -> None:
+            _exit_during_startup(stop, local_redis, [])
+
+        stop.on_stop = stop_while_connecting
 
         def connected() -> None:
             stop.on_stop = None
