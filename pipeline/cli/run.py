@@ -135,13 +135,11 @@ def _resolve_demo_sources(cfg: PipelineConfig, var_dir: Path) -> None:
 
 def _sensitive_paths(cfg: PipelineConfig) -> list[str | None]:
     """Configured files that hold secrets or personal data (tightened to 0600 at start)."""
-    from pipeline.analyze.faces.enroll import enroll_audit_path
+    paths: list[str | None] = [cfg.redis.spool_path, cfg.faces.gallery_path]
+    if cfg.faces.enabled:  # (the faces modules cost ~1.5 s of imports: only when faces run)
+        from pipeline.analyze.faces.enroll import enroll_audit_path
 
-    paths: list[str | None] = [
-        cfg.redis.spool_path,
-        cfg.faces.gallery_path,
-        str(enroll_audit_path(cfg.faces)),
-    ]
+        paths.append(str(enroll_audit_path(cfg.faces)))
     paths += [d.audit_log for d in cfg.doors]
     if cfg.sinks.mqtt is not None:
         paths.append(cfg.sinks.mqtt.spool_path)
