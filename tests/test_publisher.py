@@ -348,3 +348,21 @@ def test_publish_event_spools_directly_when_the_queue_stays_full(redis_server, r
     pub.start()
     finish(pub)
     assert sorted(stream_seqs(redis_client)) == list(range(5))
+
+
+def test_the_back_message_counts_the_events_it_is_about_to_replay(make_redis, tmp_path, caplog):
+    """It used to count after the first batch was acknowledged: "replaying 0 spooled events" just after
+    replaying them."""
+    caplog.set_level(logging.INFO, logger="pipeline.deliver.publisher")
+    server = make_redis()
+    pub = Publisher(fast_config(tmp_path), url=server.url)
+    pub.start()
+    server.kill()
+    for i in range(10):  # fewer than one batch (64)
+        pub.publish_event(ev(i))
+    wait_for(lambda: pub.spool.count() == 10 and not pub.connected, what="10 events spooled")
+    server.restart()
+    wait_for(lambda: pub.connected and pub.spool.count() == 0, what="the replay")
+    finish(pub)
+    back = [r.message for r in caplog.records if "is back after" in r.message]
+    assert len(back) == 1 and back[0].endswith("replaying 10 spooled events"), back

@@ -117,6 +117,9 @@ class AnalyticsStage(Stage):
     def loop(self) -> None:
         while True:
             self._drain_status()
+            if self.stop_event.is_set():  # cut off at the stop deadline: frames not analysed yet are left
+                self._drain_status(include_ended=True)
+                return
             try:
                 result = self.inbox.get(timeout=0.2)
             except QueueClosed:

@@ -90,6 +90,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from pipeline.cli.private_files import use_private_files
+
+    use_private_files(Path(args.var_dir))  # the gallery and the enrollment audit log are 0600, their dir 0700
     if args.action == "verify-audit":
         from pipeline.cli.verify_audit import verify_audit
 

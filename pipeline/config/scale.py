@@ -20,6 +20,11 @@ class RayConfig(BaseModel):
     health_interval_s: float = Field(1.0, gt=0, description="how often the driver pings every shard")
     ping_timeout_s: float = Field(3.0, gt=0, description="a shard silent this long counts as dead")
     start_timeout_s: float = Field(60.0, gt=0, description="a new shard must be running within this")
+    cluster_lost_after_s: float = Field(
+        15.0,
+        gt=0,
+        description="the driver's supervision failing this long means the Ray cluster is lost: exit 4",
+    )
     standby: bool = Field(
         True,
         description="keep one warm idle shard process per node (detector loaded) so that a failed shard "

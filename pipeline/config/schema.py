@@ -212,6 +212,13 @@ class PipelineConfig(_Strict):
     sinks: SinksConfig = Field(default_factory=SinksConfig, description="MQTT, webhooks beside redis")
     clips: ClipsConfig = Field(default_factory=ClipsConfig, description="MP4 clips of doors and tracks")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    stop_timeout_s: float = Field(
+        8.0,
+        ge=1.0,
+        le=600.0,
+        description="after SIGTERM/SIGINT the run exits within this many seconds: it drains what fits and "
+        "spools the rest (docs/running.md); keep it below your service manager's grace period",
+    )
     executor: Literal["local", "ray"] = Field(
         "local", description="local: every camera in this process; ray: cameras sharded on a Ray cluster"
     )

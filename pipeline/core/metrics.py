@@ -74,6 +74,7 @@ class MetricsRegistry:
         self._lock = threading.Lock()
         self.counters: dict[str, float] = collections.defaultdict(float)
         self._frame_ages: dict[str, collections.deque[float]] = {}
+        self._decoder_lags: dict[str, float] = {}
         self.started = time.time()
 
     def stage(self, stage: str, camera_id: str = "") -> StageMetrics:
@@ -100,6 +101,16 @@ class MetricsRegistry:
             p50, p95 = np.percentile(np.asarray(values, dtype=np.float64), [50, 95])
             out[cam] = {"0.5": float(p50), "0.95": float(p95)}
         return out
+
+    def set_decoder_lag(self, camera_id: str, lag_s: float) -> None:
+        """How far a live camera's decoding is behind its live edge (now - capture time of the frame just
+        decoded; for a realtime file, behind its playback clock). Exported as ``vidpipe_decoder_lag_seconds``."""
+        with self._lock:
+            self._decoder_lags[camera_id] = lag_s
+
+    def decoder_lags(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._decoder_lags)
 
     def inc(self, name: str, value: float = 1.0) -> None:
         """Process-wide counter (e.g. ``publisher_spooled_total``)."""
@@ -181,6 +192,12 @@ class MetricsRegistry:
             "gauge",
             f"Age of a frame (now - capture_time) when the detector got it; last {_LATENCY_SAMPLES} frames.",
             [({"camera": cam, "quantile": q}, round(v, 4)) for cam, a in ages.items() for q, v in a.items()],
+        )
+        metric(
+            "decoder_lag_seconds",
+            "gauge",
+            "Live edge minus decoded time: how far decoding is behind the camera (0 = keeping up).",
+            [({"camera": cam}, round(v, 3)) for cam, v in self.decoder_lags().items()],
         )
         metric(
             "errors_total", "counter", "Errors raised inside a stage.", [(lab(m), m.errors) for m in stages]

@@ -9,6 +9,8 @@ What every sink gets, whatever its transport:
     up behind it, so the destination sees production order.
   * A spool left by an earlier run is announced at start (how many events) and replayed first.
   * A stage that falls behind (a slow webhook) fills its own queue only; once full, ``submit`` spools.
+  * ``cut_off()`` (the stop deadline is near): sending stops, what is queued goes to the spool, and events
+    submitted afterwards go straight to the spool; the spool stays open until the process ends.
   * De-duplication after a cut-off batch is the transport's job where the destination allows it (Redis
     Streams); elsewhere delivery is at least once and consumers de-duplicate by ``event_id``.
 """
@@ -80,6 +82,12 @@ class DeliveryStage(Stage):
         self._overflowing = False
         self._overflow_lock = threading.Lock()
         self._announced = False
+        self._cut = threading.Event()
+        # records handed to transport.send but not yet durable anywhere (not spooled): a cut-off spools
+        # them, since the send may hang past the deadline (at least once: they may also have landed)
+        self._in_flight: Sequence[SpoolRecord] = ()
+        self._in_flight_lock = threading.Lock()
+        self._in_transport = False  # blocked in transport I/O on records that are already durable
 
     # -- public API ------------------------------------------------------------------------------------
 
@@ -108,6 +116,39 @@ class DeliveryStage(Stage):
                 older = []
             self._spool([self.transport.record(e) for e in older] + [self.transport.record(event)])
 
+    def cut_off(self) -> None:
+        """Stop sending now: park what is queued in the spool and spool every later event directly.
+
+        For a stop with a deadline: what was not sent by then waits in the spool for the next start. The
+        spool is not closed (late events from analytics still land there); the process exit releases it."""
+        self._cut.set()
+        self.stop_event.set()
+        self.queue.close()
+        with self._in_flight_lock:
+            in_flight, self._in_flight = self._in_flight, ()
+        self._spool(in_flight)  # older than anything still queued
+        self._park_queue()
+
+    def settled_after_cut_off(self) -> bool:
+        """After ``cut_off``: nothing of this stage's is only in memory any more (its thread ended, or it is
+        blocked in transport I/O on records that are already spooled)."""
+        return not self.is_alive() or self._in_transport
+
+    @property
+    def was_cut_off(self) -> bool:
+        return self._cut.is_set()
+
+    def _park_queue(self) -> None:
+        """Move whatever is still queued to the spool, oldest first (after a cut-off)."""
+        while True:
+            try:
+                older = self.queue.get_batch(self.queue.maxsize, timeout=0)
+            except QueueClosed:
+                return
+            if not older:
+                return
+            self._spool([self.transport.record(e) for e in older])
+
     def status(self) -> dict[str, Any]:
         return {
             "connected": self.connected,
@@ -123,7 +164,7 @@ class DeliveryStage(Stage):
     def loop(self) -> None:
         self._announce_backlog()
         batch_size = self.settings.batch_size
-        while True:
+        while not self._cut.is_set():
             stopping = self.stop_event.is_set()
             try:
                 batch = self.queue.get_batch(batch_size, timeout=0 if stopping else self._wait_s())
@@ -131,9 +172,15 @@ class DeliveryStage(Stage):
                 break
             if stopping and not batch:
                 break
+            if self._cut.is_set():
+                self._spool([self.transport.record(e) for e in batch])
+                break
             self._handle([self.transport.record(e) for e in batch])
             self._notice_if_due()
-        self._final_flush()
+        if self._cut.is_set():
+            self._park_queue()
+        else:
+            self._final_flush()
 
     def on_exit(self) -> None:
         try:
@@ -145,7 +192,7 @@ class DeliveryStage(Stage):
                     backlog,
                     self.spool.path,
                 )
-            if self._own_spool:
+            if self._own_spool and not self._cut.is_set():
                 self.spool.close()
         finally:
             self.transport.close()
@@ -218,19 +265,37 @@ class DeliveryStage(Stage):
         if self._down_since is not None:
             self._try_recover()  # one last attempt, however long the back-off
         deadline = time.monotonic() + self.settings.flush_timeout_s
-        while self._down_since is None and self.spool.count() and time.monotonic() < deadline:
+        while (
+            self._down_since is None
+            and self.spool.count()
+            and time.monotonic() < deadline
+            and not self._cut.is_set()
+        ):
             self._drain(max_batches=1)
 
     # -- transport I/O ---------------------------------------------------------------------------------
 
     def _send_or_spool(self, records: list[SpoolRecord]) -> None:
         t0 = time.perf_counter()
+        with self._in_flight_lock:
+            if self._cut.is_set():
+                self._spool(records)
+                return
+            self._in_flight = records
+        self._in_transport = True
         try:
             sent = self.transport.send(records, replay=False)
         except self.transport.errors as exc:
             self._outage(exc, records)
-            self._spool(records)
+            with self._in_flight_lock:
+                if self._in_flight:  # not already spooled by a cut-off
+                    self._spool(records)
+                self._in_flight = ()
             return
+        finally:
+            self._in_transport = False
+        with self._in_flight_lock:
+            self._in_flight = ()
         if sent:
             self.metrics.observe((time.perf_counter() - t0) * 1000 / sent, count=sent)
         self.metrics_registry.inc(f"{self.counter_prefix}_published_total", sent)
@@ -312,16 +377,17 @@ class DeliveryStage(Stage):
             self.log.debug("%s still away: %s", self.transport.name, self.error)
             self._schedule_retry()
             return
-        if items:
-            self.spool.ack(items[-1].id)
-            self._count_replayed(len(items), sent, t0)
+        waiting = self.spool.count()  # before the first batch is acknowledged: what the replay covers
         down_for = time.monotonic() - (self._down_since or time.monotonic())
-        self._down_since = None
-        self.error = None
         self.log.info(
             "%s at %s is back after %.1fs; replaying %d spooled events",
             self.transport.title,
             self.transport.target,
             down_for,
-            self.spool.count(),
+            waiting,
         )
+        if items:
+            self.spool.ack(items[-1].id)
+            self._count_replayed(len(items), sent, t0)
+        self._down_since = None
+        self.error = None

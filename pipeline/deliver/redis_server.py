@@ -4,11 +4,22 @@
 directory, without persistence unless asked (``persistence=True`` turns on the append-only file, so data
 written before a SIGKILL is still there after ``restart()``). ``start()`` returns once the server answers
 PING; ``restart()`` brings it back on the same port, so clients configured with ``.url`` reconnect.
+
+The server never outlives its parent and never sees the terminal's Ctrl-C:
+  * it runs in its own session (``start_new_session``), so the SIGINT a terminal sends to the foreground
+    process group does not stop it before the pipeline has drained into it; the pipeline stops it last;
+  * ``PR_SET_PDEATHSIG`` (Linux ``prctl``, set between fork and exec) makes the kernel send it SIGTERM when
+    the parent dies, even by SIGKILL, so no redis-server is orphaned.
+
+The password is never on redis-server's command line (``/proc/<pid>/cmdline`` is world-readable): it goes
+in a 0600 config file, ``<data_dir>/redis.conf``, whose path is the only argument that mentions it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import re
 import shutil
@@ -22,6 +33,17 @@ from types import TracebackType
 from urllib.parse import quote
 
 DEFAULT_BINARY = "/usr/bin/redis-server"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> None:
+    """In a child between fork and exec: have the kernel send ``sig`` when the parent dies (even by SIGKILL).
+
+    If the parent already died between fork and this call, exit at once (the kernel would not tell us)."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 class RedisServerError(RuntimeError):
@@ -128,8 +150,26 @@ class LocalRedis:
             "--appendonly", "yes" if self.persistence else "no",
         ]  # fmt: skip
         if self.password:
-            args += ["--requirepass", self.password]
+            # a config file (0600) rather than "--requirepass": argv is readable by every local user
+            return [self.binary, str(self._write_secret_conf()), *args[1:]]
         return args
+
+    @property
+    def conf_path(self) -> Path:
+        return self.data_dir / "redis.conf"
+
+    def _write_secret_conf(self) -> Path:
+        """``requirepass`` in ``<data_dir>/redis.conf``, created 0600 (replaced atomically if present)."""
+        assert self.password is not None
+        if any(c in self.password for c in '"\\\r\n'):
+            raise RedisServerError("the redis password must not contain quotes, backslashes or newlines")
+        tmp = self.conf_path.with_suffix(".conf.tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f'requirepass "{self.password}"\n')
+        os.replace(tmp, self.conf_path)
+        return self.conf_path
 
     def start(self) -> LocalRedis:
         if self.running:
@@ -149,8 +189,14 @@ class LocalRedis:
 
     def _spawn_and_wait(self) -> None:
         with open(self.log_path, "ab") as log:
+            parent = os.getpid()
             self.proc = subprocess.Popen(
-                self._args(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                self._args(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # the terminal's Ctrl-C is for the pipeline, which stops us last
+                preexec_fn=lambda: die_with_parent(parent),  # noqa: PLW1509 - only prctl and getppid
             )
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
@@ -211,11 +257,11 @@ class LocalRedis:
         self._fixed_port = True
         return self.start()
 
-    def stop(self) -> None:
-        """SIGTERM and wait; removes the data dir if this object created it."""
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM and wait up to ``timeout`` (then SIGKILL); removes the data dir if this object created it."""
         if self.proc is not None:
             self.resume()  # a stopped process would not handle SIGTERM
-        self._end(signal.SIGTERM, 5.0)
+        self._end(signal.SIGTERM, max(0.1, timeout))
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 

@@ -85,6 +85,7 @@ class Spool:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            self._make_private()
             (self._count,) = self._db.execute("SELECT COUNT(*) FROM events").fetchone()
             (self._dropped,) = self._db.execute("SELECT value FROM meta WHERE key='dropped'").fetchone()
         except sqlite3.Error as exc:
@@ -92,6 +93,14 @@ class Spool:
             raise SpoolError(
                 f"cannot open spool {self.path} ({self.key}): {exc}; move the file away to start afresh"
             ) from None
+
+    def _make_private(self) -> None:
+        """Events name people and doors: the spool and its WAL files are 0600 whatever the umask."""
+        if self.path == ":memory:":
+            return
+        for suffix in ("", "-wal", "-shm", ".lock"):
+            with contextlib.suppress(OSError):
+                os.chmod(f"{self.path}{suffix}", 0o600)
 
     def _take_file_lock(self) -> None:
         p = Path(self.path)

@@ -65,7 +65,9 @@ class DetectStage(Stage):
         self._on_all_closed = on_all_inputs_closed
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent batch sizes, for metrics/tests
         self.inference_metrics = metrics.stage("inference", detector.name)
-        self.rate_watches = {cam: DetectRateWatch(cam, fps) for cam, fps in (detect_fps or {}).items()}
+        self.rate_watches = {
+            cam: DetectRateWatch(cam, fps, metrics=metrics) for cam, fps in (detect_fps or {}).items()
+        }
         size = self._crop_size = detector_input_size(detector)
         self._nms_iou = nms_iou
         #: per camera with regions or tiling on; cameras without one get the whole frame as before
@@ -218,7 +220,7 @@ class DetectStage(Stage):
         # replaced, not mutated: the detect thread iterates the watches (_check_rates)
         watches = {cam: w for cam, w in self.rate_watches.items() if cam != camera_id}
         if detect_fps:
-            watches[camera_id] = DetectRateWatch(camera_id, detect_fps)
+            watches[camera_id] = DetectRateWatch(camera_id, detect_fps, metrics=self.metrics_registry)
         self.rate_watches = watches
 
     def _count_scan(self, scan: ScanInfo) -> None:

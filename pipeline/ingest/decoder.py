@@ -35,6 +35,7 @@ from pipeline.config.schema import CameraConfig
 from pipeline.core.events import Event
 from pipeline.core.metrics import MetricsRegistry
 from pipeline.core.queues import BoundedQueue, QueueClosed
+from pipeline.core.rate_watch import DecoderLagWatch
 from pipeline.core.sources import open_spec, redact_url
 from pipeline.core.stage import Stage
 from pipeline.core.states import CameraStatus
@@ -94,6 +95,41 @@ def _describe(exc: BaseException) -> str:
     return redact_url(f"{type(exc).__name__}: {exc}")
 
 
+def open_source(cam: CameraConfig) -> av.container.InputContainer:
+    """Open a camera's source with its timeouts; raises if it cannot be opened or is not a video."""
+    spec = open_spec(cam.source, rtsp_transport=cam.rtsp_transport, read_timeout_s=cam.read_timeout_s)
+    container = av.open(
+        spec.url,
+        format=spec.format,
+        options={**spec.options, **cam.ffmpeg_options},
+        timeout=(cam.open_timeout_s, cam.read_timeout_s),
+    )
+    if not container.streams.video:
+        container.close()
+        raise SourceError("no video stream")
+    codec = container.streams.video[0].codec_context.name
+    if container.format.name in _TEXT_FORMATS or codec in _TEXT_CODECS:
+        container.close()
+        raise SourceError(
+            f"not a video: FFmpeg reads it as text art ({container.format.name} demuxer, {codec} codec)"
+        )
+    return container
+
+
+def probe_file_source(cam: CameraConfig) -> str | None:
+    """None if a file camera's source opens as a video; else the reason, worded as the decoder's failure.
+
+    Start-up calls this before the model loads, so a missing or non-video file is reported in seconds.
+    Live sources are not probed: they may come online later and reconnect on their own."""
+    if cam.is_live:
+        return None
+    try:
+        open_source(cam).close()
+    except Exception as exc:  # noqa: BLE001 - any open failure is the camera's failure, reported clearly
+        return f"camera {cam.id!r}: cannot open {redact_url(cam.source)}: {_describe(exc)}"
+    return None
+
+
 class DecoderStage(Stage):
     """Decodes one camera into ``out``; reports status changes through ``emit``."""
 
@@ -131,6 +167,9 @@ class DecoderStage(Stage):
         self._pace_origin: tuple[float, float] | None = None  # (monotonic, pts) for realtime files
         self.stream_clock = StreamClock()  # live sources: capture_time from pts
         self.ring = ring
+        self._registry = metrics
+        self.lag_watch = DecoderLagWatch(cam.id)
+        self._pace_lost_s = 0.0  # realtime files: time given up by re-anchoring the pace (decoder behind)
         self.metrics.queue_drops = lambda: out.dropped
 
     # ------------------------------------------------------------------ stage protocol
@@ -251,25 +290,7 @@ class DecoderStage(Stage):
     # ------------------------------------------------------------------ shared decode loop
 
     def _open(self) -> av.container.InputContainer:
-        spec = open_spec(
-            self.cam.source, rtsp_transport=self.cam.rtsp_transport, read_timeout_s=self.cam.read_timeout_s
-        )
-        container = av.open(
-            spec.url,
-            format=spec.format,
-            options={**spec.options, **self.cam.ffmpeg_options},
-            timeout=(self.cam.open_timeout_s, self.cam.read_timeout_s),
-        )
-        if not container.streams.video:
-            container.close()
-            raise SourceError("no video stream")
-        codec = container.streams.video[0].codec_context.name
-        if container.format.name in _TEXT_FORMATS or codec in _TEXT_CODECS:
-            container.close()
-            raise SourceError(
-                f"not a video: FFmpeg reads it as text art ({container.format.name} demuxer, {codec} codec)"
-            )
-        return container
+        return open_source(self.cam)
 
     def _pump(self, container: av.container.InputContainer) -> tuple[int, str]:
         """Decode until the source ends, breaks or stop() is called, then close ``container``.
@@ -352,6 +373,8 @@ class DecoderStage(Stage):
             self._pace(pts)
         arrival = time.time()
         captured = self.stream_clock.capture_time(pts, arrival) if self.live else arrival
+        if self.live:
+            self._report_lag(arrival - captured)
         image = vf.to_ndarray(format="bgr24")
         frame = Frame(camera_id=self.cam.id, seq=seq, pts=pts, capture_time=captured, image=image)
         self.metrics.observe(latency_ms=(time.perf_counter() - t0) * 1000.0)
@@ -365,10 +388,21 @@ class DecoderStage(Stage):
             return
         wall0, pts0 = self._pace_origin
         delay = wall0 + (pts - pts0) - now
+        self._report_lag(self._pace_lost_s + max(0.0, -delay))
         if delay > 0:
             self.stop_event.wait(delay)
         elif delay < -1.0:  # far behind (slow consumer): re-anchor instead of bursting to catch up
+            self._pace_lost_s += -delay  # a simulated live camera would be this much further ahead
             self._pace_origin = (now, pts)
+
+    def _report_lag(self, lag_s: float) -> None:
+        """Live edge minus decoded time: a metric, and a warning when it stays high (DecoderLagWatch)."""
+        lag_s = max(0.0, lag_s)
+        self._registry.set_decoder_lag(self.cam.id, lag_s)
+        if (
+            self.cam.effective_queue_policy == "latest"
+        ):  # a `block` queue's lag includes waiting for the detector
+            self.lag_watch.observe(lag_s)
 
     def _put(self, frame: Frame) -> bool:
         while not self.stop_event.is_set():

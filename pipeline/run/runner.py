@@ -429,6 +429,33 @@ class Pipeline:
         for q in list(self._placeholders.values()):
             q.close()
 
+    def cut_off(self) -> None:
+        """The stop deadline is near: stop analysing and stop sending; every event goes to its spool.
+
+        Decoders are already stopped (``stop()``). Analytics stop taking frames (frames still waiting are not
+        analysed) and end their tracks; each delivery stage parks its queue in its spool and spools every
+        later event directly. Nothing already turned into an event is lost: it is sent or spooled."""
+        self.stop()
+        log.warning("stop deadline near: frames not yet analysed are dropped, undelivered events are spooled")
+        for stage in list(self.analytics.values()):
+            stage.stop()
+        for delivery in self.deliveries:
+            delivery.cut_off()
+
+    def wait_cut_off(self, timeout: float) -> bool:
+        """After ``cut_off``: wait until analytics and delivery threads ended (their events are spooled)."""
+        deadline = time.monotonic() + timeout
+        for stage in self.analytics.values():  # their last events (tracks ended) go to the spools
+            while not stage.join(_WAIT_SLICE_S):  # short slices: the main thread stays free for signals
+                if time.monotonic() >= deadline:
+                    return False
+        for delivery in self.deliveries:  # one blocked on a hung destination holds nothing unspooled
+            while not delivery.settled_after_cut_off():
+                if time.monotonic() >= deadline:
+                    return False
+                delivery.join(_WAIT_SLICE_S / 2)
+        return True
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the publisher has flushed (all sources ended or stop() was called).
 

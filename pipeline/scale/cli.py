@@ -13,10 +13,12 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pipeline.config.schema import PipelineConfig
+from pipeline.core.exit_status import EXIT_CLUSTER_LOST, EXIT_OK, EXIT_STARTUP, EXIT_STOP_DEADLINE
 from pipeline.run.status_line import print_status_lines
 
 log = logging.getLogger("vidpipe")
@@ -39,8 +41,15 @@ def _print_events(url: str, prefix: str, stop: threading.Event) -> None:
         sub.close()
 
 
-def run_sharded(cfg: PipelineConfig, args: argparse.Namespace, var_dir: Path) -> int:
-    """Run every camera as shards on Ray until the files end, ``--duration`` passes or a signal comes."""
+def run_sharded(
+    cfg: PipelineConfig,
+    args: argparse.Namespace,
+    var_dir: Path,
+    on_connected: Callable[[], None] | None = None,
+) -> int:
+    """Run every camera as shards on Ray until the files end, ``--duration`` passes or a signal comes.
+
+    on_connected: called once Ray answered, before this installs its own signal handlers."""
     from pipeline.scale.executor import RayExecutor, connect
 
     if cfg.web.enabled and not getattr(args, "no_web", False):
@@ -49,14 +58,17 @@ def run_sharded(cfg: PipelineConfig, args: argparse.Namespace, var_dir: Path) ->
     try:
         connect(cfg.ray.address)
     except Exception as exc:  # noqa: BLE001 - a start error is reported, not dumped
+        # exit 2 (could not start), not 1: docs/running.md keeps 1 for "every camera failed"
         log.error("cannot reach Ray at %r (ray.address / --ray): %s", cfg.ray.address, exc)
-        return 1
+        return EXIT_STARTUP
+    if on_connected is not None:
+        on_connected()
     executor = RayExecutor(cfg, var_dir)
     try:
         executor.start()
     except ValueError as exc:  # e.g. doors that do not fit one shard
         log.error("cannot place the cameras: %s", exc)
-        return 2
+        return EXIT_STARTUP
     print(
         f"executor ray: {len(executor.shards)} shard(s) for {len(cfg.cameras)} camera(s); shards keep their "
         f"spools under {executor.shards_dir}",
@@ -92,8 +104,11 @@ def run_sharded(cfg: PipelineConfig, args: argparse.Namespace, var_dir: Path) ->
     for t in threads:
         t.start()
     try:
-        if not executor.wait(args.duration):
+        if not executor.wait(args.duration) and executor.lost is None:
             executor.stop()
+        if executor.lost is not None:  # no Ray to stop or join the shards through
+            print(f"error: {executor.lost}; shards keep undelivered events in their spools", file=sys.stderr)
+            return EXIT_CLUSTER_LOST
         ok = executor.join(timeout=cfg.redis.flush_timeout_s + 10)
     finally:
         stop.set()
@@ -102,4 +117,5 @@ def run_sharded(cfg: PipelineConfig, args: argparse.Namespace, var_dir: Path) ->
         if metrics_server:
             metrics_server.stop()
     print(f"shards stopped; placement: {executor.placement()}", file=sys.stderr)
-    return 0 if ok else 1
+    # a shard that did not drain in time is a stop that did not finish (3), not "every camera failed" (1)
+    return EXIT_OK if ok else EXIT_STOP_DEADLINE

@@ -81,6 +81,7 @@ class RayExecutor:
         self._supervisor: threading.Thread | None = None
         self._actor_cls: Any = None
         self._standby: dict[str, Any] = {}  # node id -> a warm idle Shard actor on it
+        self.lost: str | None = None  # why the Ray cluster counts as lost (supervision kept failing)
         self.metrics = ShardedMetrics(self.snapshots, self._placement_text)
 
     # -- lifecycle --------------------------------------------------------------------------------------
@@ -100,6 +101,8 @@ class RayExecutor:
         """True once every shard has finished (all its cameras ended), False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._all_finished():
+            if self.lost is not None:
+                return False
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             time.sleep(0.2)
@@ -309,11 +312,26 @@ class RayExecutor:
         )
 
     def _supervise(self) -> None:
+        failing_since: float | None = None
         while not self._stop.wait(self.cfg.ray.health_interval_s):
             try:
                 self.supervise_once()
-            except Exception:  # noqa: BLE001 - the supervisor must outlive any one bad round
-                log.exception("supervisor round failed")
+                failing_since = None
+            except Exception as exc:  # noqa: BLE001 - the supervisor must outlive any one bad round
+                now = time.monotonic()
+                if failing_since is None:
+                    failing_since = now
+                    log.exception("supervisor round failed")
+                if now - failing_since >= self.cfg.ray.cluster_lost_after_s:
+                    # the head (GCS) or the driver's connection to it is gone: nothing can be placed or
+                    # supervised any more; the driver ends the run (exit 4) instead of limping on
+                    first = (str(exc).strip().splitlines() or [""])[0][:200]
+                    self.lost = (
+                        f"Ray cluster lost: supervision failed for {now - failing_since:.0f}s "
+                        f"({type(exc).__name__}: {first})"
+                    )
+                    self._stop.set()
+                    return
 
     def supervise_once(self) -> None:
         """One health round: ping every shard, re-place the dead and the unplaced."""

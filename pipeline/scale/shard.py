@@ -128,6 +128,8 @@ class Shard:
         if cfg_data is not None:
             self.cfg = parse_config(cfg_data, "driver config")
         self.shard_id = shard_id
+        # spools, audit logs, snapshots: private, as in a local run (pipeline/cli/private_files.py)
+        os.umask(0o077)
         self.var_dir = Path(var_dir)
         self.var_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _take_lock(self.var_dir / "shard.lock", lock_timeout_s)
