@@ -52,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--door", required=True, help="door id (doors: list)")
     p.add_argument("--camera", help="which of the door's cameras gives detect_fps (default: its first)")
     p.add_argument("--detect-fps", type=float, help="override the camera's detect_fps")
+    p.add_argument("--end", type=float, help="play only the first END seconds of each clip")
     p.add_argument(
         "--at", help="wall-clock time the clips are played at, ISO 8601 (default now; the schedule applies)"
     )

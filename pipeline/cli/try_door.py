@@ -41,7 +41,7 @@ def try_door(args: argparse.Namespace, cfg: FacesConfig) -> int:
     failed = False
     try:
         for video in args.videos:
-            for rec in trial.play(video):
+            for rec in trial.play(video, end=args.end):
                 print(json.dumps(rec, sort_keys=False), flush=True)
                 failed |= bool(rec.get("error"))
     finally:

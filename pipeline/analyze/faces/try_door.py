@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,17 +87,16 @@ class DoorTrial:
     def close(self) -> None:
         self._tmp.cleanup()
 
-    def play(
-        self, path: str | Path, on_decision: Callable[[dict[str, Any]], None] | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """One JSON-able record per decision of ``path``, then its summary (``"summary": true``)."""
+    def play(self, path: str | Path, end: float | None = None) -> Iterator[dict[str, Any]]:
+        """One JSON-able record per decision of ``path`` (its first ``end`` seconds), then its summary
+        (``"summary": true``)."""
         now = [self.t0]
         analyzer = FaceAccessAnalyzer(
             self.faces, [self.door], self.camera_id, engine=self.engine, clock=lambda: now[0]
         )
         summary = ClipSummary(str(path))
         try:
-            for seq, (t, image) in enumerate(clip_frames(path, fps=self.detect_fps)):
+            for seq, (t, image) in enumerate(clip_frames(path, fps=self.detect_fps, end=end)):
                 capture = self.t0 + t
                 now[0] = capture + ANALYSIS_DELAY_S
                 result = FrameResult(
