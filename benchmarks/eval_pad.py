@@ -2,7 +2,7 @@
 attack clips: the threshold chosen on calibration clips, APCER / BPCER (ISO/IEC 30107-3) on held-apart ones,
 per frame and per attempt, face-size sensitivity, and the CPU cost per face beside the embedder's.
 
-    python benchmarks/eval_pad.py [--data ../shared/data/liveness] [--fps 5] [--seconds 6] [--cache FILE]
+    python benchmarks/eval_pad.py [--data ../shared/data/liveness] [--fps 3] [--seconds 5] [--cache FILE]
 
 Data: ``liveness/attacks`` (MANIFEST.md "presentation attacks": 6 attack clips, 4 genuine clips of the same
 people; rotation metadata applied) and ``liveness/real.mov`` (genuine). Each clip is sampled at ``--fps``
@@ -52,14 +52,18 @@ def is_attack(name: str) -> bool:
     return "genuine" not in name and name != "real.mov"
 
 
-def score_clips(data: Path, fps: float, seconds: float) -> dict[str, dict]:
-    engine = FaceEngine.from_config(FacesConfig(detector_min_face_px=60))
+def score_clips(data: Path, fps: float, seconds: float, cache: Path) -> dict[str, dict]:
+    """Scores per clip, kept in ``cache`` after every clip (a rerun resumes where it stopped)."""
+    engine = FaceEngine.from_config(FacesConfig(detector_min_face_px=80))
     pad = AntiSpoof()
     clips = sorted((data / "attacks").iterdir()) + [data / "real.mov"]
-    out: dict[str, dict] = {}
-    pad_s: list[float] = []
-    emb_s: list[float] = []
+    out: dict[str, dict] = json.loads(cache.read_text()) if cache.is_file() else {}
+    cost = out.setdefault("__cost__", {"pad_s": [], "embed_s": []})
+    pad_s: list[float] = cost["pad_s"]
+    emb_s: list[float] = cost["embed_s"]
     for clip in clips:
+        if clip.name in out:
+            continue
         rec: dict = {"attack": is_attack(clip.name), "t": [], "score": [], "face_px": [], "sizes": {}}
         for t, img in clip_frames(clip, fps=fps, end=seconds):
             dets = engine.detect(img)
@@ -86,8 +90,8 @@ def score_clips(data: Path, fps: float, seconds: float) -> dict[str, dict]:
                 )
                 rec["sizes"].setdefault(str(size), []).append(float(pad.score(small, (box * f)[None])[0]))
         out[clip.name] = rec
+        cache.write_text(json.dumps(out))
         print(f"scored {clip.name}: {len(rec['score'])} frames", flush=True)
-    out["__cost__"] = {"pad_s": pad_s, "embed_s": emb_s}
     return out
 
 
@@ -142,17 +146,12 @@ def main() -> int:
     ap.add_argument(
         "--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "liveness")
     )
-    ap.add_argument("--fps", type=float, default=5.0)
-    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--fps", type=float, default=3.0)
+    ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--cache", default="/tmp/vidpipe_pad_scores.json")
     args = ap.parse_args()
-    cache = Path(args.cache)
-    if cache.is_file():
-        clips = json.loads(cache.read_text())
-    else:
-        clips = score_clips(Path(args.data), args.fps, args.seconds)
-        cache.write_text(json.dumps(clips))
+    clips = score_clips(Path(args.data), args.fps, args.seconds, Path(args.cache))
     cost = clips.pop("__cost__")
     names = sorted(clips)
     cal = [n for n in names if n in CALIBRATION]

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from pipeline.analyze.faces.analyzer import FaceAccessAnalyzer
 from pipeline.analyze.faces.enroll import FaceEngine
 from pipeline.config.doors import DoorConfig
@@ -72,7 +74,7 @@ class DoorTrial:
         self.door = door.model_copy(
             update={
                 "cameras": [self.camera_id],
-                "secret": secrets.token_hex(16),
+                "secret": SecretStr(secrets.token_hex(16)),
                 "secret_env": None,
                 "second_factor": None,
                 "audit_log": str(tmp / f"{door.id}.audit.jsonl"),
