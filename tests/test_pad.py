@@ -162,11 +162,12 @@ def test_real_faces_score_real_and_screens_do_not(pad):
 
     def scores(name: str) -> list[float]:
         out = []
-        for _, img in clip_frames(ATTACKS / name, fps=2, end=2.0):
+        for _, img in clip_frames(ATTACKS / name, fps=2, start=1.0, end=3.0):
             dets = engine.detect(img)
-            assert len(dets), name
-            b = dets.boxes[int(np.argmax(dets.boxes[:, 2] - dets.boxes[:, 0]))]
-            out.append(float(pad.score(img, b[None])[0]))
+            if len(dets):  # replays open on the phone's UI before the face fills the screen
+                b = dets.boxes[int(np.argmax(dets.boxes[:, 2] - dets.boxes[:, 0]))]
+                out.append(float(pad.score(img, b[None])[0]))
+        assert len(out) >= 2, f"{name}: faces in {len(out)} of 4 frames"
         return out
 
     genuine = scores("tdp_genuine_beardman.mov") + scores("lestari_genuine.mp4")

@@ -42,7 +42,12 @@ ENROLL_FROM = {
 }
 SECONDS = 4.0  # of each clip
 
-pytestmark = pytest.mark.skipif(not ATTACKS.is_dir(), reason="needs ../shared/data/liveness/attacks")
+pytestmark = [
+    pytest.mark.skipif(not ATTACKS.is_dir(), reason="needs ../shared/data/liveness/attacks"),
+    pytest.mark.timeout(
+        900
+    ),  # about 100 analysed frames and 6 enrollment frames; CPU-bound on a shared machine
+]
 
 
 @pytest.fixture(scope="module")
