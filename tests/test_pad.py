@@ -119,6 +119,7 @@ def test_tracker_splits_on_identity_or_appearance_change_and_remembers_who_turne
     d = tr.assign(box, 0.8, e_other, ["alice"])[0]  # same name, a face that does not look like the last one
     assert d != c
     assert tr.assign(box, 1.0, e_other, ["alice"])[0] == d
+    assert tr.assign(np.zeros((0, 4)), 1.2, np.zeros((0, 128), np.float32), []) == []  # a frame without faces
     # geometry only (no embeddings, no names): one track, as before
     g = FaceTracker()
     assert g.assign(box, 0.0)[0] == g.assign(box + 5, 0.2)[0]

@@ -123,6 +123,7 @@ class FaceAccessAnalyzer:
     def process(self, result: FrameResult) -> list[Event]:
         frame = result.frame
         now = self.clock()
+        self.last_faces = []
         try:
             self._reload_gallery()
             dets = self.engine.detect(frame.image)

@@ -83,7 +83,7 @@ class FaceTracker:
         ``identities`` (callers that have none) association is by geometry alone."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         n = len(boxes)
-        embs = None if embeddings is None else np.asarray(embeddings, np.float64).reshape(n, -1)
+        embs = None if embeddings is None or n == 0 else np.asarray(embeddings, np.float64).reshape(n, -1)
         ids: list[str | None] = list(identities) if identities is not None else [None] * n
         alive = [tr for tr in self._tracks if t - tr.t <= self.max_gap_s]
         pairs = []
