@@ -84,6 +84,26 @@ def test_pad_mode_grants_real_faces_only_k_in_a_row():
     assert d[0]["pad_min"] == 0.7 and "liveness pad" in d[0]["reason"]
 
 
+def test_a_face_refused_twice_cannot_vote_while_in_view():
+    """A phone replay scores as a screen first, then (closer, the bezel out of the crop) sometimes as real:
+    the tracker's count of refused frames keeps that face out."""
+    p = DoorPolicy(door(liveness="pad"))
+    assert feed(p, [[vote(pad=0.9, attacks=2)]] * 5) == []
+    p = DoorPolicy(door(liveness="pad"))
+    assert [d["decision"] for d in feed(p, [[vote(pad=0.9, attacks=1)]] * 3)] == [
+        "granted"
+    ]  # one blurred frame
+    tr = FaceTracker()
+    box = np.array([[100, 100, 200, 200]], float)
+    e = np.zeros((1, 128))
+    a = tr.assign(box, 0.0, e, [None])[0]
+    tr.mark_attack(a)
+    tr.mark_attack(a)
+    b = tr.assign(box, 0.2, e, ["alice"])[0]  # the screen's face now matched: a new track at the same spot...
+    assert b != a and tr.attacks(b) == 2  # ...that inherits the refusals
+    assert tr.attacks(tr.assign(box + 400, 0.4, e, ["alice"])[0]) == 0  # elsewhere: a new face
+
+
 def test_pad_combined_with_motion_needs_both():
     p = DoorPolicy(door(liveness="pad+motion"))
     assert feed(p, [[vote()]] * 4) == []  # real-looking but no motion

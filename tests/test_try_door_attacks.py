@@ -4,8 +4,8 @@ photo on a phone give no grant, the live people open within 3 s of video.
 People are enrolled from their genuine clip (``faces enroll --video``'s frame picker), or from the attack
 clip's own face where there is none (the youngman replay): the strongest case for the attacker, whose face
 on the screen is then the enrolled template itself. The clips are played by the real command (a subprocess:
-its exit status and JSON lines), at the door camera's detect_fps (5). A subset of the shared attack set,
-to keep CI near a minute: the photo-on-phone attack, two phone replays (devices and people not used for
+its exit status and JSON lines), at the door camera's detect_fps (5), the attacks for their first 7 s, the
+genuine clips for 3.5 s. A subset of the shared attack set, to keep CI near a minute: the photo-on-phone attack, two phone replays (devices and people not used for
 choosing the threshold: woman2, youngman) and two genuine clips; ``benchmarks/eval_pad.py`` and the
 try-door run in BENCHMARKS.md (issue 18) cover all of them.
 """
@@ -40,7 +40,8 @@ ENROLL_FROM = {
     "lestari": "lestari_genuine.mp4",
     "youngman": "tdp_replay_cam-realmeC21_screen-galaxyA12_youngman.mp4",
 }
-SECONDS = 4.0  # of each clip
+ATTACK_SECONDS = 7.0  # the woman2 replay scored real for a few frames in a row from 6 s on (BENCHMARKS.md)
+GENUINE_SECONDS = 3.5
 
 pytestmark = [
     pytest.mark.skipif(not ATTACKS.is_dir(), reason="needs ../shared/data/liveness/attacks"),
@@ -74,17 +75,18 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _try_door(config: Path, clips: list[str]) -> list[dict]:
+def _try_door(config: Path, clips: list[str], seconds: float) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VIDPIPE_AUDIT_KEY": "try-door-audit-key-0123456789"}
     cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "faces", "try-door", "--config", str(config),
-           "--door", "front", "--end", str(SECONDS), *[str(ATTACKS / c) for c in clips]]  # fmt: skip
+           "--door", "front", "--end", str(seconds), *[str(ATTACKS / c) for c in clips]]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
 def test_attacks_never_open_and_live_people_open_within_3_s(config):
-    lines = _try_door(config, [*ATTACK_CLIPS, *GENUINE_CLIPS])
+    lines = _try_door(config, list(ATTACK_CLIPS), ATTACK_SECONDS)
+    lines += _try_door(config, list(GENUINE_CLIPS), GENUINE_SECONDS)
     summaries = {Path(r["clip"]).name: r for r in lines if r.get("summary")}
     assert set(summaries) == set(ATTACK_CLIPS) | set(GENUINE_CLIPS)
     errors = [r for r in lines if str(r.get("reason", "")).startswith("error")]

@@ -13,7 +13,9 @@ back, are logged at most once a minute per door and reason ("why not").
 
 Presentation-attack detection (liveness ``pad``, ``pad+...``): every frame of the track must score at least
 ``pad_threshold`` (probability of a real face). A frame below it voids the track's window (the votes start
-again), so an attack has to pass on k frames in a row; a frame without a score does not vote (fail closed).
+again), so an attack has to pass on k frames in a row; a face with ``ATTACK_FRAMES_TO_REFUSE`` refused
+frames (``FaceVote.attacks``, kept by the face tracker at its spot) cannot vote while it stays in view; a
+frame without a score does not vote (fail closed).
 A track that replaced a matched face at the same spot (``FaceVote.follows``: the person turned away) makes
 no ``unknown`` decision: it is not a stranger.
 """
@@ -34,6 +36,9 @@ log = logging.getLogger(__name__)
 UNKNOWN = "__unknown__"
 _ERROR = "__error__"
 WHY_NOT_EVERY_S = 60.0
+# a face (tracked, inherited at its spot) with this many frames refused by PAD cannot vote while in view: one
+# refused frame may be a genuine user's motion blur (it only restarts the vote), two are an attack
+ATTACK_FRAMES_TO_REFUSE = 2
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class FaceVote:
     reason: str | None = None  # the matcher's reason for no identity ("above threshold", "below margin")
     pad: float | None = None  # presentation-attack detection: probability the face is real (None: not scored)
     follows: str | None = None  # the name matched at this spot by the track this one replaced (turned away)
+    attacks: int = 0  # frames of this face (and the faces it replaced at its spot) refused by PAD
 
     @property
     def track_key(self) -> int | str:
@@ -130,11 +136,12 @@ class DoorPolicy:
                 if f.pad is None:
                     self.why_not("no attack score", "presentation-attack detection did not run", now)
                     continue
-                if f.pad < self.pad_threshold:
+                if f.pad < self.pad_threshold or f.attacks >= ATTACK_FRAMES_TO_REFUSE:
                     self._votes.pop(track, None)  # the window starts again: k real-looking frames in a row
                     self.why_not(
                         "presentation attack",
-                        f"{ident}: probability real {f.pad:.2f} < pad_threshold {self.pad_threshold}",
+                        f"{ident}: probability real {f.pad:.2f} (pad_threshold {self.pad_threshold}); "
+                        f"{f.attacks} frame(s) of this face refused so far",
                         now,
                     )
                     continue

@@ -140,6 +140,10 @@ class FaceAccessAnalyzer:
                 if self.antispoof is not None and len(boxes)
                 else None
             )
+            if pads is not None:
+                for tid, p in zip(track_ids, pads, strict=True):
+                    if p < self.cfg.liveness.pad_threshold:
+                        self.tracker.mark_attack(tid)
             sharp = [sharpness(frame.image, b) for b in boxes]
         except Exception as exc:  # noqa: BLE001 - any failure denies, loudly
             log.exception("camera %s: face analysis failed on frame %d", self.camera_id, frame.seq)
@@ -177,6 +181,7 @@ class FaceAccessAnalyzer:
                 reason=m.reason,
                 pad=None if pads is None else float(pads[i]),
                 follows=self.tracker.follows(track_ids[i]),
+                attacks=self.tracker.attacks(track_ids[i]),
             )
             for i, m in enumerate(matches)
         ]
@@ -190,6 +195,7 @@ class FaceAccessAnalyzer:
                 "blink_at": v.blink_at,
                 "motion_at": v.motion_at,
                 "follows": v.follows,
+                "attack_frames": v.attacks,
             }
             for v in votes
         ]

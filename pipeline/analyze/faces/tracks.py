@@ -17,6 +17,11 @@ A new track that takes the place of a track that had matched someone remembers t
 genuine user who turns away and becomes "unknown" is not a stranger, and the analyzer raises no stranger
 alert for that track (it still cannot vote for anybody).
 
+Presentation attacks are remembered the same way: ``mark_attack`` counts the frames of a track that the
+attack detector refused, and a track that replaces another at the same spot inherits its count. A phone
+replay whose face first scores as a screen and later (closer, the bezel out of the crop) as real stays
+refused while it is in view; the spot is cleared only when no face is seen there for ``max_gap_s``.
+
 A face that moves further than ``max_move`` face sizes, changes size by more than ``max_scale``, or is lost
 for longer than ``max_gap_s`` (the analyzer passes its doors' vote window: older frames cannot vote anyway)
 starts a new track too.
@@ -60,6 +65,16 @@ class FaceTracker:
         self._next = 1
         self._tracks: list[_Track] = []
         self._follows: dict[int, str] = {}
+        self._attacks: dict[int, int] = {}
+
+    def mark_attack(self, track_id: int) -> int:
+        """Count one frame of this track refused by presentation-attack detection; returns the count."""
+        self._attacks[track_id] = self._attacks.get(track_id, 0) + 1
+        return self._attacks[track_id]
+
+    def attacks(self, track_id: int) -> int:
+        """Frames refused by presentation-attack detection on this track and the tracks it replaced."""
+        return self._attacks.get(track_id, 0)
 
     def follows(self, track_id: int) -> str | None:
         """The enrolled name matched at this spot by the track this one replaced (None: none)."""
@@ -121,6 +136,8 @@ class FaceTracker:
                 if c in used_c or c in retired:
                     continue
                 retired.add(c)
+                if self._attacks.get(alive[c].id):
+                    self._attacks[out[r]] = self._attacks[alive[c].id]
                 name = alive[c].identity or alive[c].follows
                 if name is not None and ids[r] is None:
                     self._follows[out[r]] = name
@@ -136,4 +153,5 @@ class FaceTracker:
         self._tracks = kept + new
         live = {tr.id for tr in self._tracks}
         self._follows = {k: v for k, v in self._follows.items() if k in live}
+        self._attacks = {k: v for k, v in self._attacks.items() if k in live}
         return out
