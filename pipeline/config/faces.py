@@ -46,7 +46,8 @@ class LivenessConfig(_Strict):
         gt=0,
         lt=1,
         description="presentation-attack detection: a face scoring below this probability of being real is "
-        "an attack (calibrated on the project's attack clips: BENCHMARKS.md, issue 18)",
+        "refused on that frame (chosen by benchmarks/eval_pad.py on the project's attack clips: BENCHMARKS.md, "
+        "issue 18)",
     )
 
 
