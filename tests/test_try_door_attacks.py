@@ -106,3 +106,16 @@ def test_attacks_never_open_and_live_people_open_within_3_s(config):
             grants[0]["pad_min"] >= FacesConfig().liveness.pad_threshold
             and "liveness pad" in grants[0]["reason"]
         )
+
+
+def test_enroll_video_and_try_door_name_what_is_wrong(tmp_path, config):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    base = [sys.executable, str(ROOT / "run_pipeline.py"), "faces", "--config", str(config)]
+    cases = [
+        (["enroll", "--name", "x", "--video", str(tmp_path / "missing.mp4")], "missing.mp4: no such file"),
+        (["enroll", "--name", "x"], "give photos or --video"),
+        (["try-door", "--door", "nope", str(tmp_path / "a.mp4")], "no door 'nope'"),
+    ]
+    for args, message in cases:
+        proc = subprocess.run([*base, *args], capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr[-500:])

@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 
 from pipeline.analyze.faces.gallery import Gallery
 from pipeline.config.faces import FacesConfig
@@ -55,6 +56,8 @@ def enroll_video(args: argparse.Namespace, cfg: FacesConfig, gallery: Gallery) -
 
     if args.frames < 1:
         raise ValueError("--frames must be at least 1")
+    if not Path(args.video).is_file():
+        raise ValueError(f"--video {args.video}: no such file")
     engine = FaceEngine.from_config(cfg)
     picked = best_frames(args.video, engine, cfg, start=args.start, end=args.end, count=args.frames)
     if not picked:
