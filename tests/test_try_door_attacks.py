@@ -1,13 +1,12 @@
 """Real presentation attacks through ``faces try-door`` at the DEFAULT door config (issue 18): screens and a
 photo on a phone give no grant, the live people open within 3 s of video.
 
-People are enrolled from their genuine clip (``faces enroll --video``'s frame picker), or from the attack
-clip's own face where there is none (the youngman replay): the strongest case for the attacker, whose face
-on the screen is then the enrolled template itself. The clips are played by the real command (a subprocess:
-its exit status and JSON lines), at the door camera's detect_fps (5), the attacks for their first 7 s, the
-genuine clips for 3.5 s. A subset of the shared attack set, to keep CI near a minute: the photo-on-phone attack, two phone replays (devices and people not used for
-choosing the threshold: woman2, youngman) and two genuine clips; ``benchmarks/eval_pad.py`` and the
-try-door run in BENCHMARKS.md (issue 18) cover all of them.
+People are enrolled from their genuine clip (``faces enroll --video``'s frame picker). The clips are played
+by the real command (a subprocess: its exit status and JSON lines), at the door camera's detect_fps (5), the
+attacks for their first 7 s, the genuine clips for 3.5 s. A subset of the shared attack set, to keep CI near
+a minute of CPU: the photo-on-phone attack, the woman2 phone replay (held apart from choosing the threshold;
+it opened the door before a face refused twice was kept out) and two genuine clips. ``benchmarks/eval_pad.py``
+and the try-door run in BENCHMARKS.md (issue 18) cover all of them.
 """
 
 from __future__ import annotations
@@ -32,13 +31,11 @@ ATTACKS = SHARED / "liveness" / "attacks"
 ATTACK_CLIPS = {
     "lestari_photo_on_phone_attack.mp4": "lestari",
     "tdp_replay_cam-realme6s_screen-realme6pro_woman2.mp4": "woman2",
-    "tdp_replay_cam-realmeC21_screen-galaxyA12_youngman.mp4": "youngman",
 }
 GENUINE_CLIPS = {"tdp_genuine_woman2.mov": "woman2", "lestari_genuine.mp4": "lestari"}
 ENROLL_FROM = {
     "woman2": "tdp_genuine_woman2.mov",
     "lestari": "lestari_genuine.mp4",
-    "youngman": "tdp_replay_cam-realmeC21_screen-galaxyA12_youngman.mp4",
 }
 ATTACK_SECONDS = 7.0  # the woman2 replay scored real for a few frames in a row from 6 s on (BENCHMARKS.md)
 GENUINE_SECONDS = 3.5
