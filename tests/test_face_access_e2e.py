@@ -246,7 +246,7 @@ def test_face_tracking_or_liveness_error_fails_closed(setup):
     # the per-face work after the match (tracker, liveness landmarks, sharpness) fails closed too
     analyzer, _ = setup
 
-    def broken(boxes, t):
+    def broken(boxes, t, *rest):
         raise RuntimeError("landmarks exploded")
 
     analyzer.tracker.assign = broken

@@ -1,6 +1,8 @@
 """faces subcommand: manage the face gallery, serve its HTTP API, check the door audit log.
 
     python run_pipeline.py faces enroll --name NAME [--append] PHOTO [PHOTO ...]
+    python run_pipeline.py faces enroll --name NAME --video FILE [--start S] [--end E] [--frames N]
+    python run_pipeline.py faces try-door --config C --door D VIDEO [VIDEO ...]   (JSON line per decision)
     python run_pipeline.py faces list
     python run_pipeline.py faces remove NAME
     python run_pipeline.py faces rename OLD NEW
@@ -38,7 +40,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--append", action="store_true", help="add the photos to an already enrolled person (audited)"
     )
-    p.add_argument("photos", nargs="+")
+    p.add_argument("photos", nargs="*")
+    p.add_argument("--video", help="enroll from the best frames of this clip instead of photos")
+    p.add_argument("--start", type=float, default=0.0, help="--video: seconds into the clip to start at")
+    p.add_argument("--end", type=float, help="--video: seconds into the clip to stop at")
+    p.add_argument("--frames", type=int, default=5, help="--video: how many frames to enroll (default 5)")
+    p = sub.add_parser(
+        "try-door",
+        help="play recordings through a door's face and door code (JSON line per decision, summary per clip)",
+    )
+    p.add_argument("--config", default=argparse.SUPPRESS, help="pipeline YAML with the door and its camera")
+    p.add_argument("--door", required=True, help="door id (doors: list)")
+    p.add_argument("--camera", help="which of the door's cameras gives detect_fps (default: its first)")
+    p.add_argument("--detect-fps", type=float, help="override the camera's detect_fps")
+    p.add_argument("--end", type=float, help="play only the first END seconds of each clip")
+    p.add_argument(
+        "--at", help="wall-clock time the clips are played at, ISO 8601 (default now; the schedule applies)"
+    )
+    p.add_argument("videos", nargs="+")
     sub.add_parser("list", help="list enrolled people")
     p = sub.add_parser("remove", help="remove a person and their templates")
     p.add_argument("name")
@@ -105,6 +124,10 @@ def _main(args: argparse.Namespace) -> int:
     cfg = _faces_config(args)
     if args.action == "serve":
         return _serve(args, cfg)
+    if args.action == "try-door":
+        from pipeline.cli.try_door import try_door
+
+        return try_door(args, cfg)
     with Gallery(cfg.gallery_path) as gallery:
         if args.action == "list":
             people = gallery.persons()
@@ -126,6 +149,12 @@ def _main(args: argparse.Namespace) -> int:
         from pipeline.analyze.faces.enroll import FaceEngine, enroll_images
 
         if args.action == "enroll":
+            if bool(args.video) == bool(args.photos):
+                raise ValueError("faces enroll: give photos or --video FILE (one of them)")
+            if args.video:
+                from pipeline.cli.try_door import enroll_video
+
+                return enroll_video(args, cfg, gallery)
             photos = [(path, Path(path)) for path in args.photos]
             report = enroll_images(
                 gallery, lambda: FaceEngine.from_config(cfg), cfg, args.name, photos, append=args.append

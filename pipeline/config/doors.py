@@ -109,7 +109,12 @@ class SecondFactorConfig(_Strict):
         return v
 
 
-LivenessMode = Literal["off", "blink", "motion", "any", "all"]
+LivenessMode = Literal[
+    "off", "blink", "motion", "any", "all", "pad", "pad+blink", "pad+motion", "pad+any", "pad+all"
+]
+# stops phone/tablet screens and photos (learned presentation-attack detection, every voting frame) while a
+# live user opens within the vote window: see docs/door-decisions.md and BENCHMARKS.md (issue 18)
+DEFAULT_LIVENESS: LivenessMode = "pad"
 
 
 class DoorConfig(_Strict):
@@ -130,8 +135,9 @@ class DoorConfig(_Strict):
         10.0, ge=0, description="blurrier faces (variance of the Laplacian at 112 px) do not vote"
     )
     liveness: LivenessMode = Field(
-        "any",
-        description="evidence a grant needs inside the vote window: blink, motion (head turn), any, all, off",
+        DEFAULT_LIVENESS,
+        description="evidence a grant needs inside the vote window: pad (presentation-attack detection on "
+        "every voting frame), blink, motion (head turn), any, all, pad+blink|motion|any|all, off",
     )
     second_factor: SecondFactorConfig | None = None
     cooldown_s: float = Field(10.0, ge=0, description="after a decision for a person, wait this long")
@@ -143,9 +149,8 @@ class DoorConfig(_Strict):
     @field_validator("liveness", mode="before")
     @classmethod
     def _liveness_off(cls, v: object) -> object:
-        return (
-            "off" if v is False else v
-        )  # YAML 1.1 reads a bare `liveness: off` (as docs/doors.md writes it) as false
+        """YAML 1.1 reads a bare ``off`` (and ``no``/``false``) as False: that means "off" here."""
+        return "off" if v is False else v
 
     @field_validator("timezone")
     @classmethod

@@ -41,6 +41,14 @@ class LivenessConfig(_Strict):
         gt=0,
         description="landmark residual to one homography (inter-ocular units) that a photo cannot make",
     )
+    pad_threshold: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="presentation-attack detection: a face scoring below this probability of being real is "
+        "refused on that frame (chosen by benchmarks/eval_pad.py on the project's attack clips: BENCHMARKS.md, "
+        "issue 18)",
+    )
 
 
 class FacesConfig(_Strict):

@@ -10,6 +10,14 @@ same person, and no frame of that track naming anyone else inside the window (a 
 people is voided). A grant further needs liveness evidence of the kind the door asks for, seen on that track
 inside the window, and the door's second factor when it has one. Faces that cannot vote, and grants held
 back, are logged at most once a minute per door and reason ("why not").
+
+Presentation-attack detection (liveness ``pad``, ``pad+...``): every frame of the track must score at least
+``pad_threshold`` (probability of a real face). A frame below it voids the track's window (the votes start
+again), so an attack has to pass on k frames in a row; a face with ``ATTACK_FRAMES_TO_REFUSE`` refused
+frames (``FaceVote.attacks``, kept by the face tracker at its spot) cannot vote while it stays in view; a
+frame without a score does not vote (fail closed).
+A track that replaced a matched face at the same spot (``FaceVote.follows``: the person turned away) makes
+no ``unknown`` decision: it is not a stranger.
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ log = logging.getLogger(__name__)
 UNKNOWN = "__unknown__"
 _ERROR = "__error__"
 WHY_NOT_EVERY_S = 60.0
+# a face (tracked, inherited at its spot) with this many frames refused by PAD cannot vote while in view: one
+# refused frame may be a genuine user's motion blur (it only restarts the vote), two are an attack
+ATTACK_FRAMES_TO_REFUSE = 2
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,9 @@ class FaceVote:
     blink_at: float | None = None  # capture time of the track's last blink (None: never)
     motion_at: float | None = None  # capture time of the track's last non-planar head motion
     reason: str | None = None  # the matcher's reason for no identity ("above threshold", "below margin")
+    pad: float | None = None  # presentation-attack detection: probability the face is real (None: not scored)
+    follows: str | None = None  # the name matched at this spot by the track this one replaced (turned away)
+    attacks: int = 0  # frames of this face (and the faces it replaced at its spot) refused by PAD
 
     @property
     def track_key(self) -> int | str:
@@ -52,8 +66,13 @@ SecondFactorCheck = Callable[[str, str, float, float], bool]
 
 
 class DoorPolicy:
-    def __init__(self, door: DoorConfig, groups: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self, door: DoorConfig, groups: dict[str, list[str]] | None = None, pad_threshold: float = 0.5
+    ) -> None:
         self.door = door
+        self.pad_threshold = pad_threshold
+        self.uses_pad = door.liveness.startswith("pad")
+        self._motion_mode = door.liveness.removeprefix("pad").removeprefix("+") or None
         self.tz = ZoneInfo(door.timezone)
         groups = groups or {}
         missing = [g for g in door.allow_groups if g not in groups]
@@ -64,8 +83,8 @@ class DoorPolicy:
         self.allowed: set[str] = set(door.allow_people)
         for g in door.allow_groups:
             self.allowed.update(groups[g])
-        # track key -> (capture time, identity key, distance) of the frames it voted in the window
-        self._votes: dict[int | str, deque[tuple[float, str, float]]] = {}
+        # track key -> (capture time, identity key, distance, PAD score) of the frames it voted in the window
+        self._votes: dict[int | str, deque[tuple[float, str, float, float | None]]] = {}
         self._last: dict[str, float] = {}  # key -> time of its last decision (cooldown)
         self.offline = False
         self._outage_at = -float("inf")  # frames captured before the last outage never vote
@@ -113,7 +132,20 @@ class DoorPolicy:
             if track in seen:  # one vote per track per frame
                 continue
             seen.add(track)
-            self._votes.setdefault(track, deque()).append((capture_time, ident, f.distance))
+            if self.uses_pad and ident != UNKNOWN:
+                if f.pad is None:
+                    self.why_not("no attack score", "presentation-attack detection did not run", now)
+                    continue
+                if f.pad < self.pad_threshold or f.attacks >= ATTACK_FRAMES_TO_REFUSE:
+                    self._votes.pop(track, None)  # the window starts again: k real-looking frames in a row
+                    self.why_not(
+                        "presentation attack",
+                        f"{ident}: probability real {f.pad:.2f} (pad_threshold {self.pad_threshold}); "
+                        f"{f.attacks} frame(s) of this face refused so far",
+                        now,
+                    )
+                    continue
+            self._votes.setdefault(track, deque()).append((capture_time, ident, f.distance, f.pad))
         live_by_track = {f.track_key: f for f in faces}
         for track in list(self._votes):
             votes = self._votes[track]
@@ -122,7 +154,7 @@ class DoorPolicy:
             if not votes:
                 del self._votes[track]
                 continue
-            named = {ident for _, ident, _ in votes if ident != UNKNOWN}
+            named = {ident for _, ident, _, _ in votes if ident != UNKNOWN}
             if len(named) > 1:
                 self.why_not(
                     "conflicting identities", f"one face matched {sorted(named)} within the window", now
@@ -130,18 +162,26 @@ class DoorPolicy:
                 del self._votes[track]
                 continue
             key = next(iter(named)) if named else UNKNOWN
-            mine = [(t, d) for t, ident, d in votes if ident == key]
+            mine = [(t, d) for t, ident, d, _ in votes if ident == key]
             if len(mine) < self.door.k_frames:
                 continue
+            face = live_by_track.get(track)
+            if key == UNKNOWN and face is not None and face.follows is not None:
+                self.why_not("turned away", f"a face that matched {face.follows} is now unknown", now)
+                del self._votes[track]
+                continue
+            pads = [p for _, ident, _, p in votes if ident == key and p is not None]
             # in cooldown _decide returns None: do not use up a second-factor event meant for someone else
             if key != UNKNOWN and key in self.allowed and not self._cooling(key, now):
-                hold = self._hold_back(key, live_by_track.get(track), capture_time, now)
+                hold = self._hold_back(key, face, capture_time, now)
                 if hold is not None:
                     self.why_not(hold, f"{key} matched on {len(mine)} frames", now)
                     continue
             decision = self._decide(key, mine, capture_time, now)
             del self._votes[track]
             if decision is not None:
+                if self.uses_pad and pads:
+                    decision["pad_min"] = round(min(pads), 4)
                 out.append(decision)
         return out
 
@@ -161,8 +201,8 @@ class DoorPolicy:
 
     def _hold_back(self, person: str, face: FaceVote | None, capture_time: float, now: float) -> str | None:
         """Why an allowed person's completed vote may not grant yet (None: it may)."""
-        mode = self.door.liveness
-        if mode != "off":
+        mode = self._motion_mode
+        if mode is not None and mode != "off":
             since = capture_time - self.door.window_s
             blink = face is not None and face.blink_at is not None and face.blink_at >= since
             motion = face is not None and face.motion_at is not None and face.motion_at >= since

@@ -20,6 +20,7 @@ from pipeline.analyze.doors.lockdown import Lockdown, lockdown_path
 from pipeline.analyze.doors.policy import DoorPolicy, FaceVote
 from pipeline.analyze.doors.second_factor import SecondFactorListener, door_readers
 from pipeline.analyze.doors.signing import sign_event
+from pipeline.analyze.faces.antispoof import AntiSpoof, shared_antispoof
 from pipeline.analyze.faces.enroll import FaceEngine, shared_engine
 from pipeline.analyze.faces.gallery import Gallery
 from pipeline.analyze.faces.liveness import Evidence, LivenessSettings, LivenessTracker
@@ -56,11 +57,12 @@ class _Door:
         cfg: DoorConfig,
         groups: dict[str, list[str]],
         base_dir: Path | None,
+        pad_threshold: float,
         redis_url: str | None = None,
         redis_prefix: str = "vidpipe",
     ) -> None:
         self.cfg = cfg
-        self.policy = DoorPolicy(cfg, groups)
+        self.policy = DoorPolicy(cfg, groups, pad_threshold=pad_threshold)
         self.key = cfg.secret_bytes()  # raises now (naming the door) rather than at the first decision
         path = Path(cfg.audit_log)
         if base_dir is not None and not path.is_absolute():
@@ -92,8 +94,11 @@ class FaceAccessAnalyzer:
         self.clock = clock
         base = Path(base_dir) if base_dir is not None else None
         self._resolve = lambda p: Path(p) if base is None or Path(p).is_absolute() else base / p
+        pad_threshold = faces.liveness.pad_threshold
         self.doors = [
-            _Door(d, faces.groups, base, redis_url, redis_prefix) for d in doors if camera_id in d.cameras
+            _Door(d, faces.groups, base, pad_threshold, redis_url, redis_prefix)
+            for d in doors
+            if camera_id in d.cameras
         ]
         self.engine = engine or shared_engine(faces)
         self.gallery = Gallery(self._resolve(faces.gallery_path))
@@ -105,7 +110,11 @@ class FaceAccessAnalyzer:
         window = max((d.cfg.window_s for d in self.doors), default=3.0)
         self.tracker = FaceTracker(max_gap_s=window)
         self.liveness: LivenessTracker | None = None
-        if any(d.cfg.liveness != "off" for d in self.doors):
+        self.antispoof: AntiSpoof | None = None
+        if any(d.policy.uses_pad for d in self.doors):
+            self.antispoof = shared_antispoof(faces.device)
+        self.last_faces: list[dict] = []  # per face of the last frame: track, PAD score, liveness (try-door)
+        if any(d.cfg.liveness.removeprefix("pad").removeprefix("+") not in ("", "off") for d in self.doors):
             from pipeline.models.dlib_shape import ShapePredictor
 
             lv = faces.liveness
@@ -131,6 +140,7 @@ class FaceAccessAnalyzer:
     def process(self, result: FrameResult) -> list[Event]:
         frame = result.frame
         now = self.clock()
+        self.last_faces = []
         try:
             self._reload_gallery()
             dets = self.engine.detect(frame.image)
@@ -140,8 +150,17 @@ class FaceAccessAnalyzer:
             embs = self.engine.embed(frame.image, dets) if len(dets) else np.zeros((0, 128), np.float32)
             matches = [self.matcher.identify(e) for e in embs]
             boxes = dets.boxes
-            track_ids = self.tracker.assign(boxes, frame.capture_time)
+            track_ids = self.tracker.assign(boxes, frame.capture_time, embs, [m.identity for m in matches])
             evidence = self._liveness(frame.image, boxes, track_ids, frame.capture_time)
+            pads = (
+                self.antispoof.score(frame.image, boxes)
+                if self.antispoof is not None and len(boxes)
+                else None
+            )
+            if pads is not None:
+                for tid, p in zip(track_ids, pads, strict=True):
+                    if p < self.cfg.liveness.pad_threshold:
+                        self.tracker.mark_attack(tid)
             sharp = [sharpness(frame.image, b) for b in boxes]
         except Exception as exc:  # noqa: BLE001 - any failure denies, loudly
             log.exception("camera %s: face analysis failed on frame %d", self.camera_id, frame.seq)
@@ -177,12 +196,30 @@ class FaceAccessAnalyzer:
                 blink_at=evidence[i].blink_at,
                 motion_at=evidence[i].motion_at,
                 reason=m.reason,
+                pad=None if pads is None else float(pads[i]),
+                follows=self.tracker.follows(track_ids[i]),
+                attacks=self.tracker.attacks(track_ids[i]),
             )
             for i, m in enumerate(matches)
         ]
+        self.last_faces = [
+            {
+                "track": v.track_id,
+                "identity": v.identity,
+                "distance": None if v.distance == float("inf") else round(v.distance, 4),
+                "face_px": round(v.face_px, 1),
+                "pad": None if v.pad is None else round(v.pad, 4),
+                "blink_at": v.blink_at,
+                "motion_at": v.motion_at,
+                "follows": v.follows,
+                "attack_frames": v.attacks,
+            }
+            for v in votes
+        ]
         decisions = [d for door in self.doors for d in door.policy.observe(frame.capture_time, votes, now)]
         events = self._decisions(result, decisions, now)
-        unknown = [i for i, m in enumerate(matches) if m.identity is None]
+        # a face that just matched someone and turned away is not a stranger (FaceTracker.follows)
+        unknown = [i for i, m in enumerate(matches) if m.identity is None and votes[i].follows is None]
         if (
             unknown
             and self.cfg.unknown_crops.enabled
