@@ -233,11 +233,25 @@ def test_a_newer_placement_fences_the_older_ones_writes_and_takes_a_fresh_var_di
         assert time.monotonic() - t0 < 10  # it did not wait the 30 s lock timeout
         assert new.var_dir == home / "epoch-2"
         assert new.join(30)
+        entries = _epochs_in_stream(client, "detections")
+        assert len(entries) == demo_mp4.frames
+        assert {epoch for _, _, epoch in entries} == {2}
     finally:
         old.stop()
-    entries = _epochs_in_stream(client, "detections")
-    assert len(entries) == demo_mp4.frames
-    assert {epoch for _, _, epoch in entries} == {2}
+    old.join(5)
+    old._running().publisher.spool.close()
+    old.release()  # as its process's death would
+    new.release()
+
+    # the next placement gets the home folder back and delivers what the fenced one had kept in its spool
+    client.set("vidpipe:fence:shard-0", 3)
+    third = Shard(cfg, "shard-0", fence_epoch=3, **start)
+    assert third.var_dir == home
+    assert third.join(30)
+    later = _epochs_in_stream(client, "detections")[demo_mp4.frames :]
+    # epoch 1's frames (adopted from its spool) and epoch 3's own, all written under epoch 3; the same
+    # event ids as epoch 2's (one run id, one file): a consumer dedupes by event_id
+    assert [e[2] for e in later] == [3] * (2 * demo_mp4.frames)
 
 
 def test_a_shard_whose_lease_lapses_stops_publishing_by_itself(demo_mp4, redis_server, tmp_path):

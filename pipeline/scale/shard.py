@@ -26,6 +26,7 @@ from typing import Any
 from pipeline.config.schema import CameraConfig, PipelineConfig, parse_config
 from pipeline.core.events import Event
 from pipeline.deliver.redis_transport import Fence, RedisTransport, fence_key
+from pipeline.deliver.spool import Spool, SpoolError
 from pipeline.detect.detectors.base import Detector
 from pipeline.run.runner import Pipeline
 from pipeline.scale.event_ids import StableEventIds
@@ -105,6 +106,33 @@ def _take_var_dir(home: Path, fence_epoch: int | None, lock_timeout_s: float) ->
         return fresh, _take_lock(fresh / "shard.lock", lock_timeout_s)
 
 
+def _adopt_orphan_spools(home: Path, own_dir: Path, into: Spool) -> int:
+    """Move the Redis spools of this shard's earlier placements whose holders have ended (their lock is
+    free) into ``into``: a hung placement's spool stays where it is while it lives, and is delivered by the
+    first placement after it is gone. Returns how many events were adopted."""
+    moved = 0
+    for folder in [home, *sorted(home.glob("epoch-*"))]:
+        if folder == own_dir or not (folder / "spool.sqlite").exists():
+            continue
+        try:
+            fd = _take_lock(folder / "shard.lock", 0.0)
+        except RuntimeError:
+            continue  # its holder still runs (or is hung): not ours yet
+        try:
+            with Spool(folder / "spool.sqlite") as old:
+                while batch := old.peek_batch(500):
+                    into.append_many(batch)
+                    old.ack(batch[-1].id)
+                    moved += len(batch)
+        except SpoolError as exc:
+            log.warning("cannot adopt %s: %s", folder / "spool.sqlite", exc)
+        finally:
+            os.close(fd)
+    if moved:
+        log.info("adopted %d events spooled by earlier placements under %s", moved, home)
+    return moved
+
+
 def _node_id() -> str:
     try:
         import ray
@@ -182,6 +210,7 @@ class Shard:
             transport = pipeline.publisher.transport
             assert isinstance(transport, RedisTransport)
             transport.fence = Fence(fence_key(self.cfg.redis.prefix, shard_id), fence_epoch)
+            _adopt_orphan_spools(Path(var_dir), self.var_dir, pipeline.publisher.spool)
         self.fence_epoch = fence_epoch
         self.pipeline = pipeline
         if lease_s is not None:
