@@ -147,6 +147,8 @@ class RayExecutor:
         for h in [*handles, *self._standby.values()]:
             ray.kill(h, no_restart=True)
         self._standby.clear()
+        if self._redis is not None:
+            self._redis.close()
         return ok
 
     # -- cameras at run time ----------------------------------------------------------------------------
