@@ -396,7 +396,8 @@ def test_a_hung_shard_is_fenced_its_cameras_move_within_15s_and_its_late_events_
     from pipeline.scale.executor import RayExecutor
 
     clip = write_demo_video(tmp_path / "clip.mp4", width=320, height=240, fps=FPS, seconds=SECONDS)
-    cams = [{"id": f"h{i}", "source": str(clip), "realtime": True} for i in range(2)]
+    # paced like a camera, but every frame analysed ("block"): a lost frame can only be the fencing's fault
+    cams = [{"id": f"h{i}", "source": str(clip), "realtime": True, "queue_policy": "block"} for i in range(2)]
     cfg = parse_config(
         {
             "cameras": cams,
