@@ -31,7 +31,7 @@ from pipeline.config.schema import CameraConfig, PipelineConfig
 from pipeline.deliver.redis_transport import explain_redis_error, fence_key, make_client
 from pipeline.scale.metrics import ShardedMetrics
 from pipeline.scale.placement import ShardPlan, choose_node, plan_shards
-from pipeline.scale.shard import Shard
+from pipeline.scale.shard import HOME_LOCK_WAIT_S, Shard
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class _ShardState:
     pid: int | None = None
     placed_at: float = 0.0
     epoch: int = 0  # the fencing token of the current placement
+    hung: bool = False  # the last placement stopped answering (alive or not): do not wait for its lock
     running: bool = False
     misses: int = 0
     finished: bool = False
@@ -312,6 +313,7 @@ class RayExecutor:
             "epochs": {c: self._epochs[c] for c in state.plan.camera_ids},
             "fence_epoch": epoch,
             "lease_s": rc.lease,
+            "home_wait_s": 0.0 if state.hung else HOME_LOCK_WAIT_S,
         }
         standby = self._standby.pop(node, None)
         if standby is not None and not rc.gpus_per_camera and not rc.memory_mb_per_camera:
@@ -328,7 +330,7 @@ class RayExecutor:
         state.node, state.pid, state.running, state.misses = node, None, False, 0
         state.placed_at = time.monotonic()
         state.placements += 1
-        state.epoch = epoch
+        state.epoch, state.hung = epoch, False
         log.info(
             "shard %s (cameras %s) placed on node %s, epoch %d",
             state.plan.shard_id,
@@ -401,6 +403,7 @@ class RayExecutor:
                 elif s.running:
                     s.misses += 1
                     if s.misses >= 2:
+                        s.hung = True
                         self._failed(s, f"no answer to {s.misses} pings")
                 elif now - s.placed_at > self.cfg.ray.start_timeout_s:
                     self._failed(s, f"not started within {self.cfg.ray.start_timeout_s}s")

@@ -88,17 +88,19 @@ def _take_lock(path: Path, timeout_s: float) -> int:
 HOME_LOCK_WAIT_S = 3.0  # a fenced replacement waits this long for a dying holder, then takes a fresh folder
 
 
-def _take_var_dir(home: Path, fence_epoch: int | None, lock_timeout_s: float) -> tuple[Path, int]:
+def _take_var_dir(
+    home: Path, fence_epoch: int | None, lock_timeout_s: float, home_wait_s: float = HOME_LOCK_WAIT_S
+) -> tuple[Path, int]:
     """The var dir this placement runs in and its lock.
 
     Unfenced (no epoch): ``home``, waiting for its lock as long as ``lock_timeout_s``. Fenced: ``home`` if
-    its holder is gone within ``HOME_LOCK_WAIT_S`` (its spool is adopted: everything in it was accepted by
+    its holder is gone within ``home_wait_s`` (its spool is adopted: everything in it was accepted by
     a dead process), else ``home/epoch-<N>``: the holder is alive or hung, and its spool and audit logs stay
     its own until it ends (the next placement or run that gets ``home`` delivers them)."""
     if fence_epoch is None:
         return home, _take_lock(home / "shard.lock", lock_timeout_s)
     try:
-        return home, _take_lock(home / "shard.lock", min(lock_timeout_s, HOME_LOCK_WAIT_S))
+        return home, _take_lock(home / "shard.lock", min(lock_timeout_s, home_wait_s))
     except RuntimeError:
         fresh = home / f"epoch-{fence_epoch}"
         fresh.mkdir(parents=True, exist_ok=True)
@@ -183,19 +185,21 @@ class Shard:
         cfg_data: dict[str, Any] | None = None,
         fence_epoch: int | None = None,
         lease_s: float | None = None,
+        home_wait_s: float = HOME_LOCK_WAIT_S,
     ) -> None:
         """Run the shard: take its var dir's lock (waits for a dying predecessor), then start its Pipeline.
 
         ``cfg_data``: the driver's config now (a standby was made with an older one: cameras may have been
         added since). ``fence_epoch``: this placement's epoch (Redis refuses its writes once a newer one
-        exists). ``lease_s``: unpinged this long, the shard cuts off its own delivery."""
+        exists). ``lease_s``: unpinged this long, the shard cuts off its own delivery. ``home_wait_s``: how long
+        a fenced placement waits for its predecessor to release the var dir (0 when that one is known hung)."""
         if cfg_data is not None:
             self.cfg = parse_config(cfg_data, "driver config")
         self.shard_id = shard_id
         # spools, audit logs, snapshots: private, as in a local run (pipeline/cli/private_files.py)
         os.umask(0o077)
         Path(var_dir).mkdir(parents=True, exist_ok=True)
-        self.var_dir, self._lock_fd = _take_var_dir(Path(var_dir), fence_epoch, lock_timeout_s)
+        self.var_dir, self._lock_fd = _take_var_dir(Path(var_dir), fence_epoch, lock_timeout_s, home_wait_s)
         self.ids = StableEventIds(run_id, dict(epochs))
         where = {"node": self.node_id, "shard": shard_id}
         detector, self._detector = self._detector, None
