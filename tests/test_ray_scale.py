@@ -390,8 +390,8 @@ def test_a_hung_shard_is_fenced_its_cameras_move_within_15s_and_its_late_events_
 ):
     """SIGSTOP a shard's process (hung, not dead: Ray cannot kill it, it keeps its var dir's lock). Its
     camera is back on a replacement (a new epoch, a fresh var dir) within 15 s; after SIGCONT the old process
-    finds its writes refused by Redis and its lease lapsed; no entry of the old epoch lands after the new
-    epoch's first; every frame of the file is in the stream."""
+    finds its lease lapsed (it cuts itself off) and Redis refusing its epoch (whichever comes first); no
+    entry of the old epoch lands after the new epoch's first; every frame of the file is in the stream."""
     from pipeline.ingest.demo_media import write_demo_video
     from pipeline.scale.executor import RayExecutor
 
