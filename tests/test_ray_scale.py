@@ -466,6 +466,55 @@ def test_a_hung_shard_is_fenced_its_cameras_move_within_15s_and_its_late_events_
     )
 
 
+def test_shards_stop_publishing_by_themselves_when_the_driver_stops_pinging(
+    two_node_cluster, redis_server, tmp_path: Path
+):
+    """The driver (or the head it talks through) is gone as far as a shard can tell: no more pings. Within
+    ``ray.lease_s`` the shard cuts off its own delivery: the stream stops growing long before the file ends,
+    and the shard says it is fenced."""
+    import ray
+
+    from pipeline.ingest.demo_media import write_demo_video
+    from pipeline.scale.executor import RayExecutor
+
+    clip = write_demo_video(tmp_path / "clip.mp4", width=320, height=240, fps=FPS, seconds=SECONDS)
+    cfg = parse_config(
+        {
+            "cameras": [{"id": "o0", "source": str(clip), "realtime": True, "queue_policy": "block"}],
+            "detector": {"model": "none"},
+            "redis": {"url": redis_server.url},
+            "executor": "ray",
+            "ray": {"ping_timeout_s": 2.0, "lease_s": 4.0, "standby": False},
+        }
+    )
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=5)
+    ex = RayExecutor(cfg, tmp_path / "var").start()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(_entries(client, "detections")) < 3:
+            time.sleep(0.3)
+        handle = ex.shards["shard-0"].handle
+        ex._stop.set()  # supervision ends, the shards are left running: no ping reaches them any more
+        assert ex._supervisor is not None
+        ex._supervisor.join(10)
+        t_orphaned = time.monotonic()
+        count, still_since = len(_entries(client, "detections")), time.monotonic()
+        while time.monotonic() - still_since < 3.0:  # the stream is still for 3 s
+            now = len(_entries(client, "detections"))
+            if now != count:
+                count, still_since = now, time.monotonic()
+            assert time.monotonic() - t_orphaned < 4.0 + 15.0, "the orphaned shard kept publishing"
+            time.sleep(0.2)
+        stopped_after = still_since - t_orphaned
+        assert count < N_FRAMES  # it stopped by itself, long before its file ended
+        info = ray.get(handle.ping.remote(), timeout=10)  # a late ping renews nothing
+        assert info["fenced"] and "lease_s" in info["fenced"]
+    finally:
+        ex.stop()
+        ex.join(30)
+    print(f"orphaned shard stopped publishing {stopped_after:.1f} s after its last ping ({count} frames)")
+
+
 def test_killing_a_node_moves_its_cameras_within_15s_and_loses_no_frame(
     two_node_cluster, redis_server, tmp_path: Path
 ):
