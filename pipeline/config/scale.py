@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class RayConfig(BaseModel):
@@ -19,6 +19,13 @@ class RayConfig(BaseModel):
     memory_mb_per_camera: int = Field(0, ge=0, description="Ray memory resource per camera; 0 = none")
     health_interval_s: float = Field(1.0, gt=0, description="how often the driver pings every shard")
     ping_timeout_s: float = Field(3.0, gt=0, description="a shard silent this long counts as dead")
+    lease_s: float | None = Field(
+        None,
+        gt=0,
+        description="a shard that has not been pinged by the driver for this long stops publishing by "
+        "itself (its events go to its spool): a hung, cut-off or orphaned shard fences itself; must be "
+        "longer than health_interval_s + ping_timeout_s; None: twice that",
+    )
     start_timeout_s: float = Field(60.0, gt=0, description="a new shard must be running within this")
     cluster_lost_after_s: float = Field(
         15.0,
@@ -37,3 +44,18 @@ class RayConfig(BaseModel):
         "replacement shard reopens the dead one's spool here, so on several machines it must be storage "
         "every node can reach",
     )
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_ping(self) -> RayConfig:
+        if self.lease_s is not None and self.lease_s <= self.health_interval_s + self.ping_timeout_s:
+            raise ValueError(
+                f"ray.lease_s ({self.lease_s}) must be longer than ray.health_interval_s + "
+                f"ray.ping_timeout_s ({self.health_interval_s} + {self.ping_timeout_s}): a healthy shard "
+                "would fence itself between two pings"
+            )
+        return self
+
+    @property
+    def lease(self) -> float:
+        """The lease in seconds (``lease_s`` or its default)."""
+        return self.lease_s or 2 * (self.health_interval_s + self.ping_timeout_s)

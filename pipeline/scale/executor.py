@@ -7,6 +7,10 @@ nothing else fits). The replacement reopens the dead shard's spool, so every eve
 accepted (published or spooled) is delivered; file cameras start again from the top and reproduce the same
 event ids (:mod:`pipeline.scale.event_ids`), so a consumer dedupes replays by ``event_id``.
 
+Every placement gets an epoch, ``INCR {prefix}:fence:{shard}`` in Redis, before its actor starts: from then on
+Redis refuses the writes of any older placement of the shard (a hung one the supervisor gave up on), and
+each shard stops publishing by itself when the supervisor's pings (its lease) stop for ``ray.lease_s``.
+
 Placement is done by the driver (node-affinity, not Ray's own choice) because it must know where a shard
 is before Ray has noticed that a node is gone, and must never put the replacement on the dead node.
 """
@@ -24,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config.schema import CameraConfig, PipelineConfig
+from pipeline.deliver.redis_transport import explain_redis_error, fence_key, make_client
 from pipeline.scale.metrics import ShardedMetrics
 from pipeline.scale.placement import ShardPlan, choose_node, plan_shards
-from pipeline.scale.shard import Shard
+from pipeline.scale.shard import HOME_LOCK_WAIT_S, Shard
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,8 @@ class _ShardState:
     node: str | None = None
     pid: int | None = None
     placed_at: float = 0.0
+    epoch: int = 0  # the fencing token of the current placement
+    hung: bool = False  # the last placement stopped answering (alive or not): do not wait for its lock
     running: bool = False
     misses: int = 0
     finished: bool = False
@@ -81,6 +88,7 @@ class RayExecutor:
         self._supervisor: threading.Thread | None = None
         self._actor_cls: Any = None
         self._standby: dict[str, Any] = {}  # node id -> a warm idle Shard actor on it
+        self._redis: Any = None  # the driver's client for the fence counters
         self.lost: str | None = None  # why the Ray cluster counts as lost (supervision kept failing)
         self.metrics = ShardedMetrics(self.snapshots, self._placement_text)
 
@@ -89,6 +97,9 @@ class RayExecutor:
         import ray
 
         self._actor_cls = ray.remote(Shard)
+        if self.cfg.redis.url is None:
+            raise ValueError("executor: ray needs redis.url (the fencing epochs of shards live in Redis)")
+        self._redis = make_client(self.cfg.redis.url, self.cfg.redis)
         self._cfg_data = self.cfg.model_dump()
         enabled = self.cfg.model_copy(update={"cameras": [c for c in self.cfg.cameras if c.enabled]})
         for plan in plan_shards(enabled):
@@ -137,6 +148,8 @@ class RayExecutor:
         for h in [*handles, *self._standby.values()]:
             ray.kill(h, no_restart=True)
         self._standby.clear()
+        if self._redis is not None:
+            self._redis.close()
         return ok
 
     # -- cameras at run time ----------------------------------------------------------------------------
@@ -273,6 +286,13 @@ class RayExecutor:
         if node is None:
             log.warning("shard %s: no node has %.2f CPU free; retrying", state.plan.shard_id, state.cpu)
             return
+        key = fence_key(self.cfg.redis.prefix, state.plan.shard_id)
+        try:  # before the actor exists: from now on every older placement's writes are refused
+            epoch = int(self._redis.incr(key))
+        except Exception as exc:  # noqa: BLE001 - RedisError and kin: no token, no placement; retried
+            why = explain_redis_error(exc, self.cfg.redis.url or "")
+            log.warning("shard %s: cannot take a fencing epoch (%s); retrying", state.plan.shard_id, why)
+            return
         cams = {c.id: c for c in self.cfg.cameras}
         for cam_id in state.plan.camera_ids:
             if cams[cam_id].is_live:  # a live camera's frames are new after a move: new ids
@@ -291,6 +311,9 @@ class RayExecutor:
             "var_dir": str(self.shards_dir / state.plan.shard_id),
             "run_id": self.run_id,
             "epochs": {c: self._epochs[c] for c in state.plan.camera_ids},
+            "fence_epoch": epoch,
+            "lease_s": rc.lease,
+            "home_wait_s": 0.0 if state.hung else HOME_LOCK_WAIT_S,
         }
         standby = self._standby.pop(node, None)
         if standby is not None and not rc.gpus_per_camera and not rc.memory_mb_per_camera:
@@ -307,8 +330,13 @@ class RayExecutor:
         state.node, state.pid, state.running, state.misses = node, None, False, 0
         state.placed_at = time.monotonic()
         state.placements += 1
+        state.epoch, state.hung = epoch, False
         log.info(
-            "shard %s (cameras %s) placed on node %s", state.plan.shard_id, state.plan.camera_ids, node[:8]
+            "shard %s (cameras %s) placed on node %s, epoch %d",
+            state.plan.shard_id,
+            state.plan.camera_ids,
+            node[:8],
+            epoch,
         )
 
     def _supervise(self) -> None:
@@ -355,6 +383,9 @@ class RayExecutor:
                     except Exception as exc:  # noqa: BLE001 - RayActorError and kin: the actor is gone
                         self._failed(s, f"actor died: {type(exc).__name__}")
                         continue
+                    if info.get("fenced"):
+                        self._failed(s, f"fenced itself: {info['fenced']}")
+                        continue
                     if not info["started"]:
                         if now - s.placed_at > self.cfg.ray.start_timeout_s:
                             self._failed(s, f"not started within {self.cfg.ray.start_timeout_s}s")
@@ -372,6 +403,7 @@ class RayExecutor:
                 elif s.running:
                     s.misses += 1
                     if s.misses >= 2:
+                        s.hung = True
                         self._failed(s, f"no answer to {s.misses} pings")
                 elif now - s.placed_at > self.cfg.ray.start_timeout_s:
                     self._failed(s, f"not started within {self.cfg.ray.start_timeout_s}s")

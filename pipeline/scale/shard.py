@@ -5,6 +5,12 @@ The class has no Ray in it (the executor wraps it with ``ray.remote``), so it is
 (:mod:`pipeline.scale.event_ids`), ``status.camera`` events say where the camera runs (node, shard), and
 the shard holds an exclusive lock on its var dir for its whole life, so a replacement shard cannot open the
 same spool or door audit log while a half-dead predecessor still writes to them (one writer per chain).
+
+Fencing (docs/scale.md): a placement carries an epoch (the driver's ``INCR {prefix}:fence:{shard}``). The
+shard's Redis writes are checked against it in Redis (a newer placement makes them refused), the driver's
+pings are its lease (unpinged for ``ray.lease_s`` it cuts off its own delivery: events go to its spool),
+and a replacement that finds its var dir still locked (a hung holder) does not wait for it: it runs in a
+fresh ``epoch-<N>`` folder inside it.
 """
 
 from __future__ import annotations
@@ -12,12 +18,15 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from pipeline.config.schema import CameraConfig, PipelineConfig, parse_config
 from pipeline.core.events import Event
+from pipeline.deliver.redis_transport import Fence, RedisTransport, fence_key
+from pipeline.deliver.spool import Spool, SpoolError
 from pipeline.detect.detectors.base import Detector
 from pipeline.run.runner import Pipeline
 from pipeline.scale.event_ids import StableEventIds
@@ -76,6 +85,56 @@ def _take_lock(path: Path, timeout_s: float) -> int:
             time.sleep(0.1)
 
 
+HOME_LOCK_WAIT_S = 3.0  # a fenced replacement waits this long for a dying holder, then takes a fresh folder
+
+
+def _take_var_dir(
+    home: Path, fence_epoch: int | None, lock_timeout_s: float, home_wait_s: float = HOME_LOCK_WAIT_S
+) -> tuple[Path, int]:
+    """The var dir this placement runs in and its lock.
+
+    Unfenced (no epoch): ``home``, waiting for its lock as long as ``lock_timeout_s``. Fenced: ``home`` if
+    its holder is gone within ``home_wait_s`` (its spool is adopted: everything in it was accepted by
+    a dead process), else ``home/epoch-<N>``: the holder is alive or hung, and its spool and audit logs stay
+    its own until it ends (the next placement or run that gets ``home`` delivers them)."""
+    if fence_epoch is None:
+        return home, _take_lock(home / "shard.lock", lock_timeout_s)
+    try:
+        return home, _take_lock(home / "shard.lock", min(lock_timeout_s, home_wait_s))
+    except RuntimeError:
+        fresh = home / f"epoch-{fence_epoch}"
+        fresh.mkdir(parents=True, exist_ok=True)
+        log.warning("%s is held by an older placement (hung?); epoch %d runs in %s", home, fence_epoch, fresh)
+        return fresh, _take_lock(fresh / "shard.lock", lock_timeout_s)
+
+
+def _adopt_orphan_spools(home: Path, own_dir: Path, into: Spool) -> int:
+    """Move the Redis spools of this shard's earlier placements whose holders have ended (their lock is
+    free) into ``into``: a hung placement's spool stays where it is while it lives, and is delivered by the
+    first placement after it is gone. Returns how many events were adopted."""
+    moved = 0
+    for folder in [home, *sorted(home.glob("epoch-*"))]:
+        if folder == own_dir or not (folder / "spool.sqlite").exists():
+            continue
+        try:
+            fd = _take_lock(folder / "shard.lock", 0.0)
+        except RuntimeError:
+            continue  # its holder still runs (or is hung): not ours yet
+        try:
+            with Spool(folder / "spool.sqlite") as old:
+                while batch := old.peek_batch(500):
+                    into.append_many(batch)
+                    old.ack(batch[-1].id)
+                    moved += len(batch)
+        except SpoolError as exc:
+            log.warning("cannot adopt %s: %s", folder / "spool.sqlite", exc)
+        finally:
+            os.close(fd)
+    if moved:
+        log.info("adopted %d events spooled by earlier placements under %s", moved, home)
+    return moved
+
+
 def _node_id() -> str:
     try:
         import ray
@@ -102,6 +161,10 @@ class Shard:
         self.shard_id = shard_id or "standby"
         self.pipeline: ShardPipeline | None = None
         self._lock_fd: int | None = None
+        self.fence_epoch: int | None = None
+        self.lease_s: float | None = None
+        self._lease_until = float("inf")
+        self.fenced_why: str | None = None  # set once the lease lapsed: the shard stopped publishing
         self._detector: Detector | None = None
         if shard_id is None:
             if self.cfg.detector.model != "none":
@@ -120,19 +183,23 @@ class Shard:
         epochs: dict[str, int],
         lock_timeout_s: float = 30.0,
         cfg_data: dict[str, Any] | None = None,
+        fence_epoch: int | None = None,
+        lease_s: float | None = None,
+        home_wait_s: float = HOME_LOCK_WAIT_S,
     ) -> None:
         """Run the shard: take its var dir's lock (waits for a dying predecessor), then start its Pipeline.
 
         ``cfg_data``: the driver's config now (a standby was made with an older one: cameras may have been
-        added since)."""
+        added since). ``fence_epoch``: this placement's epoch (Redis refuses its writes once a newer one
+        exists). ``lease_s``: unpinged this long, the shard cuts off its own delivery. ``home_wait_s``: how long
+        a fenced placement waits for its predecessor to release the var dir (0 when that one is known hung)."""
         if cfg_data is not None:
             self.cfg = parse_config(cfg_data, "driver config")
         self.shard_id = shard_id
         # spools, audit logs, snapshots: private, as in a local run (pipeline/cli/private_files.py)
         os.umask(0o077)
-        self.var_dir = Path(var_dir)
-        self.var_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _take_lock(self.var_dir / "shard.lock", lock_timeout_s)
+        Path(var_dir).mkdir(parents=True, exist_ok=True)
+        self.var_dir, self._lock_fd = _take_var_dir(Path(var_dir), fence_epoch, lock_timeout_s, home_wait_s)
         self.ids = StableEventIds(run_id, dict(epochs))
         where = {"node": self.node_id, "shard": shard_id}
         detector, self._detector = self._detector, None
@@ -143,7 +210,17 @@ class Shard:
             var_dir=self.var_dir,
             detector=detector,
         )
+        if fence_epoch is not None:
+            transport = pipeline.publisher.transport
+            assert isinstance(transport, RedisTransport)
+            transport.fence = Fence(fence_key(self.cfg.redis.prefix, shard_id), fence_epoch)
+            _adopt_orphan_spools(Path(var_dir), self.var_dir, pipeline.publisher.spool)
+        self.fence_epoch = fence_epoch
         self.pipeline = pipeline
+        if lease_s is not None:
+            self.lease_s = lease_s
+            self._lease_until = time.monotonic() + lease_s
+            threading.Thread(target=self._watch_lease, name="shard-lease", daemon=True).start()
         pipeline.start()
         log.info("shard %s on node %s: cameras %s", shard_id, self.node_id[:8], camera_ids)
 
@@ -152,9 +229,36 @@ class Shard:
             raise RuntimeError(f"shard {self.shard_id} has not started")
         return self.pipeline
 
+    def _watch_lease(self) -> None:
+        """Cut off this shard's delivery once the driver's pings stop for ``lease_s`` (hung process, lost
+        head or driver, network cut): whatever it still produces goes to its spool, never to Redis. Ends
+        when the driver stops the shard (``stop``) or every camera has ended."""
+        while True:
+            time.sleep(0.2)
+            lease, pipeline = self.lease_s, self.pipeline
+            if lease is None or pipeline is None or pipeline.wait(0):
+                return
+            late = time.monotonic() - self._lease_until
+            if late > 0:
+                self.fenced_why = f"no ping from the driver for {lease + late:.1f}s (ray.lease_s)"
+                log.error(
+                    "shard %s (epoch %s): lease lapsed, %s; publishing stops, events go to the spool",
+                    self.shard_id,
+                    self.fence_epoch,
+                    self.fenced_why,
+                )
+                pipeline.cut_off()
+                return
+
     def ping(self) -> dict[str, Any]:
+        """The driver's health check, and the renewal of this shard's lease."""
+        lapsed = time.monotonic() > self._lease_until  # a ping queued while hung renews nothing
+        if self.lease_s is not None and self.fenced_why is None and not lapsed:
+            self._lease_until = time.monotonic() + self.lease_s
         p = self.pipeline
         return {
+            "epoch": self.fence_epoch,
+            "fenced": self.fenced_why,
             "shard": self.shard_id,
             "node": self.node_id,
             "pid": os.getpid(),
@@ -181,6 +285,9 @@ class Shard:
         self._running().remove_camera(camera_id)
 
     def stop(self) -> None:
+        """The driver's graceful stop: the lease ends (supervision stops before the drain, which must not be
+        cut off for want of pings), and the shard drains as a local run does."""
+        self.lease_s = None
         self._running().stop()
 
     def release(self) -> None:
