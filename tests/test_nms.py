@@ -39,9 +39,8 @@ def path(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.parametrize("path", ["numpy-first"], indirect=True)  # only about a fresh run's path
 def test_a_fresh_run_does_not_load_torch_for_a_frames_candidates(path):
-    if path != "numpy-first":
-        pytest.skip("about the NumPy-first path")
     b, s, c = _inputs(300, 6, 3)
     batched_nms(b, s, c, 0.5)
     nms(b, s, 0.5)
