@@ -1,4 +1,4 @@
-"""The reference door controller, a program of its own (``python -m pipeline.doors.controller``): it runs
-beside the relay, verifies signed decisions from Redis and acts once. The pipeline's door rules are in
-``pipeline.analyze.doors``.
+"""The programs that run at the door, each its own process: the reference door controller
+(``python -m pipeline.doors.controller``: verifies signed decisions from Redis and acts once) and the badge/PIN
+reader's signer (``python -m pipeline.doors.reader``). The pipeline's door rules are in ``pipeline.analyze.doors``.
 """
