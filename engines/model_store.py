@@ -364,11 +364,11 @@ def mirror_dirs() -> list[Path]:
     return [Path(p).expanduser() for p in env.split(os.pathsep) if p.strip()]
 
 
-def _from_mirror(f: ModelFile, dest: Path) -> bool:
+def _from_mirror(f: ModelFile, dest: Path, dirs: list[Path] | None = None) -> bool:
     """Copy ``f`` from a mirror folder into ``dest`` if a file there has its sha256, whatever its name (the
     upstream or cached name is tried first, then any file of the same size). A file with the right name but
     another sha256 is skipped, loudly."""
-    for d in mirror_dirs():
+    for d in mirror_dirs() if dirs is None else dirs:
         named = [d / Path(f.member).name, d / Path(f.url or f.member).name]
         others = sorted(p for p in d.iterdir() if p not in named) if d.is_dir() else []
         for cand in named + others:
@@ -408,22 +408,14 @@ def import_dir(folder: Path) -> dict[str, list[str]]:
     if not folder.is_dir():
         raise ModelStoreError(f"models import: {folder} is not a folder")
     done: dict[str, list[str]] = {}
-    old = os.environ.get(MIRROR_ENV)
-    os.environ[MIRROR_ENV] = str(folder)
-    try:
-        for name, spec in REGISTRY.items():
-            for role, f in spec.files.items():
-                if f.url is None:
-                    continue
-                dest = model_dir(name) / Path(f.member).name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if _from_mirror(f, dest):
-                    done.setdefault(name, []).append(role)
-    finally:
-        if old is None:
-            os.environ.pop(MIRROR_ENV, None)
-        else:
-            os.environ[MIRROR_ENV] = old
+    for name, spec in REGISTRY.items():
+        for role, f in spec.files.items():
+            if f.url is None:
+                continue
+            dest = model_dir(name) / Path(f.member).name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if _from_mirror(f, dest, [folder]):
+                done.setdefault(name, []).append(role)
     return done
 
 
