@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import anyio.to_thread
 import redis
@@ -46,15 +47,24 @@ def _filter(request: Request) -> EventFilter:
     )
 
 
-def event_store(request: Request) -> EventStore:
-    """The app's one EventStore (created on first use); 404 when no Redis is configured."""
+_T = TypeVar("_T")
+
+
+def _per_app(request: Request, attr: str, make: Callable[[str, str], _T]) -> _T:
+    """The app's one ``make(redis_url, prefix)`` reader, created on first use; 404 when no Redis is set."""
     ctx = ctx_of(request)
     if not ctx.redis_url:
         raise HTTPException(404, "no Redis configured for this server (events need the pipeline's Redis)")
-    store: EventStore | None = getattr(request.app.state, "events", None)
-    if store is None:
-        store = request.app.state.events = EventStore(ctx.redis_url, ctx.redis_prefix)
-    return store
+    reader: _T | None = getattr(request.app.state, attr, None)
+    if reader is None:
+        reader = make(ctx.redis_url, ctx.redis_prefix)
+        setattr(request.app.state, attr, reader)
+    return reader
+
+
+def event_store(request: Request) -> EventStore:
+    """The app's one EventStore (the timeline's queries)."""
+    return _per_app(request, "events", EventStore)
 
 
 async def _recent(request: Request, flt: EventFilter) -> tuple[list[dict], str]:
@@ -102,13 +112,7 @@ async def api_events(request: Request) -> Response:
 
 def event_hub(request: Request) -> EventHub:
     """The app's one live-event reader (created on first use, on the event loop)."""
-    ctx = ctx_of(request)
-    if not ctx.redis_url:
-        raise HTTPException(404, "no Redis configured for this server (events need the pipeline's Redis)")
-    hub: EventHub | None = getattr(request.app.state, "event_hub", None)
-    if hub is None:
-        hub = request.app.state.event_hub = EventHub(ctx.redis_url, ctx.redis_prefix)
-    return hub
+    return _per_app(request, "event_hub", EventHub)
 
 
 async def api_events_stream(request: Request) -> Response:
