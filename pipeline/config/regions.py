@@ -7,7 +7,7 @@ native resolution.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -84,6 +84,14 @@ class TilingConfig(_Strict):
     full_frame: bool = Field(
         True, description="also run the whole frame, downscaled, for objects larger than a tile"
     )
+    tiles_per_frame: int | None = Field(
+        None,
+        ge=1,
+        description="run only this many tiles of the grid per detected frame, in turn (round robin), plus "
+        "the whole frame if full_frame; an object found in a tile not run this frame is carried (its last "
+        "box reported again) until that tile runs again, and dropped then if the tile does not find it. "
+        "None = every tile on every detected frame",
+    )
 
 
 class CameraDetectConfig(_Strict):
@@ -91,6 +99,15 @@ class CameraDetectConfig(_Strict):
 
     regions: RegionsConfig = Field(default_factory=RegionsConfig)
     tiling: TilingConfig = Field(default_factory=TilingConfig)
+
+    @model_validator(mode="after")
+    def _rotation_without_regions(self) -> CameraDetectConfig:
+        if self.tiling.enabled and self.tiling.tiles_per_frame is not None and self.regions.enabled:
+            raise ValueError(
+                "tiling.tiles_per_frame cannot be combined with regions.enabled: a regions full scan must "
+                "run every tile; turn one of them off"
+            )
+        return self
 
     @property
     def active(self) -> bool:

@@ -8,6 +8,13 @@
   while it moves; once its box has stood still for ``stationary_frames`` detected frames with no motion on
   it, it is *carried* (its last box is reported again) until the next full scan re-checks it.
 - **Skip**: no motion and no moving object: no inference at all; carried objects are reported as they were.
+- **Rotating tiles** (``tiling.tiles_per_frame``, without regions): each detected frame runs only the next
+  N tiles of the grid, round robin (plus the whole frame with ``tiling.full_frame``), so a frame costs N
+  (+1) detector inputs instead of the whole grid. An object found earlier that no tile run this frame
+  holds is *carried* as above until one of its tiles runs again; then it is kept only if found again. A
+  carried box that a crop run this frame found again (a whole box of the same class overlapping it at IoU
+  >= ``CARRY_REFOUND_IOU``, e.g. the downscaled whole frame seeing a large person who moved) gives way to
+  the fresh box, so a moving object is not reported twice.
 - A full scan happens on the first frame, every ``full_scan_every`` detected frames, when the motion
   detector recalibrates, and when regions would cost more than the frame (too many, more pixels, or a
   frame under ``MIN_REGION_GAIN`` times the region size, where a region is about the whole frame anyway).
@@ -28,7 +35,7 @@ from pipeline.config.regions import CameraDetectConfig
 from pipeline.core.nms import iou_matrix
 from pipeline.core.types import Detections, ScanInfo
 from pipeline.detect.detectors.base import Detector
-from pipeline.detect.regions.merge import Crop, concat_detections, merge_crops
+from pipeline.detect.regions.merge import Crop, concat_detections, merge_crops, whole_boxes_on_frame
 from pipeline.detect.regions.motion import MotionDetector
 
 ScanKind = Literal["full", "tiles", "regions", "skip"]
@@ -41,6 +48,10 @@ STILL_IOU = 0.9
 #: frame with motion is scanned whole instead (static frames are still skipped)
 MIN_REGION_GAIN = 2.0
 
+#: a carried box overlapping a box found whole this frame (same class) at least this much is that object,
+#: found again: the fresh box replaces it (lower than NMS IoU: the object has moved since it was carried)
+CARRY_REFOUND_IOU = 0.3
+
 
 @dataclass(frozen=True)
 class ScanPlan:
@@ -49,6 +60,10 @@ class ScanPlan:
     width: int
     height: int
     motion_boxes: int = 0
+    #: rotating tiles: the whole tile grid and the tiles of it run this frame (the objects these hold are
+    #: re-checked, the others carried); None for a plan that scans everything it means to scan
+    grid: tuple[Crop, ...] | None = None
+    tiles_run: tuple[Crop, ...] = ()
 
 
 def detector_input_size(detector: Detector, default: int = 416) -> int:
@@ -149,6 +164,9 @@ class RegionPlanner:
         self._size: tuple[int, int] = (0, 0)
         self._objects = Detections.empty()
         self._still = np.zeros((0,), np.int64)
+        t = cfg.tiling
+        self.tiles_per_frame = t.tiles_per_frame if t.enabled and not cfg.regions.enabled else None
+        self._next_tile = 0  # index in the grid of the first tile the next rotating scan runs
 
     def full_scan(self, width: int, height: int) -> ScanPlan:
         whole: Crop = (0, 0, width, height)
@@ -166,8 +184,9 @@ class RegionPlanner:
             self._size = (w, h)
             self._objects = Detections.empty()
             self._still = np.zeros((0,), np.int64)
+            self._next_tile = 0
         if self.motion is None:
-            return self.full_scan(w, h)
+            return self.full_scan(w, h) if self.tiles_per_frame is None else self._rotating_scan(w, h)
         motion = self.motion.detect(image)
         self._since_full += 1
         if motion.first or motion.recalibrated or self._since_full >= self.cfg.regions.full_scan_every:
@@ -183,6 +202,20 @@ class RegionPlanner:
         if len(crops) > self.cfg.regions.max_regions or self._costlier_than_full(crops, w, h):
             return self._full(w, h, len(motion.boxes))
         return ScanPlan("regions", crops, w, h, len(motion.boxes))
+
+    def _rotating_scan(self, w: int, h: int) -> ScanPlan:
+        """The next ``tiles_per_frame`` tiles of the grid in turn (plus the whole frame with
+        ``full_frame``); the whole grid when it has no more tiles than that."""
+        t = self.cfg.tiling
+        grid = tile_grid(w, h, self.tile_size, t.overlap)
+        n = int(self.tiles_per_frame or len(grid))
+        if n >= len(grid):
+            return self.full_scan(w, h)
+        start = self._next_tile % len(grid)
+        run = tuple(grid[(start + i) % len(grid)] for i in range(n))
+        self._next_tile = (start + n) % len(grid)
+        crops = list(run) + ([(0, 0, w, h)] if t.full_frame else [])
+        return ScanPlan("tiles", crops, w, h, grid=tuple(grid), tiles_run=run)
 
     def _costlier_than_full(self, crops: list[Crop], w: int, h: int) -> bool:
         """With tiling on, a full scan is its tiles: regions cost more once there are as many. Without
@@ -210,6 +243,17 @@ class RegionPlanner:
                 scanned |= (b[:, 0] >= x1) & (b[:, 1] >= y1) & (b[:, 2] <= x2) & (b[:, 3] <= y2)
             carried = self._objects.select(~scanned)
             carried_still = self._still[~scanned] + 1
+        elif plan.grid is not None and len(self._objects):
+            kept = ~self._rechecked_by_rotation(plan, self._objects.boxes)
+            if kept.any():
+                # carried objects a crop found whole again give way to the fresh box (it may have moved)
+                fresh = whole_boxes_on_frame(plan.crops, results, plan.width, plan.height)
+                if len(fresh):
+                    iou = iou_matrix(self._objects.boxes, fresh.boxes)
+                    iou[self._objects.class_ids[:, None] != fresh.class_ids[None, :]] = 0.0
+                    kept &= ~(iou >= CARRY_REFOUND_IOU).any(axis=1)
+            carried = self._objects.select(kept)
+            carried_still = self._still[kept] + 1
         out = merge_crops(plan.crops, results, plan.width, plan.height, self.nms_iou, extra=carried)
         # rows of ``out`` that are carried boxes (merge keeps rows it does not drop, NMS reorders by score)
         is_carried = _rows_in(out.boxes, carried.boxes)
@@ -217,13 +261,32 @@ class RegionPlanner:
         carried_kept = _rows_in(carried.boxes, out.boxes[is_carried])
         carried, carried_still = carried.select(carried_kept), carried_still[carried_kept]
         still = self._stillness(found)
-        if self.motion is not None:
+        if self.motion is not None or self.tiles_per_frame is not None:
             sure = found.scores >= self.object_score
             self._objects = concat_detections([found.select(sure), carried])
             self._still = np.concatenate([still[sure], carried_still])
         return out, ScanInfo(
             kind=plan.kind, crops=len(plan.crops), carried=len(carried), motion_boxes=plan.motion_boxes
         )
+
+    @staticmethod
+    def _rechecked_by_rotation(plan: ScanPlan, boxes: np.ndarray) -> np.ndarray:
+        """Per remembered box: does this rotating scan look at it again? Yes when a tile run this frame
+        holds all of it; for a box no tile of the grid holds (larger than a tile's overlap, on a seam),
+        when the whole frame runs or a tile run this frame overlaps it. The others are carried."""
+        grid = plan.grid or ()
+        run = set(plan.tiles_run)
+        held_run = np.zeros(len(boxes), bool)
+        held_any = np.zeros(len(boxes), bool)
+        touched = np.zeros(len(boxes), bool)
+        for x1, y1, x2, y2 in grid:
+            holds = (boxes[:, 0] >= x1) & (boxes[:, 1] >= y1) & (boxes[:, 2] <= x2) & (boxes[:, 3] <= y2)
+            held_any |= holds
+            if (x1, y1, x2, y2) in run:
+                held_run |= holds
+                touched |= (boxes[:, 0] < x2) & (boxes[:, 2] > x1) & (boxes[:, 1] < y2) & (boxes[:, 3] > y1)
+        whole_ran = (0, 0, plan.width, plan.height) in plan.crops
+        return held_run | (~held_any & (whole_ran | touched))
 
     def detect(self, detector: Detector, image: np.ndarray) -> tuple[Detections, ScanInfo]:
         """Plan, detect and merge one frame (benchmarks; the detect stage batches across frames)."""
