@@ -92,6 +92,11 @@ class TilingConfig(_Strict):
         "box reported again) until that tile runs again, and dropped then if the tile does not find it. "
         "None = every tile on every detected frame",
     )
+    carry_velocity: bool = Field(
+        True,
+        description="with tiles_per_frame: a carried box moves on at the velocity its object had between "
+        "the last two times it was found (off: the last box is reported where it was)",
+    )
 
 
 class CameraDetectConfig(_Strict):

@@ -164,6 +164,8 @@ class RegionPlanner:
         self._size: tuple[int, int] = (0, 0)
         self._objects = Detections.empty()
         self._still = np.zeros((0,), np.int64)
+        self._vel = np.zeros((0, 2), np.float32)
+        self._age = np.zeros((0,), np.int64)  # detected frames each object has been carried
         t = cfg.tiling
         self.tiles_per_frame = t.tiles_per_frame if t.enabled and not cfg.regions.enabled else None
         self._next_tile = 0  # index in the grid of the first tile the next rotating scan runs
@@ -184,6 +186,8 @@ class RegionPlanner:
             self._size = (w, h)
             self._objects = Detections.empty()
             self._still = np.zeros((0,), np.int64)
+            self._vel = np.zeros((0, 2), np.float32)
+            self._age = np.zeros((0,), np.int64)  # detected frames each object has been carried
             self._next_tile = 0
         if self.motion is None:
             return self.full_scan(w, h) if self.tiles_per_frame is None else self._rotating_scan(w, h)
@@ -235,6 +239,8 @@ class RegionPlanner:
         """Merge the crops' detections (boxes in crop pixels) into the frame's, add carried objects."""
         carried = Detections.empty()
         carried_still = np.zeros((0,), np.int64)
+        carried_vel = np.zeros((0, 2), np.float32)
+        carried_age = np.zeros((0,), np.int64)
         if plan.kind in ("regions", "skip") and len(self._objects):
             # an object is re-checked only if a crop holds all of it; the others are carried
             b = self._objects.boxes
@@ -243,17 +249,22 @@ class RegionPlanner:
                 scanned |= (b[:, 0] >= x1) & (b[:, 1] >= y1) & (b[:, 2] <= x2) & (b[:, 3] <= y2)
             carried = self._objects.select(~scanned)
             carried_still = self._still[~scanned] + 1
-        elif plan.grid is not None and len(self._objects):
-            kept = ~self._rechecked_by_rotation(plan, self._objects.boxes)
+        predicted = self._objects
+        if plan.grid is not None and len(self._objects):
+            # every remembered object one detected frame on, at its velocity (zero until seen twice)
+            predicted = _moved(self._objects, self._vel, plan.width, plan.height)
+            kept = ~self._rechecked_by_rotation(plan, predicted.boxes)
+            kept &= (predicted.boxes[:, 2] > predicted.boxes[:, 0]) & (
+                predicted.boxes[:, 3] > predicted.boxes[:, 1]
+            )
             if kept.any():
                 # carried objects a crop found whole again give way to the fresh box (it may have moved)
                 fresh = whole_boxes_on_frame(plan.crops, results, plan.width, plan.height)
                 if len(fresh):
-                    iou = iou_matrix(self._objects.boxes, fresh.boxes)
-                    iou[self._objects.class_ids[:, None] != fresh.class_ids[None, :]] = 0.0
-                    kept &= ~(iou >= CARRY_REFOUND_IOU).any(axis=1)
-            carried = self._objects.select(kept)
+                    kept &= ~(_same_class_iou(predicted, fresh) >= CARRY_REFOUND_IOU).any(axis=1)
+            carried = predicted.select(kept)
             carried_still = self._still[kept] + 1
+            carried_vel, carried_age = self._vel[kept], self._age[kept] + 1
         out = merge_crops(plan.crops, results, plan.width, plan.height, self.nms_iou, extra=carried)
         # rows of ``out`` that are carried boxes (merge keeps rows it does not drop, NMS reorders by score)
         is_carried = _rows_in(out.boxes, carried.boxes)
@@ -263,11 +274,38 @@ class RegionPlanner:
         still = self._stillness(found)
         if self.motion is not None or self.tiles_per_frame is not None:
             sure = found.scores >= self.object_score
+            vel = np.zeros((len(found), 2), np.float32)
+            if plan.grid is not None:
+                vel = self._velocities(found, predicted)
+                carried_vel, carried_age = carried_vel[carried_kept], carried_age[carried_kept]
+            else:
+                carried_vel = np.zeros((len(carried), 2), np.float32)
+                carried_age = np.zeros(len(carried), np.int64)
             self._objects = concat_detections([found.select(sure), carried])
             self._still = np.concatenate([still[sure], carried_still])
+            self._vel = np.concatenate([vel[sure], carried_vel]).astype(np.float32).reshape(-1, 2)
+            self._age = np.concatenate([np.zeros(int(sure.sum()), np.int64), carried_age])
         return out, ScanInfo(
             kind=plan.kind, crops=len(plan.crops), carried=len(carried), motion_boxes=plan.motion_boxes
         )
+
+    def _velocities(self, found: Detections, predicted: Detections) -> np.ndarray:
+        """Per found box: its object's velocity (pixels per detected frame), from where the object was last
+        seen; zero for a new object or with ``tiling.carry_velocity`` off. ``predicted``: the remembered
+        objects moved to this frame at their old velocity (same rows as ``self._vel``/``self._age``)."""
+        vel = np.zeros((len(found), 2), np.float32)
+        if not self.cfg.tiling.carry_velocity or len(found) == 0 or len(predicted) == 0:
+            return vel
+        iou = _same_class_iou(found, predicted)
+        best = iou.argmax(axis=1)
+        hit = iou[np.arange(len(found)), best] >= CARRY_REFOUND_IOU
+        b = best[hit]
+        # predicted = last seen + k * old velocity, so the mean velocity since then is old + error / k
+        err = _centres(found.boxes[hit]) - _centres(predicted.boxes[b])
+        v = self._vel[b] + err / (self._age[b] + 1)[:, None]
+        side = np.maximum(found.boxes[hit, 2:] - found.boxes[hit, :2], 1.0)
+        vel[hit] = np.clip(v, -side, side)  # a box moves at most its own size per detected frame
+        return vel
 
     @staticmethod
     def _rechecked_by_rotation(plan: ScanPlan, boxes: np.ndarray) -> np.ndarray:
@@ -311,6 +349,28 @@ class RegionPlanner:
         still[same] = self._still[best[same]] + 1
         still[moved] = 0
         return still
+
+
+def _centres(boxes: np.ndarray) -> np.ndarray:
+    return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2.0, (boxes[:, 1] + boxes[:, 3]) / 2.0], axis=1)
+
+
+def _same_class_iou(a: Detections, b: Detections) -> np.ndarray:
+    iou = iou_matrix(a.boxes, b.boxes)
+    iou[a.class_ids[:, None] != b.class_ids[None, :]] = 0.0
+    return iou
+
+
+def _moved(det: Detections, vel: np.ndarray, width: int, height: int) -> Detections:
+    """``det`` shifted by ``vel`` (pixels, per row), clipped to the frame (a box that left it is empty)."""
+    if not vel.any():
+        return det
+    shift = np.concatenate([vel, vel], axis=1).astype(np.float32)
+    boxes = det.boxes + shift
+    np.clip(boxes[:, 0::2], 0, width, out=boxes[:, 0::2])
+    np.clip(boxes[:, 1::2], 0, height, out=boxes[:, 1::2])
+    lms = None if det.landmarks is None else det.landmarks + vel[:, None, :].astype(np.float32)
+    return Detections(boxes, det.scores, det.class_ids, list(det.labels), lms)
 
 
 def _rows_in(a: np.ndarray, b: np.ndarray) -> np.ndarray:
