@@ -60,7 +60,8 @@ from pipeline.detect.regions.planner import RegionPlanner, detector_input_size, 
 
 #: rotating-tile candidates (issue 24) scored beside the named profiles; ``tiles_per_frame`` tiles a frame
 CANDIDATES: dict[str, dict] = {
-    "street-rot1": deep_merge(PROFILES["street"], {"tiling": {"tiles_per_frame": 1}}),
+    "street-rot1-velocity": deep_merge(PROFILES["street-rotate"], {"tiling": {"carry_velocity": True}}),
+    "street+motion": deep_merge(PROFILES["street"], {"regions": {"enabled": True}}),
     "t720-rot2": {"tiling": {"enabled": True, "size": 720, "overlap": 0.1, "full_frame": False,
                              "tiles_per_frame": 2}},
     "t720-rot1": {"tiling": {"enabled": True, "size": 720, "overlap": 0.1, "full_frame": False,
@@ -69,11 +70,10 @@ CANDIDATES: dict[str, dict] = {
     "far-rot1": deep_merge(PROFILES["street-far"], {"tiling": {"tiles_per_frame": 1}}),
     "t640-rot2": {"tiling": {"enabled": True, "size": 640, "overlap": 0.25, "full_frame": False,
                              "tiles_per_frame": 2}},
-    "street-rot1-still": deep_merge(PROFILES["street"], {"tiling": {"tiles_per_frame": 1, "carry_velocity": False}}),
-    "t720-rot2-still": {"tiling": {"enabled": True, "size": 720, "overlap": 0.1, "full_frame": False,
-                                   "tiles_per_frame": 2, "carry_velocity": False}},
-    "t640-rot2-still": {"tiling": {"enabled": True, "size": 640, "overlap": 0.25, "full_frame": False,
-                                   "tiles_per_frame": 2, "carry_velocity": False}},
+    "t720-rot2-velocity": {"tiling": {"enabled": True, "size": 720, "overlap": 0.1, "full_frame": False,
+                                   "tiles_per_frame": 2, "carry_velocity": True}},
+    "t640-rot2-velocity": {"tiling": {"enabled": True, "size": 640, "overlap": 0.25, "full_frame": False,
+                                   "tiles_per_frame": 2, "carry_velocity": True}},
     "t512-rot3": {"tiling": {"enabled": True, "size": 512, "overlap": 0.25, "full_frame": False,
                              "tiles_per_frame": 3}},
 }  # fmt: skip

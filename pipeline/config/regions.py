@@ -93,9 +93,10 @@ class TilingConfig(_Strict):
         "None = every tile on every detected frame",
     )
     carry_velocity: bool = Field(
-        True,
+        False,
         description="with tiles_per_frame: a carried box moves on at the velocity its object had between "
-        "the last two times it was found (off: the last box is reported where it was)",
+        "the last two times it was found (off: the last box is reported where it was; on measured no "
+        "better on MOT17, BENCHMARKS.md issue 24 rotating tiles)",
     )
 
 
