@@ -205,3 +205,46 @@ def test_rotation_keeps_most_of_what_the_whole_grid_finds_on_mot17_04(yolox):
     assert inputs["rot"] * 2 == inputs["full"]
     assert found["full"] >= 100
     assert found["rot"] >= 0.9 * found["full"], found
+
+
+@needs_shared
+def test_the_batched_detect_stage_rotates_and_carries_as_the_planner_alone_does(yolox):
+    """Four frames of one ``street-rotate`` camera queued at once, so the detect stage plans several of them
+    before it merges the first: each frame gets the boxes a lone planner gives, one detector input a frame,
+    and its event's scan says how many people were carried."""
+    import threading
+    import time
+
+    from pipeline.analyze.analyzers import detections_event
+    from pipeline.config.profiles import PROFILES
+    from pipeline.config.schema import BatchConfig
+    from pipeline.core.metrics import MetricsRegistry
+    from pipeline.core.queues import BoundedQueue
+    from pipeline.core.types import Frame, FrameResult
+    from pipeline.detect.detect_stage import DetectStage
+
+    cfg = CameraDetectConfig.model_validate(PROFILES["street-rotate"])
+    images = _frames("MOT17-04-FRCNN")[:4]
+    alone = RegionPlanner(cfg, 416, yolox.nms_iou)
+    expected = [alone.detect(yolox, im) for im in images]
+    assert [info.crops for _, info in expected] == [1, 1, 1, 1]
+    assert all(info.carried > 0 for _, info in expected[1:])
+
+    wake = threading.Event()
+    q: BoundedQueue[Frame] = BoundedQueue(8, "block", "cam", wake)
+    results: list[FrameResult] = []
+    stage = DetectStage(
+        yolox, {"cam": q}, wake, results.append, BatchConfig(max_batch=4, max_wait_ms=500), MetricsRegistry(),
+        camera_detect={"cam": cfg}, nms_iou=yolox.nms_iou,
+    )  # fmt: skip
+    for i, im in enumerate(images):
+        q.put(Frame("cam", i, i / 25.0, time.time(), im))
+    q.close()
+    stage.start()
+    assert stage.join(120)
+    assert [r.frame.seq for r in results] == [0, 1, 2, 3]
+    for r, (dets, info) in zip(results, expected, strict=True):
+        np.testing.assert_allclose(r.detections.boxes, dets.boxes, atol=1e-3)
+        assert detections_event(r).data["scan"] == {
+            "kind": "tiles", "crops": 1, "carried": info.carried, "motion_boxes": 0,
+        }  # fmt: skip
