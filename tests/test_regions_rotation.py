@@ -248,3 +248,48 @@ def test_the_batched_detect_stage_rotates_and_carries_as_the_planner_alone_does(
         assert detections_event(r).data["scan"] == {
             "kind": "tiles", "crops": 1, "carried": info.carried, "motion_boxes": 0,
         }  # fmt: skip
+
+
+# ---- motion-gated tiles ------------------------------------------------------------------------------
+
+
+def test_motion_gated_tiles_run_only_where_something_moves_and_carry_the_rest():
+    cfg = CameraDetectConfig.model_validate(
+        {"tiling": dict(TWO_TILES["tiling"], motion_gate=True), "regions": {"full_scan_every": 4}}
+    )
+    planner = RegionPlanner(cfg, 416)
+    a, b = (0, 0, 1080, 1080), (840, 0, 1920, 1080)
+    still = np.full((1080, 1920, 3), 90, np.uint8)
+
+    def step(image, found):
+        plan = planner.plan(image)
+        results = []
+        for crop in plan.crops:
+            boxes = [np.subtract(bx, [crop[0], crop[1], crop[0], crop[1]]) for bx in found.get(crop, [])]
+            results.append(_person(*boxes) if boxes else Detections.empty())
+        out, info = planner.finish(plan, results)
+        return plan, out, info
+
+    person = [100.0, 500.0, 140.0, 600.0]  # in tile A only, standing still
+    plan, out, _ = step(still, {a: [person]})
+    assert plan.tiles_run == (a, b)  # the first frame: every tile
+    plan, out, info = step(still, {})  # nothing moves: no inference, the person carried
+    assert plan.kind == "skip" and plan.crops == [] and info.carried == 1 and len(out) == 1
+    walker = still.copy()
+    walker[300:700, 1500:1650] = 250  # someone appears in tile B only
+    plan, out, info = step(walker, {b: [[1500.0, 300.0, 1650.0, 700.0]]})
+    assert plan.tiles_run == (b,) and info.carried == 1 and len(out) == 2
+    plan, _, _ = step(walker, {})  # the walker still there (background learning), tile A still resting
+    assert a not in plan.tiles_run
+    plan, _, _ = step(walker, {a: [person]})  # tile A ran 4 detected frames ago (full_scan_every): due again
+    assert a in plan.tiles_run
+
+
+def test_motion_gate_and_regions_together_are_refused_naming_the_key():
+    base = {"cameras": [{"id": "a", "source": "x.mp4"}]}
+    base["cameras"][0]["detect"] = {
+        "tiling": {"enabled": True, "motion_gate": True},
+        "regions": {"enabled": True},
+    }
+    with pytest.raises(ConfigError, match=r"cameras\[0\]\.detect.*tiling\.motion_gate.*regions\.enabled"):
+        parse_config(base)

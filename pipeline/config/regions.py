@@ -92,6 +92,12 @@ class TilingConfig(_Strict):
         "box reported again) until that tile runs again, and dropped then if the tile does not find it. "
         "None = every tile on every detected frame",
     )
+    motion_gate: bool = Field(
+        False,
+        description="run a tile only when motion (tuned by regions.motion) or a moving object lies in it, "
+        "or when it has not run for regions.full_scan_every detected frames; the people of a skipped tile "
+        "are carried. With tiles_per_frame: the next N such tiles in turn",
+    )
     carry_velocity: bool = Field(
         False,
         description="with tiles_per_frame: a carried box moves on at the velocity its object had between "
@@ -108,11 +114,13 @@ class CameraDetectConfig(_Strict):
 
     @model_validator(mode="after")
     def _rotation_without_regions(self) -> CameraDetectConfig:
-        if self.tiling.enabled and self.tiling.tiles_per_frame is not None and self.regions.enabled:
-            raise ValueError(
-                "tiling.tiles_per_frame cannot be combined with regions.enabled: a regions full scan must "
-                "run every tile; turn one of them off"
-            )
+        t = self.tiling
+        for key, on in (("tiles_per_frame", t.tiles_per_frame is not None), ("motion_gate", t.motion_gate)):
+            if t.enabled and on and self.regions.enabled:
+                raise ValueError(
+                    f"tiling.{key} cannot be combined with regions.enabled: a regions full scan must run "
+                    "every tile; turn one of them off"
+                )
         return self
 
     @property

@@ -15,6 +15,9 @@
   carried box that a crop run this frame found again (a whole box of the same class overlapping it at IoU
   >= ``CARRY_REFOUND_IOU``, e.g. the downscaled whole frame seeing a large person who moved) gives way to
   the fresh box, so a moving object is not reported twice.
+- **Motion-gated tiles** (``tiling.motion_gate``, without regions): of the tiles due in turn, only those with
+  motion or a moving object in them run, and any tile that has not run for ``regions.full_scan_every``
+  detected frames; the people of the others are carried as above. No tile due: no inference (``skip``).
 - A full scan happens on the first frame, every ``full_scan_every`` detected frames, when the motion
   detector recalibrates, and when regions would cost more than the frame (too many, more pixels, or a
   frame under ``MIN_REGION_GAIN`` times the region size, where a region is about the whole frame anyway).
@@ -159,16 +162,18 @@ class RegionPlanner:
         self.region_size = cfg.regions.size or detector_size
         self.tile_size = cfg.tiling.size or detector_size
         self.nms_iou = nms_iou
-        self.motion = MotionDetector(cfg.regions.motion) if cfg.regions.enabled else None
+        t = cfg.tiling
+        self.gated = t.enabled and t.motion_gate and not cfg.regions.enabled
+        self.motion = MotionDetector(cfg.regions.motion) if cfg.regions.enabled or self.gated else None
         self._since_full = 0
         self._size: tuple[int, int] = (0, 0)
         self._objects = Detections.empty()
         self._still = np.zeros((0,), np.int64)
         self._vel = np.zeros((0, 2), np.float32)
         self._age = np.zeros((0,), np.int64)  # detected frames each object has been carried
-        t = cfg.tiling
         self.tiles_per_frame = t.tiles_per_frame if t.enabled and not cfg.regions.enabled else None
         self._next_tile = 0  # index in the grid of the first tile the next rotating scan runs
+        self._tile_age: dict[Crop, int] = {}  # motion gate: detected frames since each tile ran
 
     def full_scan(self, width: int, height: int) -> ScanPlan:
         whole: Crop = (0, 0, width, height)
@@ -189,8 +194,11 @@ class RegionPlanner:
             self._vel = np.zeros((0, 2), np.float32)
             self._age = np.zeros((0,), np.int64)  # detected frames each object has been carried
             self._next_tile = 0
+            self._tile_age = {}
         if self.motion is None:
             return self.full_scan(w, h) if self.tiles_per_frame is None else self._rotating_scan(w, h)
+        if self.gated:
+            return self._gated_scan(image, w, h)
         motion = self.motion.detect(image)
         self._since_full += 1
         if motion.first or motion.recalibrated or self._since_full >= self.cfg.regions.full_scan_every:
@@ -221,6 +229,40 @@ class RegionPlanner:
         crops = list(run) + ([(0, 0, w, h)] if t.full_frame else [])
         return ScanPlan("tiles", crops, w, h, grid=tuple(grid), tiles_run=run)
 
+    def _gated_scan(self, image: np.ndarray, w: int, h: int) -> ScanPlan:
+        """Motion-gated tiles: the next ``tiles_per_frame`` (default: all) tiles in turn that are due, i.e.
+        hold motion or a moving object, or have not run for ``regions.full_scan_every`` detected frames (a
+        tile never run, the first frame and a recalibration make every tile due)."""
+        assert self.motion is not None
+        t = self.cfg.tiling
+        motion = self.motion.detect(image)
+        grid = tile_grid(w, h, self.tile_size, t.overlap)
+        every = self.cfg.regions.full_scan_every
+        for tile in grid:
+            self._tile_age[tile] = self._tile_age.get(tile, every) + 1
+        moving = self._still < self.cfg.regions.stationary_frames
+        active = pad_boxes(np.concatenate([motion.boxes, self._objects.boxes[moving]]).reshape(-1, 4), w, h)
+        everything = motion.first or motion.recalibrated
+        n = int(self.tiles_per_frame or len(grid))
+        start = self._next_tile % len(grid)
+        run: list[Crop] = []
+        for i in range(len(grid)):
+            tile = grid[(start + i) % len(grid)]
+            x1, y1, x2, y2 = tile
+            lively = bool(
+                ((active[:, 0] < x2) & (active[:, 2] > x1) & (active[:, 1] < y2) & (active[:, 3] > y1)).any()
+            )
+            if everything or lively or self._tile_age[tile] >= every:
+                run.append(tile)
+                self._tile_age[tile] = 0
+                self._next_tile = (start + i + 1) % len(grid)
+                if len(run) == n:
+                    break
+        whole: Crop = (0, 0, w, h)
+        crops = run + ([whole] if t.full_frame and whole not in run and (run or len(motion.boxes)) else [])
+        kind: ScanKind = "tiles" if crops else "skip"
+        return ScanPlan(kind, crops, w, h, len(motion.boxes), grid=tuple(grid), tiles_run=tuple(run))
+
     def _costlier_than_full(self, crops: list[Crop], w: int, h: int) -> bool:
         """With tiling on, a full scan is its tiles: regions cost more once there are as many. Without
         tiling it is one downscaled frame: regions cost more once they hold as many pixels as the frame."""
@@ -241,14 +283,6 @@ class RegionPlanner:
         carried_still = np.zeros((0,), np.int64)
         carried_vel = np.zeros((0, 2), np.float32)
         carried_age = np.zeros((0,), np.int64)
-        if plan.kind in ("regions", "skip") and len(self._objects):
-            # an object is re-checked only if a crop holds all of it; the others are carried
-            b = self._objects.boxes
-            scanned = np.zeros(len(b), bool)
-            for x1, y1, x2, y2 in plan.crops:
-                scanned |= (b[:, 0] >= x1) & (b[:, 1] >= y1) & (b[:, 2] <= x2) & (b[:, 3] <= y2)
-            carried = self._objects.select(~scanned)
-            carried_still = self._still[~scanned] + 1
         predicted = self._objects
         if plan.grid is not None and len(self._objects):
             # every remembered object one detected frame on, at its velocity (zero until seen twice)
@@ -265,6 +299,14 @@ class RegionPlanner:
             carried = predicted.select(kept)
             carried_still = self._still[kept] + 1
             carried_vel, carried_age = self._vel[kept], self._age[kept] + 1
+        elif plan.kind in ("regions", "skip") and len(self._objects):
+            # an object is re-checked only if a crop holds all of it; the others are carried
+            b = self._objects.boxes
+            scanned = np.zeros(len(b), bool)
+            for x1, y1, x2, y2 in plan.crops:
+                scanned |= (b[:, 0] >= x1) & (b[:, 1] >= y1) & (b[:, 2] <= x2) & (b[:, 3] <= y2)
+            carried = self._objects.select(~scanned)
+            carried_still = self._still[~scanned] + 1
         out = merge_crops(plan.crops, results, plan.width, plan.height, self.nms_iou, extra=carried)
         # rows of ``out`` that are carried boxes (merge keeps rows it does not drop, NMS reorders by score)
         is_carried = _rows_in(out.boxes, carried.boxes)
