@@ -293,3 +293,30 @@ def test_motion_gate_and_regions_together_are_refused_naming_the_key():
     }
     with pytest.raises(ConfigError, match=r"cameras\[0\]\.detect.*tiling\.motion_gate.*regions\.enabled"):
         parse_config(base)
+
+
+@needs_shared
+def test_gated_tiles_skip_a_static_scene_and_find_a_person_walking_in(yolox):
+    """vtest.mp4's empty scene with sensor noise, enlarged to 1440x1080 (6 tiles of 640 px), then a real
+    walker steps in: with ``motion_gate`` the static frames run no tile (but the first frame and the
+    periodic rescan), and the walker is found from the second frame they are in."""
+    from tests.support.walk_in import walk_in_clip
+
+    frames, truth = walk_in_clip(yolox, static_frames=30, walk_frames=8, scale=3.0)
+    cfg = CameraDetectConfig.model_validate(
+        {"tiling": {"enabled": True, "size": 640, "overlap": 0.25, "full_frame": False, "motion_gate": True}}
+    )
+    planner = RegionPlanner(cfg, 416, yolox.nms_iou)
+    inputs, seen = [], []
+    for image, box in zip(frames, truth, strict=True):
+        out, info = planner.detect(yolox, image)
+        inputs.append(info.crops)
+        if box is not None:
+            p = out.boxes[[lab == "person" for lab in out.labels]]
+            seen.append(bool(len(p)) and float(iou_matrix(box[None], p).max()) >= 0.5)
+    grid = len(tile_grid(1440, 1080, 640, 0.25))
+    assert inputs[0] == grid == 6
+    static = inputs[1:30]
+    assert static.count(0) >= 27 and sum(static) <= grid  # at most one periodic rescan (every 25 frames)
+    assert len(seen) >= 6 and all(seen[1:]), seen
+    assert all(0 < n < grid for n in inputs[31:]), inputs[30:]  # only the tiles the walker is in
