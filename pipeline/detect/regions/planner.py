@@ -63,7 +63,7 @@ class ScanPlan:
     width: int
     height: int
     motion_boxes: int = 0
-    #: rotating tiles: the whole tile grid and the tiles of it run this frame (the objects these hold are
+    #: rotating or motion-gated tiles: the tile grid and the tiles of it run this frame (objects these hold are
     #: re-checked, the others carried); None for a plan that scans everything it means to scan
     grid: tuple[Crop, ...] | None = None
     tiles_run: tuple[Crop, ...] = ()
