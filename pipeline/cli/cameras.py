@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--profile",
             choices=sorted(PROFILES),
-            help="detection profile (cameras[].profile): whole, street, street-far, door; replaces the "
+            help="detection profile (cameras[].profile): whole, street, street-rotate, street-far, door; replaces the "
             "camera's detect settings",
         )
         p.add_argument("--loop", action="store_true", help="restart a file source when it ends")

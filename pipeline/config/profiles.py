@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-ProfileName = Literal["whole", "street", "street-far", "door"]
+ProfileName = Literal["whole", "street", "street-rotate", "street-far", "door"]
 
 PROFILES: dict[str, dict[str, Any]] = {
     # the whole frame, downscaled to the detector input: the cheapest; people under ~100 px tall in a 1080p
@@ -20,6 +20,12 @@ PROFILES: dict[str, dict[str, Any]] = {
     # full height, 10 % overlap), no extra whole-frame pass. 1.8x the pixels per person of the whole frame
     # at 2 detector inputs; a frame no larger than a tile is run whole
     "street": {"tiling": {"enabled": True, "size": 1080, "overlap": 0.1, "full_frame": False}},
+    # street's two tiles, one per detected frame in turn (issue 24): the cost of one whole-frame pass; a
+    # person in the tile not run this frame is carried (their last box) until it runs again. For fixed
+    # cameras: on a moving camera a carried box goes stale within a few frames
+    "street-rotate": {
+        "tiling": {"enabled": True, "size": 1080, "overlap": 0.1, "full_frame": False, "tiles_per_frame": 1}
+    },
     # recall first, for far, small people: 640 px tiles + the whole frame (9 detector inputs on 1080p)
     "street-far": {"tiling": {"enabled": True, "size": 640, "overlap": 0.25, "full_frame": True}},
     # a door or entrance camera: people and faces near the lens are large, so the whole frame every

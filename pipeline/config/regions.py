@@ -7,7 +7,7 @@ native resolution.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -84,6 +84,26 @@ class TilingConfig(_Strict):
     full_frame: bool = Field(
         True, description="also run the whole frame, downscaled, for objects larger than a tile"
     )
+    tiles_per_frame: int | None = Field(
+        None,
+        ge=1,
+        description="run only this many tiles of the grid per detected frame, in turn (round robin), plus "
+        "the whole frame if full_frame; an object found in a tile not run this frame is carried (its last "
+        "box reported again) until that tile runs again, and dropped then if the tile does not find it. "
+        "None = every tile on every detected frame",
+    )
+    motion_gate: bool = Field(
+        False,
+        description="run a tile only when motion (tuned by regions.motion) or a moving object lies in it, "
+        "or when it has not run for regions.full_scan_every detected frames; the people of a skipped tile "
+        "are carried. With tiles_per_frame: the next N such tiles in turn",
+    )
+    carry_velocity: bool = Field(
+        False,
+        description="with tiles_per_frame: a carried box moves on at the velocity its object had between "
+        "the last two times it was found (off: the last box is reported where it was; on measured no "
+        "better on MOT17, BENCHMARKS.md issue 24 rotating tiles)",
+    )
 
 
 class CameraDetectConfig(_Strict):
@@ -91,6 +111,17 @@ class CameraDetectConfig(_Strict):
 
     regions: RegionsConfig = Field(default_factory=RegionsConfig)
     tiling: TilingConfig = Field(default_factory=TilingConfig)
+
+    @model_validator(mode="after")
+    def _rotation_without_regions(self) -> CameraDetectConfig:
+        t = self.tiling
+        for key, on in (("tiles_per_frame", t.tiles_per_frame is not None), ("motion_gate", t.motion_gate)):
+            if t.enabled and on and self.regions.enabled:
+                raise ValueError(
+                    f"tiling.{key} cannot be combined with regions.enabled: a regions full scan must run "
+                    "every tile; turn one of them off"
+                )
+        return self
 
     @property
     def active(self) -> bool:

@@ -67,7 +67,8 @@ class CameraConfig(_Strict):
     profile: ProfileName | None = Field(
         None,
         description="named detect settings (pipeline/config/profiles.py): whole, street (tiles), "
-        "street-far (more tiles), door; keys under detect are applied on top",
+        "street-rotate (street's tiles one per frame), street-far (more tiles), door; keys under detect "
+        "are applied on top",
     )
     detect: CameraDetectConfig = Field(
         default_factory=CameraDetectConfig,

@@ -81,16 +81,7 @@ def merge_crops(
     ``extra``: whole boxes found earlier outside the crops (carried objects, frame pixels); they take part
     as uncut boxes, so a crop edge cutting a carried object does not add a partial
     duplicate of it. Rows of ``extra`` that are kept keep their exact boxes."""
-    shifted: list[Detections] = []
-    cut_parts: list[np.ndarray] = []
-    for crop, det in zip(crops, results, strict=True):
-        if len(det) == 0:
-            continue
-        ox, oy = float(crop[0]), float(crop[1])
-        cut_parts.append(_cut_mask(det.boxes, crop, width, height))
-        boxes = det.boxes.astype(np.float32) + np.array([ox, oy, ox, oy], np.float32)
-        lms = None if det.landmarks is None else det.landmarks + np.array([ox, oy], np.float32)
-        shifted.append(Detections(boxes, det.scores, det.class_ids, list(det.labels), lms))
+    shifted, cut_parts = _on_frame(crops, results, width, height)
     if extra is not None and len(extra):
         shifted.append(extra)
         cut_parts.append(np.zeros(len(extra), bool))
@@ -101,6 +92,32 @@ def merge_crops(
         keep = batched_nms(merged.boxes, merged.scores, merged.class_ids, nms_iou)
         return merged.select(keep)
     return greedy_merge(merged, np.concatenate(cut_parts), nms_iou, match_threshold)
+
+
+def _on_frame(
+    crops: list[Crop], results: list[Detections], width: int, height: int
+) -> tuple[list[Detections], list[np.ndarray]]:
+    """Step 1: each non-empty crop's detections in frame pixels, and which of them its crop cut."""
+    shifted: list[Detections] = []
+    cut_parts: list[np.ndarray] = []
+    for crop, det in zip(crops, results, strict=True):
+        if len(det) == 0:
+            continue
+        ox, oy = float(crop[0]), float(crop[1])
+        cut_parts.append(_cut_mask(det.boxes, crop, width, height))
+        boxes = det.boxes.astype(np.float32) + np.array([ox, oy, ox, oy], np.float32)
+        lms = None if det.landmarks is None else det.landmarks + np.array([ox, oy], np.float32)
+        shifted.append(Detections(boxes, det.scores, det.class_ids, list(det.labels), lms))
+    return shifted, cut_parts
+
+
+def whole_boxes_on_frame(crops: list[Crop], results: list[Detections], width: int, height: int) -> Detections:
+    """The crops' detections that no inner crop edge cut, in frame pixels (before any merging): the
+    objects a crop saw whole this frame."""
+    shifted, cut_parts = _on_frame(crops, results, width, height)
+    if not shifted:
+        return Detections.empty()
+    return concat_detections(shifted).select(~np.concatenate(cut_parts))
 
 
 def greedy_merge(det: Detections, cut: np.ndarray, nms_iou: float, match_threshold: float) -> Detections:

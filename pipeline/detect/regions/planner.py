@@ -8,6 +8,16 @@
   while it moves; once its box has stood still for ``stationary_frames`` detected frames with no motion on
   it, it is *carried* (its last box is reported again) until the next full scan re-checks it.
 - **Skip**: no motion and no moving object: no inference at all; carried objects are reported as they were.
+- **Rotating tiles** (``tiling.tiles_per_frame``, without regions): each detected frame runs only the next
+  N tiles of the grid, round robin (plus the whole frame with ``tiling.full_frame``), so a frame costs N
+  (+1) detector inputs instead of the whole grid. An object found earlier that no tile run this frame
+  holds is *carried* as above until one of its tiles runs again; then it is kept only if found again. A
+  carried box that a crop run this frame found again (a whole box of the same class overlapping it at IoU
+  >= ``CARRY_REFOUND_IOU``, e.g. the downscaled whole frame seeing a large person who moved) gives way to
+  the fresh box, so a moving object is not reported twice.
+- **Motion-gated tiles** (``tiling.motion_gate``, without regions): of the tiles due in turn, only those with
+  motion or a moving object in them run, and any tile that has not run for ``regions.full_scan_every``
+  detected frames; the people of the others are carried as above. No tile due: no inference (``skip``).
 - A full scan happens on the first frame, every ``full_scan_every`` detected frames, when the motion
   detector recalibrates, and when regions would cost more than the frame (too many, more pixels, or a
   frame under ``MIN_REGION_GAIN`` times the region size, where a region is about the whole frame anyway).
@@ -28,7 +38,7 @@ from pipeline.config.regions import CameraDetectConfig
 from pipeline.core.nms import iou_matrix
 from pipeline.core.types import Detections, ScanInfo
 from pipeline.detect.detectors.base import Detector
-from pipeline.detect.regions.merge import Crop, concat_detections, merge_crops
+from pipeline.detect.regions.merge import Crop, concat_detections, merge_crops, whole_boxes_on_frame
 from pipeline.detect.regions.motion import MotionDetector
 
 ScanKind = Literal["full", "tiles", "regions", "skip"]
@@ -41,6 +51,10 @@ STILL_IOU = 0.9
 #: frame with motion is scanned whole instead (static frames are still skipped)
 MIN_REGION_GAIN = 2.0
 
+#: a carried box overlapping a box found whole this frame (same class) at least this much is that object,
+#: found again: the fresh box replaces it (lower than NMS IoU: the object has moved since it was carried)
+CARRY_REFOUND_IOU = 0.3
+
 
 @dataclass(frozen=True)
 class ScanPlan:
@@ -49,6 +63,10 @@ class ScanPlan:
     width: int
     height: int
     motion_boxes: int = 0
+    #: rotating or motion-gated tiles: the tile grid and the tiles of it run this frame (objects these hold are
+    #: re-checked, the others carried); None for a plan that scans everything it means to scan
+    grid: tuple[Crop, ...] | None = None
+    tiles_run: tuple[Crop, ...] = ()
 
 
 def detector_input_size(detector: Detector, default: int = 416) -> int:
@@ -144,11 +162,18 @@ class RegionPlanner:
         self.region_size = cfg.regions.size or detector_size
         self.tile_size = cfg.tiling.size or detector_size
         self.nms_iou = nms_iou
-        self.motion = MotionDetector(cfg.regions.motion) if cfg.regions.enabled else None
+        t = cfg.tiling
+        self.gated = t.enabled and t.motion_gate and not cfg.regions.enabled
+        self.motion = MotionDetector(cfg.regions.motion) if cfg.regions.enabled or self.gated else None
         self._since_full = 0
         self._size: tuple[int, int] = (0, 0)
         self._objects = Detections.empty()
         self._still = np.zeros((0,), np.int64)
+        self._vel = np.zeros((0, 2), np.float32)
+        self._age = np.zeros((0,), np.int64)  # detected frames each object has been carried
+        self.tiles_per_frame = t.tiles_per_frame if t.enabled and not cfg.regions.enabled else None
+        self._next_tile = 0  # index in the grid of the first tile the next rotating scan runs
+        self._tile_age: dict[Crop, int] = {}  # motion gate: detected frames since each tile ran
 
     def full_scan(self, width: int, height: int) -> ScanPlan:
         whole: Crop = (0, 0, width, height)
@@ -166,8 +191,14 @@ class RegionPlanner:
             self._size = (w, h)
             self._objects = Detections.empty()
             self._still = np.zeros((0,), np.int64)
+            self._vel = np.zeros((0, 2), np.float32)
+            self._age = np.zeros((0,), np.int64)  # detected frames each object has been carried
+            self._next_tile = 0
+            self._tile_age = {}
         if self.motion is None:
-            return self.full_scan(w, h)
+            return self.full_scan(w, h) if self.tiles_per_frame is None else self._rotating_scan(w, h)
+        if self.gated:
+            return self._gated_scan(image, w, h)
         motion = self.motion.detect(image)
         self._since_full += 1
         if motion.first or motion.recalibrated or self._since_full >= self.cfg.regions.full_scan_every:
@@ -183,6 +214,54 @@ class RegionPlanner:
         if len(crops) > self.cfg.regions.max_regions or self._costlier_than_full(crops, w, h):
             return self._full(w, h, len(motion.boxes))
         return ScanPlan("regions", crops, w, h, len(motion.boxes))
+
+    def _rotating_scan(self, w: int, h: int) -> ScanPlan:
+        """The next ``tiles_per_frame`` tiles of the grid in turn (plus the whole frame with
+        ``full_frame``); the whole grid when it has no more tiles than that."""
+        t = self.cfg.tiling
+        grid = tile_grid(w, h, self.tile_size, t.overlap)
+        n = int(self.tiles_per_frame or len(grid))
+        if n >= len(grid):
+            return self.full_scan(w, h)
+        start = self._next_tile % len(grid)
+        run = tuple(grid[(start + i) % len(grid)] for i in range(n))
+        self._next_tile = (start + n) % len(grid)
+        crops = list(run) + ([(0, 0, w, h)] if t.full_frame else [])
+        return ScanPlan("tiles", crops, w, h, grid=tuple(grid), tiles_run=run)
+
+    def _gated_scan(self, image: np.ndarray, w: int, h: int) -> ScanPlan:
+        """Motion-gated tiles: the next ``tiles_per_frame`` (default: all) tiles in turn that are due, i.e.
+        hold motion or a moving object, or have not run for ``regions.full_scan_every`` detected frames (a
+        tile never run, the first frame and a recalibration make every tile due)."""
+        assert self.motion is not None
+        t = self.cfg.tiling
+        motion = self.motion.detect(image)
+        grid = tile_grid(w, h, self.tile_size, t.overlap)
+        every = self.cfg.regions.full_scan_every
+        for tile in grid:
+            self._tile_age[tile] = self._tile_age.get(tile, every) + 1
+        moving = self._still < self.cfg.regions.stationary_frames
+        active = pad_boxes(np.concatenate([motion.boxes, self._objects.boxes[moving]]).reshape(-1, 4), w, h)
+        everything = motion.first or motion.recalibrated
+        n = int(self.tiles_per_frame or len(grid))
+        start = self._next_tile % len(grid)
+        run: list[Crop] = []
+        for i in range(len(grid)):
+            tile = grid[(start + i) % len(grid)]
+            x1, y1, x2, y2 = tile
+            lively = bool(
+                ((active[:, 0] < x2) & (active[:, 2] > x1) & (active[:, 1] < y2) & (active[:, 3] > y1)).any()
+            )
+            if everything or lively or self._tile_age[tile] >= every:
+                run.append(tile)
+                self._tile_age[tile] = 0
+                self._next_tile = (start + i + 1) % len(grid)
+                if len(run) == n:
+                    break
+        whole: Crop = (0, 0, w, h)
+        crops = run + ([whole] if t.full_frame and whole not in run and (run or len(motion.boxes)) else [])
+        kind: ScanKind = "tiles" if crops else "skip"
+        return ScanPlan(kind, crops, w, h, len(motion.boxes), grid=tuple(grid), tiles_run=tuple(run))
 
     def _costlier_than_full(self, crops: list[Crop], w: int, h: int) -> bool:
         """With tiling on, a full scan is its tiles: regions cost more once there are as many. Without
@@ -202,7 +281,25 @@ class RegionPlanner:
         """Merge the crops' detections (boxes in crop pixels) into the frame's, add carried objects."""
         carried = Detections.empty()
         carried_still = np.zeros((0,), np.int64)
-        if plan.kind in ("regions", "skip") and len(self._objects):
+        carried_vel = np.zeros((0, 2), np.float32)
+        carried_age = np.zeros((0,), np.int64)
+        predicted = self._objects
+        if plan.grid is not None and len(self._objects):
+            # every remembered object one detected frame on, at its velocity (zero until seen twice)
+            predicted = _moved(self._objects, self._vel, plan.width, plan.height)
+            kept = ~self._rechecked_by_rotation(plan, predicted.boxes)
+            kept &= (predicted.boxes[:, 2] > predicted.boxes[:, 0]) & (
+                predicted.boxes[:, 3] > predicted.boxes[:, 1]
+            )
+            if kept.any():
+                # carried objects a crop found whole again give way to the fresh box (it may have moved)
+                fresh = whole_boxes_on_frame(plan.crops, results, plan.width, plan.height)
+                if len(fresh):
+                    kept &= ~(_same_class_iou(predicted, fresh) >= CARRY_REFOUND_IOU).any(axis=1)
+            carried = predicted.select(kept)
+            carried_still = self._still[kept] + 1
+            carried_vel, carried_age = self._vel[kept], self._age[kept] + 1
+        elif plan.kind in ("regions", "skip") and len(self._objects):
             # an object is re-checked only if a crop holds all of it; the others are carried
             b = self._objects.boxes
             scanned = np.zeros(len(b), bool)
@@ -217,13 +314,59 @@ class RegionPlanner:
         carried_kept = _rows_in(carried.boxes, out.boxes[is_carried])
         carried, carried_still = carried.select(carried_kept), carried_still[carried_kept]
         still = self._stillness(found)
-        if self.motion is not None:
+        if self.motion is not None or self.tiles_per_frame is not None:
             sure = found.scores >= self.object_score
+            vel = np.zeros((len(found), 2), np.float32)
+            if plan.grid is not None:
+                vel = self._velocities(found, predicted)
+                carried_vel, carried_age = carried_vel[carried_kept], carried_age[carried_kept]
+            else:
+                carried_vel = np.zeros((len(carried), 2), np.float32)
+                carried_age = np.zeros(len(carried), np.int64)
             self._objects = concat_detections([found.select(sure), carried])
             self._still = np.concatenate([still[sure], carried_still])
+            self._vel = np.concatenate([vel[sure], carried_vel]).astype(np.float32).reshape(-1, 2)
+            self._age = np.concatenate([np.zeros(int(sure.sum()), np.int64), carried_age])
         return out, ScanInfo(
             kind=plan.kind, crops=len(plan.crops), carried=len(carried), motion_boxes=plan.motion_boxes
         )
+
+    def _velocities(self, found: Detections, predicted: Detections) -> np.ndarray:
+        """Per found box: its object's velocity (pixels per detected frame), from where the object was last
+        seen; zero for a new object or with ``tiling.carry_velocity`` off. ``predicted``: the remembered
+        objects moved to this frame at their old velocity (same rows as ``self._vel``/``self._age``)."""
+        vel = np.zeros((len(found), 2), np.float32)
+        if not self.cfg.tiling.carry_velocity or len(found) == 0 or len(predicted) == 0:
+            return vel
+        iou = _same_class_iou(found, predicted)
+        best = iou.argmax(axis=1)
+        hit = iou[np.arange(len(found)), best] >= CARRY_REFOUND_IOU
+        b = best[hit]
+        # predicted = last seen + k * old velocity, so the mean velocity since then is old + error / k
+        err = _centres(found.boxes[hit]) - _centres(predicted.boxes[b])
+        v = self._vel[b] + err / (self._age[b] + 1)[:, None]
+        side = np.maximum(found.boxes[hit, 2:] - found.boxes[hit, :2], 1.0)
+        vel[hit] = np.clip(v, -side, side)  # a box moves at most its own size per detected frame
+        return vel
+
+    @staticmethod
+    def _rechecked_by_rotation(plan: ScanPlan, boxes: np.ndarray) -> np.ndarray:
+        """Per remembered box: does this rotating scan look at it again? Yes when a tile run this frame
+        holds all of it; for a box no tile of the grid holds (larger than a tile's overlap, on a seam),
+        when the whole frame runs or a tile run this frame overlaps it. The others are carried."""
+        grid = plan.grid or ()
+        run = set(plan.tiles_run)
+        held_run = np.zeros(len(boxes), bool)
+        held_any = np.zeros(len(boxes), bool)
+        touched = np.zeros(len(boxes), bool)
+        for x1, y1, x2, y2 in grid:
+            holds = (boxes[:, 0] >= x1) & (boxes[:, 1] >= y1) & (boxes[:, 2] <= x2) & (boxes[:, 3] <= y2)
+            held_any |= holds
+            if (x1, y1, x2, y2) in run:
+                held_run |= holds
+                touched |= (boxes[:, 0] < x2) & (boxes[:, 2] > x1) & (boxes[:, 1] < y2) & (boxes[:, 3] > y1)
+        whole_ran = (0, 0, plan.width, plan.height) in plan.crops
+        return held_run | (~held_any & (whole_ran | touched))
 
     def detect(self, detector: Detector, image: np.ndarray) -> tuple[Detections, ScanInfo]:
         """Plan, detect and merge one frame (benchmarks; the detect stage batches across frames)."""
@@ -248,6 +391,28 @@ class RegionPlanner:
         still[same] = self._still[best[same]] + 1
         still[moved] = 0
         return still
+
+
+def _centres(boxes: np.ndarray) -> np.ndarray:
+    return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2.0, (boxes[:, 1] + boxes[:, 3]) / 2.0], axis=1)
+
+
+def _same_class_iou(a: Detections, b: Detections) -> np.ndarray:
+    iou = iou_matrix(a.boxes, b.boxes)
+    iou[a.class_ids[:, None] != b.class_ids[None, :]] = 0.0
+    return iou
+
+
+def _moved(det: Detections, vel: np.ndarray, width: int, height: int) -> Detections:
+    """``det`` shifted by ``vel`` (pixels, per row), clipped to the frame (a box that left it is empty)."""
+    if not vel.any():
+        return det
+    shift = np.concatenate([vel, vel], axis=1).astype(np.float32)
+    boxes = det.boxes + shift
+    np.clip(boxes[:, 0::2], 0, width, out=boxes[:, 0::2])
+    np.clip(boxes[:, 1::2], 0, height, out=boxes[:, 1::2])
+    lms = None if det.landmarks is None else det.landmarks + vel[:, None, :].astype(np.float32)
+    return Detections(boxes, det.scores, det.class_ids, list(det.labels), lms)
 
 
 def _rows_in(a: np.ndarray, b: np.ndarray) -> np.ndarray:
