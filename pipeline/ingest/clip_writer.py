@@ -221,7 +221,7 @@ class ClipWriter(Stage):
         if rec is None:
             return detect
         offset, scale = rec.clip_offset(), rec.scale()
-        if rec.healthy() and offset is not None and scale is not None:
+        if rec.routable() and offset is not None and scale is not None:
             return ClipRoute("main", offset, rec.ring.suffix(), scale, has_main=True)
         rec.count_fallback()
         return ClipRoute("detect", suffix=detect.suffix, has_main=True)

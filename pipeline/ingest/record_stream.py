@@ -81,6 +81,7 @@ class RecordStream(Stage):
         self._lock = threading.Lock()
         self._warned_aspect: tuple[Size, Size] | None = None
         self._logged_down = False
+        self.stopped_while_up = False
         self.metrics.note = self.note
         metrics.set_camera_value("record_stream_up", cam.id, 0.0)
         metrics.set_camera_value("clip_fallbacks_total", cam.id, 0.0)
@@ -94,6 +95,11 @@ class RecordStream(Stage):
             and self.ring.frame_size() is not None
             and time.monotonic() - self._last_packet < self.cam.read_timeout_s
         )
+
+    def routable(self) -> bool:
+        """A clip asked for now can be cut from this ring: the stream is healthy, or it was healthy when the
+        run stopped it (clips of tracks ended at shutdown still get the main stream's pictures)."""
+        return self.healthy() or (self.stopped_while_up and self.ring.frame_size() is not None)
 
     def clip_offset(self) -> float | None:
         """Seconds to add to a detect-stream ``Frame.pts`` to find the moment in this ring (wall clock)."""
@@ -155,6 +161,7 @@ class RecordStream(Stage):
             failures = 1 if count else failures + 1
 
     def on_exit(self) -> None:
+        self.stopped_while_up = self.healthy() and self.stop_event.is_set()
         self.online = False
         self.metrics_registry.set_camera_value("record_stream_up", self.cam.id, 0.0)
         self.ring.end()
