@@ -8,6 +8,8 @@ run: detection must go on and clips must fall back to the detect stream, counted
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import yaml
 
 from pipeline.config.edit import camera_dict
 from pipeline.config.schema import CameraConfig, ConfigError, parse_config
@@ -25,6 +28,7 @@ from pipeline.ingest.demo_media import draw_frame_index, encode_bgr_video, read_
 from pipeline.run.runner import Pipeline
 from tests.support.rtsp_fixtures import RtspServer
 
+REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 VTEST = DATA / "videos" / "vtest.mp4"  # 480x360 H.264, 10 fps
 FRAMES = 120  # 12 s of the scene, looped by the servers
@@ -261,6 +265,32 @@ def test_a_hung_main_stream_never_stalls_detection_and_clips_fall_back_to_the_su
     )
 
 
+def test_a_killed_main_stream_reconnects_on_its_own_while_detection_goes_on(servers, redis_server, tmp_path):
+    sub, main = servers
+    events: list[Event] = []
+    pipe = Pipeline(parse_config(_config(sub, main, redis_server.url, tmp_path)), var_dir=tmp_path / "var",
+                    event_sinks=[events.append]).start()  # fmt: skip
+    try:
+        record = pipe.records["street"]
+        assert pipe.clips is not None
+        _wait(lambda: record.healthy() and len(_detected(events)) >= 3, 90, "main stream up and detections")
+        main.stop()  # connection refused from now on
+        _wait(lambda: not record.healthy(), 30, "the main stream to count as down")
+        assert pipe.clips.route("street").stream == "detect"  # a clip asked for now: the substream's
+        seen = len(_detected(events))
+        _wait(
+            lambda: len(_detected(events)) >= seen + 10, 60, "detections to go on with the main stream gone"
+        )
+        main.start()
+        _wait(record.healthy, 60, "the main stream to reconnect")
+        assert record.metrics.reconnects >= 1 and pipe.clips.route("street").stream == "main"
+    finally:
+        pipe.stop()
+    assert pipe.wait(60)
+    pipe.join(10)
+    assert record.fallbacks >= 1
+
+
 def test_the_main_stream_is_only_opened_for_cameras_that_keep_clips(tmp_path):
     cfg = parse_config(
         {
@@ -278,3 +308,50 @@ def test_the_main_stream_is_only_opened_for_cameras_that_keep_clips(tmp_path):
         for d in pipe.deliveries:
             d.spool.close()
     assert isinstance(cfg.cameras[0], CameraConfig)
+
+
+# -- the cameras CLI and the web form -----------------------------------------------------------------
+
+
+def _cameras_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "run_pipeline.py"), "cameras", *argv],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+
+
+def test_the_cameras_cli_adds_edits_lists_and_removes_a_record_source_keeping_the_rest(tmp_path):
+    path = tmp_path / "cams.yaml"
+    other = {"id": "b", "source": "rtsp://10.0.0.8/sub", "read_timeout_s": 3.0, "detect_fps": 4.0}
+    path.write_text(yaml.safe_dump({"cameras": [other]}, sort_keys=False))
+    r = _cameras_cli("--config", str(path), "add", "--id", "a", "--source", "rtsp://10.0.0.9/sub",
+                     "--record-source", "rtsp://admin:hunter2@10.0.0.9/main")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = _cameras_cli(
+        "--config", str(path), "edit", "b", "--record-source", "rtsp://u:topsecret@10.0.0.8/main"
+    )
+    assert r.returncode == 0, r.stderr
+    cams = yaml.safe_load(path.read_text())["cameras"]
+    assert cams[0] == {**other, "record_source": "rtsp://u:topsecret@10.0.0.8/main"}
+    assert cams[1]["record_source"] == "rtsp://admin:hunter2@10.0.0.9/main"
+    r = _cameras_cli("--config", str(path), "list")
+    assert r.returncode == 0 and "record: rtsp://admin:***@10.0.0.9/main" in r.stdout, r.stdout
+    assert "hunter2" not in r.stdout and "topsecret" not in r.stdout
+    r = _cameras_cli("--config", str(path), "edit", "b", "--record-source", "rtsp://10.0.0.8/sub")
+    assert r.returncode == 2 and "record_source is the same as source" in r.stderr and "'b'" in r.stderr
+    r = _cameras_cli("--config", str(path), "edit", "b", "--record-source", "")
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load(path.read_text())["cameras"][0] == other  # removed; every other key kept
+
+
+def test_the_web_edit_form_keeps_a_masked_record_source_and_an_emptied_one_removes_it():
+    from pipeline.serve.web.routes_live import _form_patch
+
+    cam = CameraConfig(
+        id="a", source="rtsp://10.0.0.9/sub", record_source="rtsp://admin:hunter2@10.0.0.9/main"
+    )
+    shown = {"source": "rtsp://10.0.0.9/sub", "record_source": "rtsp://admin:***@10.0.0.9/main"}
+    assert _form_patch(shown, cam) == {}  # the page showed it masked: sent back, nothing changes
+    assert _form_patch({**shown, "record_source": ""}, cam) == {"record_source": None}
+    new = "rtsp://admin:n3w@10.0.0.9/main2"
+    assert _form_patch({**shown, "record_source": new}, cam) == {"record_source": new}
