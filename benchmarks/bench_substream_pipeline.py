@@ -43,7 +43,10 @@ def _cpu() -> float:
 
 def _encode(src: str, size: tuple[int, int], dst: Path, fps: int) -> Path:
     with av.open(src) as c:
-        frames = (cv2.resize(f.to_ndarray(format="bgr24"), size, interpolation=cv2.INTER_AREA) for f in c.decode(video=0))
+        frames = (
+            cv2.resize(f.to_ndarray(format="bgr24"), size, interpolation=cv2.INTER_AREA)
+            for f in c.decode(video=0)
+        )
         return encode_bgr_video(dst, frames, fps, crf=23)
 
 

@@ -30,20 +30,15 @@ import av.error
 from pipeline.config.schema import CameraConfig
 from pipeline.core.box_scale import ASPECT_TOLERANCE, BoxScale, Size, aspect_mismatch
 from pipeline.core.metrics import MetricsRegistry
-from pipeline.core.sources import open_spec, redact_url
+from pipeline.core.sources import redact_url
 from pipeline.core.stage import Stage
+from pipeline.ingest.decoder import backoff_delay, open_source
 from pipeline.ingest.packet_ring import PacketRing
 from pipeline.ingest.stream_clock import StreamClock
 
 log = logging.getLogger(__name__)
 
 _SILENCE_FRACTION = 0.95  # as the decoder: a read that blocked this long counts as the stream going silent
-
-
-def _backoff(attempt: int, cam: CameraConfig, rng: random.Random) -> float:
-    rc = cam.reconnect
-    base = min(rc.max_s, rc.initial_s * rc.multiplier ** max(0, attempt - 1))
-    return max(0.0, base * (1.0 + rc.jitter * rng.uniform(-1.0, 1.0)))
 
 
 class RecordStream(Stage):
@@ -139,7 +134,8 @@ class RecordStream(Stage):
         failures = 0
         while not self.stop_event.is_set():
             if failures:
-                delay = _backoff(failures, self.cam, self._rng)
+                rc = self.cam.reconnect
+                delay = backoff_delay(failures, rc.initial_s, rc.max_s, rc.multiplier, rc.jitter, self._rng)
                 if self.stop_event.wait(delay):
                     return
                 self.metrics.reconnects += 1
@@ -167,19 +163,7 @@ class RecordStream(Stage):
         self.ring.end()
 
     def _open(self) -> av.container.InputContainer:
-        spec = open_spec(
-            self.url, rtsp_transport=self.cam.rtsp_transport, read_timeout_s=self.cam.read_timeout_s
-        )
-        container = av.open(
-            spec.url,
-            format=spec.format,
-            options={**spec.options, **self.cam.ffmpeg_options},
-            timeout=(self.cam.open_timeout_s, self.cam.read_timeout_s),
-        )
-        if not container.streams.video:
-            container.close()
-            raise ValueError("no video stream")
-        return container
+        return open_source(self.cam, self.url)
 
     def _pump(self, container: av.container.InputContainer) -> tuple[int, str]:
         """Packets into the ring until the stream ends, goes silent or stop(); (packets, why it ended)."""
