@@ -355,3 +355,59 @@ def test_the_web_edit_form_keeps_a_masked_record_source_and_an_emptied_one_remov
     assert _form_patch({**shown, "record_source": ""}, cam) == {"record_source": None}
     new = "rtsp://admin:n3w@10.0.0.9/main2"
     assert _form_patch({**shown, "record_source": new}, cam) == {"record_source": new}
+
+
+def test_run_with_a_bad_record_source_exits_2_naming_it_without_the_password():
+    r = subprocess.run(
+        [sys.executable, str(REPO / "run_pipeline.py"), "--source", "clip.mp4", "--record-source",
+         "rtsp://admin:hunter2@127.0.0.1:9/main", "--no-web", "--duration", "1"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "record_source needs source and record_source to be live streams" in r.stderr
+    assert "rtsp://admin:***@127.0.0.1:9/main" in r.stderr and "hunter2" not in r.stderr
+
+
+# -- the clip writer's fallback when the main ring lost the moment ------------------------------------
+
+
+def test_a_main_stream_clip_whose_packets_are_gone_is_cut_from_the_detect_ring_and_counted(tmp_path):
+    """The route said "main", then the main stream reconnected (its ring starts over): the writer cuts the
+    clip from the detect stream's ring instead, says so in the result, and counts the fallback."""
+    from pipeline.config.clips import ClipsConfig
+    from pipeline.core.metrics import MetricsRegistry
+    from pipeline.core.queues import BoundedQueue
+    from pipeline.core.types import Frame
+    from pipeline.ingest.clip_writer import ClipRequest, ClipResult, ClipWriter
+    from pipeline.ingest.decoder import DecoderStage
+    from pipeline.ingest.packet_ring import PacketRing
+    from pipeline.ingest.record_stream import RecordStream
+
+    if not VTEST.is_file():
+        pytest.skip("needs ../shared/data/videos/vtest.mp4")
+    detect_ring = PacketRing("cam", max_s=120.0)
+    q: BoundedQueue[Frame] = BoundedQueue(10_000, "block", "frames")
+    dec = DecoderStage(
+        CameraConfig(id="cam", source=str(VTEST)), q, lambda e: None, MetricsRegistry(), ring=detect_ring
+    )
+    dec.start()
+    assert dec.join(60)
+    metrics = MetricsRegistry()
+    cam = CameraConfig(id="cam", source="rtsp://127.0.0.1:9/sub", record_source="rtsp://127.0.0.1:9/main")
+    record = RecordStream(cam, PacketRing("cam"), metrics, detect_offset=lambda: 0.0, detect_size=lambda: SUB)
+    clips = ClipsConfig(enabled=True, pre_s=1, post_s=1)
+    results: list[tuple[ClipResult | None, str]] = []
+    writer = ClipWriter(tmp_path / "clips", {"cam": detect_ring}, clips.for_camera, lambda e: None, metrics)
+    writer.record_streams["cam"] = record
+    writer.start()
+    req = ClipRequest("cam", "cam/a.mp4", 20.0, 20.0, 1.0, 1.0, stream="main", offset=1.7e9,
+                      on_written=lambda r, e: results.append((r, e)) or [])  # fmt: skip
+    assert writer.request(req)
+    assert writer.finish(30)
+    ((result, error),) = results
+    assert result is not None and not error
+    assert result.stream == "detect" and (result.width, result.height) == SUB
+    assert result.start_t <= 19.0 and result.end_t >= 21.0  # on the detect timeline, covering the moment
+    assert record.fallbacks == 1
+    assert 'vidpipe_clip_fallbacks_total{camera="cam"} 1.0' in metrics.prometheus_text()
+    assert _clip_size(tmp_path / "clips" / "cam" / "a.mp4")[:2] == SUB
