@@ -291,6 +291,30 @@ def test_a_killed_main_stream_reconnects_on_its_own_while_detection_goes_on(serv
     assert record.fallbacks >= 1
 
 
+def test_a_running_camera_gains_and_loses_its_main_stream_by_an_edit(servers, redis_server, tmp_path):
+    """The web form, the API and ``cameras edit --url`` all end in ``update_camera``: the camera restarts
+    with a reader for its new record_source, and without one once it is removed."""
+    sub, main = servers
+    raw = _config(sub, main, redis_server.url, tmp_path)
+    del raw["cameras"][0]["record_source"]
+    raw["tracking"]["enabled"] = False
+    pipe = Pipeline(parse_config(raw), var_dir=tmp_path / "var").start()
+    try:
+        assert pipe.records == {}
+        cam = pipe.camera_configs()[0]
+        pipe.update_camera(cam.model_copy(update={"record_source": main.url}))
+        record = pipe.records["street"]
+        _wait(record.healthy, 60, "the new main stream to come up")
+        assert pipe.clips is not None and pipe.clips.record_streams["street"] is record
+        pipe.update_camera(cam)  # record_source removed
+        assert pipe.records == {} and pipe.clips.record_streams == {} and not record.is_alive()
+        assert pipe.clips.route("street").stream == "detect" and not pipe.clips.route("street").has_main
+    finally:
+        pipe.stop()
+    assert pipe.wait(60)
+    pipe.join(10)
+
+
 def test_the_main_stream_is_only_opened_for_cameras_that_keep_clips(tmp_path):
     cfg = parse_config(
         {

@@ -363,6 +363,8 @@ class Pipeline:
             )
         if record is not None:
             record.join(timeout)
+            if forget:
+                record.metrics.note = None  # the status line stops reporting a removed camera's main stream
         if end_analytics:
             stage = self.analytics.pop(camera_id, None)
             inbox = self.inboxes.pop(camera_id, None)
