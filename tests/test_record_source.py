@@ -315,6 +315,26 @@ def test_a_running_camera_gains_and_loses_its_main_stream_by_an_edit(servers, re
     pipe.join(10)
 
 
+def test_a_camera_whose_detect_stream_gives_up_ends_the_run_and_its_main_stream_reader(
+    servers, redis_server, tmp_path
+):
+    from pipeline.deliver.redis_server import free_port
+    from pipeline.detect.detectors.base import NullDetector
+
+    _sub, main = servers
+    raw = _config(_sub, main, redis_server.url, tmp_path)
+    raw["cameras"][0].update(
+        source=f"rtsp://127.0.0.1:{free_port()}/sub", reconnect={"initial_s": 0.2, "max_attempts": 1}
+    )
+    raw["tracking"]["enabled"] = False
+    pipe = Pipeline(parse_config(raw), detector=NullDetector(), var_dir=tmp_path / "var").start()
+    record = pipe.records["street"]
+    assert pipe.wait(60), "the run ends when its only camera failed, main stream or not"
+    pipe.join(10)
+    assert record.join(10) and not record.is_alive()
+    assert pipe.decoders["street"].outcome().startswith("failed")
+
+
 def test_the_main_stream_is_only_opened_for_cameras_that_keep_clips(tmp_path):
     cfg = parse_config(
         {

@@ -422,6 +422,8 @@ class Pipeline:
             self._analytics_left -= 1
             last = self._analytics_left == 0
         if last:
+            for record in list(self.records.values()):  # no camera is left to make clips of
+                record.stop()
             if self.clips is not None:  # its doors.evidence events go out before the queues close
                 self.clips.finish()
             self._close_event_queues()
@@ -510,6 +512,8 @@ class Pipeline:
 
     def join(self, timeout: float = 30.0) -> bool:
         ok = self.wait(timeout)
+        for record in list(self.records.values()):  # main streams end with the run (none is waited on)
+            record.stop()
         clips = [self.clips] if self.clips is not None else []
         stages = [*self.decoders.values(), *self.records.values(), self.detect, *self.analytics.values()]
         for s in [*stages, *clips, *self.deliveries]:
