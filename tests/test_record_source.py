@@ -455,3 +455,25 @@ def test_a_main_stream_clip_whose_packets_are_gone_is_cut_from_the_detect_ring_a
     assert record.fallbacks == 1
     assert 'vidpipe_clip_fallbacks_total{camera="cam"} 1.0' in metrics.prometheus_text()
     assert _clip_size(tmp_path / "clips" / "cam" / "a.mp4")[:2] == SUB
+
+
+def test_a_substream_of_another_shape_is_scaled_per_axis_with_one_warning(caplog):
+    from pipeline.core.metrics import MetricsRegistry
+    from pipeline.ingest.packet_ring import PacketRing
+    from pipeline.ingest.record_stream import RecordStream
+
+    motorway = DATA / "videos" / "traffic_motorway.mp4"  # 1280x720: a 16:9 main stream
+    if not motorway.is_file():
+        pytest.skip("needs ../shared/data/videos/traffic_motorway.mp4")
+    ring = PacketRing("cam")
+    with av.open(str(motorway)) as c:
+        ring.start_segment(c.streams.video[0])
+    cam = CameraConfig(id="cam", source="rtsp://127.0.0.1:9/sub", record_source="rtsp://127.0.0.1:9/main")
+    record = RecordStream(
+        cam, ring, MetricsRegistry(), detect_offset=lambda: 0.0, detect_size=lambda: (640, 480)
+    )
+    with caplog.at_level("WARNING", logger="pipeline.ingest.record_stream"):
+        scales = [record.scale() for _ in range(3)]
+    assert scales[0] == BoxScale(2.0, 1.5) and scales.count(scales[0]) == 3
+    warnings = [r.getMessage() for r in caplog.records if "aspect ratio" in r.getMessage()]
+    assert len(warnings) == 1 and "640x480" in warnings[0] and "1280x720" in warnings[0]
