@@ -50,7 +50,9 @@ DOOR: dict[str, Any] = {
 def test_the_round_trip_camera_sets_every_camera_key() -> None:
     from pipeline.config.schema import CameraConfig
 
-    assert set(DOOR) == set(CameraConfig.model_fields), set(CameraConfig.model_fields) ^ set(DOOR)
+    # record_source needs a live source (this door is a file): its round trip is in tests/test_record_source.py
+    keys = set(DOOR) | {"record_source"}
+    assert keys == set(CameraConfig.model_fields), set(CameraConfig.model_fields) ^ keys
 
 
 @pytest.fixture

@@ -41,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             p.add_argument("--source")
         p.add_argument("--detect-fps", type=float)
         p.add_argument(
+            "--record-source",
+            help="the camera's main (high-resolution) stream, for clips only (cameras[].record_source); "
+            "--source is then the substream detection decodes" + ("" if name == "add" else "; '' removes it"),
+        )
+        p.add_argument(
             "--profile",
             choices=sorted(PROFILES),
             help="detection profile (cameras[].profile): whole, street, street-rotate, street-far, door; replaces the "
@@ -59,6 +64,8 @@ def _patch(args: argparse.Namespace) -> dict[str, Any]:
         patch["source"] = args.source
     if args.detect_fps is not None:
         patch["detect_fps"] = args.detect_fps
+    if args.record_source is not None:
+        patch["record_source"] = args.record_source or None  # '' removes it: source serves both again
     if getattr(args, "profile", None):
         patch["profile"] = args.profile  # detect keys the user wrote for this camera still apply on top
     for flag in ("loop", "realtime"):
@@ -74,6 +81,8 @@ def _camera(args: argparse.Namespace, base: dict[str, Any]) -> CameraConfig:
         data["source"] = args.source
     if args.detect_fps is not None:
         data["detect_fps"] = args.detect_fps
+    if args.record_source:
+        data["record_source"] = args.record_source
     if getattr(args, "profile", None):
         data["profile"] = args.profile
         data.pop("detect", None)  # the new profile's settings, not the old ones kept from ``base``
@@ -126,16 +135,18 @@ def _main(args: argparse.Namespace) -> int:
     if args.action == "list":
         if args.url:
             for c in _call(args, "GET", "/api/cameras")["cameras"]:
-                print(f"{c['id']}\t{c['status']}\t{c['source']}")
+                main = f"\trecord: {c['record_source']}" if c.get("record_source") else ""
+                print(f"{c['id']}\t{c['status']}\t{c['source']}{main}")
             return 0
         for cam in load_config(args.config).cameras:
-            print(f"{cam.id}\t{'enabled' if cam.enabled else 'paused'}\t{redact_url(cam.source)}")
+            main = f"\trecord: {redact_url(cam.record_source)}" if cam.record_source else ""
+            print(f"{cam.id}\t{'enabled' if cam.enabled else 'paused'}\t{redact_url(cam.source)}{main}")
         return 0
     if args.action == "edit":
         patch = _patch(args)
         if not patch:
             raise ValueError(
-                "edit: give at least one setting to change (--source, --detect-fps, --profile, ...)"
+                "edit: give at least one setting to change (--source, --record-source, --detect-fps, --profile, ...)"
             )
         if args.url:
             _call(args, "PATCH", f"/api/cameras/{args.id}", patch)

@@ -15,6 +15,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pydantic import ValidationError
+
 from pipeline.cli.private_files import use_private_files
 from pipeline.cli.stopping import (
     EXIT_ALL_CAMERAS_FAILED,
@@ -25,7 +27,13 @@ from pipeline.cli.stopping import (
 )
 from pipeline.config.paths import resolve_runtime_paths
 from pipeline.config.profiles import PROFILES
-from pipeline.config.schema import CameraConfig, ConfigError, PipelineConfig, load_config
+from pipeline.config.schema import (
+    CameraConfig,
+    ConfigError,
+    PipelineConfig,
+    format_validation_error,
+    load_config,
+)
 from pipeline.config.var_dir import RuntimePaths
 from pipeline.core.events import Event
 from pipeline.core.sources import redact_url
@@ -44,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="configs/default.yaml", help="YAML config (default: %(default)s)")
     parser.add_argument("--source", help="run one camera on this URL/file instead of the config's cameras")
     parser.add_argument("--camera-id", default="cam0", help="camera id for --source (default: %(default)s)")
+    parser.add_argument(
+        "--record-source",
+        help="with --source (the substream detection decodes): the camera's main stream, kept for clips and "
+        "never decoded (cameras[].record_source; needs clips.enabled)",
+    )
     parser.add_argument(
         "--profile",
         choices=sorted(PROFILES),
@@ -73,9 +86,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _apply_overrides(cfg: PipelineConfig, args: argparse.Namespace) -> PipelineConfig:
+    record = getattr(args, "record_source", None)
     if args.source:
-        base = cfg.cameras[0].model_dump(exclude={"id", "source", "queue_policy", "loop", "realtime"})
-        cfg.cameras = [CameraConfig(id=args.camera_id, source=args.source, **base)]
+        # the config's first camera lends its settings, not its streams
+        base = cfg.cameras[0].model_dump(
+            exclude={"id", "source", "record_source", "queue_policy", "loop", "realtime"}
+        )
+        data = {"id": args.camera_id, "source": args.source, **base}
+        if record:
+            data["record_source"] = record
+        try:
+            cfg.cameras = [CameraConfig.model_validate(data)]
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, "--source/--record-source")) from None
+    elif record:
+        raise ConfigError("--record-source needs --source (in a config: cameras[].record_source)")
     if getattr(args, "profile", None):
         cfg.cameras = [
             CameraConfig.model_validate(cam.model_dump(exclude={"detect"}) | {"profile": args.profile})

@@ -21,6 +21,7 @@ from pipeline.config.scale import RayConfig
 from pipeline.config.sinks import SinksConfig
 from pipeline.config.tracking import CameraZonesConfig, TrackingConfig
 from pipeline.config.web import WebConfig
+from pipeline.core.sources import redact_url
 
 
 class ConfigError(ValueError):
@@ -39,9 +40,19 @@ class ReconnectConfig(_Strict):
     max_attempts: int | None = Field(None, ge=1, description="give up after this many; None = forever")
 
 
+_LIVE_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "/dev/video")
+
+
 class CameraConfig(_Strict):
     id: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     source: str = Field(..., min_length=1, description="file path, rtsp://, http(s):// or /dev/videoN")
+    record_source: str | None = Field(
+        None,
+        min_length=1,
+        description="the camera's main (high-resolution) stream, for clips only: its packets are kept and "
+        "remuxed, never decoded; source is then the low-resolution stream detection decodes (Frigate's "
+        "detect/record roles). None = source serves both (docs/clips.md)",
+    )
     enabled: bool = True
     rtsp_transport: Literal["tcp", "udp"] = "tcp"
     read_timeout_s: float = Field(5.0, gt=0, description="a stream silent this long counts as disconnected")
@@ -89,10 +100,29 @@ class CameraConfig(_Strict):
             return data  # the detect field reports what is wrong with it
         return {**data, "detect": profile_detect(data["profile"], detect)}
 
+    @model_validator(mode="after")
+    def _record_source_is_a_second_live_stream(self) -> CameraConfig:
+        """Packets of the two streams are matched by capture time (each stream's clock mapped onto the wall
+        clock), which a file does not have; and the same URL twice would read the camera twice for nothing."""
+        rec = self.record_source
+        if rec is None:
+            return self
+        if rec.strip() == self.source.strip():
+            raise ValueError(
+                f"camera {self.id!r}: record_source is the same as source; leave record_source out "
+                "(source then serves detection and clips)"
+            )
+        if not (self.is_live and rec.lower().startswith(_LIVE_PREFIXES)):
+            raise ValueError(
+                f"camera {self.id!r}: record_source needs source and record_source to be live streams "
+                f"(rtsp://, http(s)://, ...), got source {redact_url(self.source)!r} and record_source "
+                f"{redact_url(rec)!r}: the two streams are matched by capture time, which a file has not"
+            )
+        return self
+
     @property
     def is_live(self) -> bool:
-        s = self.source.lower()
-        return s.startswith(("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "/dev/video"))
+        return self.source.lower().startswith(_LIVE_PREFIXES)
 
     @property
     def effective_queue_policy(self) -> Literal["latest", "block"]:
@@ -280,7 +310,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
         got = e.get("input")
-        got_s = "" if isinstance(got, dict | list) else f" (got {got!r})"
+        got_s = "" if isinstance(got, dict | list) else redact_url(f" (got {got!r})")  # no camera passwords
         lines.append(f"  {_loc(e['loc'])}: {e['msg']}{got_s}")
     return "\n".join(lines)
 

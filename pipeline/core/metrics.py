@@ -35,6 +35,7 @@ class StageMetrics:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     queue_depth: Callable[[], int] | None = None
     queue_drops: Callable[[], int] | None = None
+    note: Callable[[], str] | None = None  # extra words for the status line (a main stream's health)
 
     def observe(self, latency_ms: float | None = None, count: int = 1) -> None:
         now = time.monotonic()
@@ -75,6 +76,7 @@ class MetricsRegistry:
         self.counters: dict[str, float] = collections.defaultdict(float)
         self._frame_ages: dict[str, collections.deque[float]] = {}
         self._decoder_lags: dict[str, float] = {}
+        self._camera_values: dict[str, dict[str, float]] = {}  # name -> camera -> value
         self.started = time.time()
 
     def stage(self, stage: str, camera_id: str = "") -> StageMetrics:
@@ -112,6 +114,16 @@ class MetricsRegistry:
         with self._lock:
             return dict(self._decoder_lags)
 
+    def set_camera_value(self, name: str, camera_id: str, value: float) -> None:
+        """A per-camera gauge or (name ending in ``_total``) counter, exported as ``vidpipe_<name>{camera}``,
+        e.g. ``record_stream_up`` and ``clip_fallbacks_total`` of a camera's main stream."""
+        with self._lock:
+            self._camera_values.setdefault(name, {})[camera_id] = value
+
+    def camera_values(self) -> dict[str, dict[str, float]]:
+        with self._lock:
+            return {name: dict(v) for name, v in self._camera_values.items()}
+
     def inc(self, name: str, value: float = 1.0) -> None:
         """Process-wide counter (e.g. ``publisher_spooled_total``)."""
         with self._lock:
@@ -128,6 +140,7 @@ class MetricsRegistry:
             label = f"{m.stage}[{m.camera_id}]" if m.camera_id else m.stage
             q = f" q={m.queue_depth()}" if m.queue_depth else ""
             extra = f" reconn={m.reconnects}" if m.reconnects else ""
+            extra += m.note() if m.note else ""
             parts.append(
                 f"{label}: {m.fps():.1f}fps p50={p50:.1f}ms p95={p95:.1f}ms{q} drop={m.total_drops()}{extra}"
             )
@@ -214,11 +227,21 @@ class MetricsRegistry:
             "Source reconnect attempts.",
             [(lab(m), m.reconnects) for m in stages],
         )
+        for name, per_camera in sorted(self.camera_values().items()):
+            kind = "counter" if name.endswith("_total") else "gauge"
+            metric(name, kind, _CAMERA_VALUE_HELP.get(name, f"Per-camera {name}."),
+                   [({"camera": cam}, v) for cam, v in sorted(per_camera.items())])  # fmt: skip
         with self._lock:
             counters = dict(self.counters)
         for name, value in sorted(counters.items()):
             metric(name, "counter", f"Process counter {name}.", [({}, value)])
         return "\n".join(lines) + "\n"
+
+
+_CAMERA_VALUE_HELP = {
+    "record_stream_up": "1 while the camera's record_source (main stream) delivers packets, else 0.",
+    "clip_fallbacks_total": "Clips cut from the detect stream because the camera's main stream was down.",
+}
 
 
 def _escape(v: str) -> str:

@@ -11,6 +11,13 @@ the hook returns.
 
 Clips start at the last keyframe at or before ``t_start - pre_s`` (a decoder needs one), so the pre-roll is
 at least ``pre_s`` (up to one GOP more) when the ring still holds it.
+
+A camera with a ``record_source`` (its main stream, pipeline/ingest/record_stream.py) has a second ring:
+:meth:`ClipWriter.route` sends a clip there while that stream is healthy (``ClipRoute.stream == "main"``,
+with the offset from the detect timeline to the main ring's wall clock and the :class:`BoxScale` of its
+pictures), else to the detect stream's ring, counting the fallback. A main-stream clip whose packets are gone
+by the time it is cut (the stream reconnected) is cut from the detect ring too; ``ClipResult.stream`` says
+which stream a clip holds.
 """
 
 from __future__ import annotations
@@ -26,14 +33,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import av
 
 from pipeline.config.clips import ClipSettings
+from pipeline.core.box_scale import BoxScale
 from pipeline.core.events import Event
 from pipeline.core.metrics import MetricsRegistry
 from pipeline.core.stage import Stage
 from pipeline.ingest.packet_ring import SUFFIX_FORMATS, PacketRing, RingSnapshot
+
+if TYPE_CHECKING:
+    from pipeline.ingest.record_stream import RecordStream
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +65,10 @@ class ClipResult:
     duration_s: float
     packets: int
     keyframes: int
+    #: cameras with a record_source: "main" or "detect" (the stream the clip holds); None for the others
+    stream: str | None = None
+    width: int = 0  # the clip's picture size
+    height: int = 0
 
 
 @dataclass
@@ -65,6 +81,27 @@ class ClipRequest:
     post_s: float
     on_written: Callable[[ClipResult | None, str], list[Event]] | None = None
     deadline: float = field(default=0.0)  # monotonic; set by request()
+    stream: Literal["detect", "main"] = "detect"  # which ring: ClipWriter.route() decides
+    offset: float = 0.0  # the ring's time of a moment = its Frame.pts + offset (main ring: wall clock)
+
+
+@dataclass(frozen=True)
+class ClipRoute:
+    """Where a clip asked for now is cut from (:meth:`ClipWriter.route`): which stream's ring, the offset of
+    its timeline, the file suffix its codec needs, and ``scale`` from detect-frame boxes to its pixels."""
+
+    stream: Literal["detect", "main"]
+    offset: float = 0.0
+    suffix: str = ".mp4"
+    scale: BoxScale = field(default_factory=BoxScale)
+    has_main: bool = False  # the camera has a record_source (whether or not this clip comes from it)
+
+    def request(
+        self, camera_id: str, name: str, t_start: float, t_end: float, pre_s: float, post_s: float
+    ) -> ClipRequest:
+        return ClipRequest(
+            camera_id, name, t_start, t_end, pre_s, post_s, stream=self.stream, offset=self.offset
+        )
 
 
 def clip_name(camera_id: str, kind: str, ref: str, ts: float, suffix: str = ".mp4") -> str:
@@ -166,12 +203,34 @@ class ClipWriter(Stage):
         self.emit = emit
         self._queue: queue.Queue[ClipRequest] = queue.Queue(queue_size)
         self._pending: list[ClipRequest] = []
+        #: camera id -> its main stream reader (cameras with a record_source; the runner adds and removes)
+        self.record_streams: dict[str, RecordStream] = {}
         self._max_pending = queue_size
         self.written = 0
         self.failed = 0
         self.dropped = 0
         self.metrics.queue_depth = lambda: self._queue.qsize() + len(self._pending)
         self.metrics.queue_drops = lambda: self.dropped
+
+    def route(self, camera_id: str) -> ClipRoute:
+        """Where a clip of ``camera_id`` asked for now is cut from: its main stream while that is healthy,
+        else its detect stream (a fallback, counted for a camera that has a main stream)."""
+        ring = self.rings.get(camera_id)
+        detect = ClipRoute("detect", suffix=ring.suffix() if ring is not None else ".mp4")
+        rec = self.record_streams.get(camera_id)
+        if rec is None:
+            return detect
+        offset, scale = rec.clip_offset(), rec.scale()
+        if rec.routable() and offset is not None and scale is not None:
+            return ClipRoute("main", offset, rec.ring.suffix(), scale, has_main=True)
+        rec.count_fallback()
+        return ClipRoute("detect", suffix=detect.suffix, has_main=True)
+
+    def _ring_of(self, req: ClipRequest) -> PacketRing | None:
+        if req.stream == "main":
+            rec = self.record_streams.get(req.camera_id)
+            return rec.ring if rec is not None else None
+        return self.rings.get(req.camera_id)
 
     def path_of(self, name: str) -> Path:
         return self.directory / name
@@ -212,11 +271,15 @@ class ClipWriter(Stage):
         return self.join(timeout)
 
     def _ready(self, req: ClipRequest, now: float) -> bool:
-        ring = self.rings.get(req.camera_id)
+        ring = self._ring_of(req)
         if ring is None or ring.ended or now >= req.deadline:
             return True
+        if req.stream == "main":
+            rec = self.record_streams.get(req.camera_id)
+            if rec is None or not rec.healthy():
+                return True  # the main stream went down: the clip ends where it stopped
         newest = ring.newest_t()
-        return newest is not None and newest >= req.t_end + req.post_s
+        return newest is not None and newest >= req.t_end + req.offset + req.post_s
 
     def _write(self, req: ClipRequest) -> None:
         t0 = time.perf_counter()
@@ -244,10 +307,21 @@ class ClipWriter(Stage):
                 self.emit(ev)
 
     def _cut(self, req: ClipRequest) -> ClipResult | None:
-        ring = self.rings.get(req.camera_id)
-        if ring is None:
-            return None
-        snap = ring.snapshot(req.t_start - req.pre_s, req.t_end + req.post_s)
+        ring = self._ring_of(req)
+        snap = None
+        if ring is not None:
+            snap = ring.snapshot(req.t_start + req.offset - req.pre_s, req.t_end + req.offset + req.post_s)
+        if snap is None and req.stream == "main":  # its packets are gone (it reconnected): the detect ring's
+            rec = self.record_streams.get(req.camera_id)
+            if rec is not None:
+                rec.count_fallback()
+            log.warning("camera %s: clip %s: the main stream no longer holds that time; cut from the "
+                        "detect stream", req.camera_id, req.name)  # fmt: skip
+            req = ClipRequest(req.camera_id, req.name, req.t_start, req.t_end, req.pre_s, req.post_s)
+            ring = self.rings.get(req.camera_id)
+            snap = (
+                ring.snapshot(req.t_start - req.pre_s, req.t_end + req.post_s) if ring is not None else None
+            )
         if snap is None:
             return None
         path = self.path_of(req.name)
@@ -267,9 +341,12 @@ class ClipWriter(Stage):
             path=path,
             sha256=hashlib.sha256(data).hexdigest(),
             size=len(data),
-            start_t=min(starts),
-            end_t=end_t,
+            start_t=min(starts) - req.offset,  # back on the Frame.pts timeline
+            end_t=end_t - req.offset,
             duration_s=end_t - min(starts),
             packets=len(snap.packets),
             keyframes=keyframes,
+            stream=req.stream if req.camera_id in self.record_streams else None,
+            width=snap.template.width,
+            height=snap.template.height,
         )

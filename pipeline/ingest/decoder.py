@@ -95,9 +95,12 @@ def _describe(exc: BaseException) -> str:
     return redact_url(f"{type(exc).__name__}: {exc}")
 
 
-def open_source(cam: CameraConfig) -> av.container.InputContainer:
-    """Open a camera's source with its timeouts; raises if it cannot be opened or is not a video."""
-    spec = open_spec(cam.source, rtsp_transport=cam.rtsp_transport, read_timeout_s=cam.read_timeout_s)
+def open_source(cam: CameraConfig, source: str | None = None) -> av.container.InputContainer:
+    """Open a camera's source (or ``source``: its ``record_source``) with its timeouts and options; raises if
+    it cannot be opened or is not a video."""
+    spec = open_spec(
+        source or cam.source, rtsp_transport=cam.rtsp_transport, read_timeout_s=cam.read_timeout_s
+    )
     container = av.open(
         spec.url,
         format=spec.format,

@@ -112,7 +112,9 @@ class PacketRing:
             self.segment += 1
             self.ended = False
 
-    def push(self, packet: av.Packet) -> None:
+    def push(self, packet: av.Packet, t: float | None = None) -> None:
+        """Keep ``packet``; ``t``: its time on the ring's timeline when the caller places it (a main stream's
+        ring runs on the wall clock, pipeline/ingest/record_stream.py), else its pts plus the segment offset."""
         if packet.size == 0 or self._template is None:
             return
         tb = packet.time_base or self._template.time_base
@@ -125,7 +127,7 @@ class PacketRing:
             packet.dts,
             int(packet.duration or 0),
             bool(packet.is_keyframe),
-            float(ts * tb) + self._offset,
+            float(ts * tb) + self._offset if t is None else float(t),
         )
         with self._lock:
             self._packets.append(item)
@@ -172,6 +174,11 @@ class PacketRing:
         """The file suffix clips of the current segment get (``.mp4`` unless its codec needs another)."""
         template = self._template
         return template.suffix if template is not None else ".mp4"
+
+    def frame_size(self) -> tuple[int, int] | None:
+        """(width, height) of the current segment's pictures, None before the first connection."""
+        template = self._template
+        return (template.width, template.height) if template is not None and template.width else None
 
     def newest_t(self) -> float | None:
         with self._lock:

@@ -29,6 +29,12 @@ class StreamClock:
         self._last_pts = 0.0
         self._last_arrival = 0.0
 
+    @property
+    def offset(self) -> float | None:
+        """``capture_time - pts`` of the current connection (None before its first frame): maps this
+        stream's pts onto the wall clock, e.g. to find a main stream's packets for a detect-stream moment."""
+        return self._offset
+
     def reset(self) -> None:
         """A new connection: its pts restart, the next frame re-anchors."""
         self._offset = None

@@ -41,6 +41,8 @@ from pipeline.run.track_clips import TrackClips
 
 if TYPE_CHECKING:
     from pipeline.deliver.ha_discovery import HaSite
+    from pipeline.ingest.decoder import DecoderStage
+    from pipeline.ingest.record_stream import RecordStream
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,6 @@ class Pipeline:
         analyzers_factory: Callable[[str], list[Analyzer]] | None = None,
     ) -> None:
         from pipeline.deliver.publisher import Publisher
-        from pipeline.ingest.decoder import DecoderStage
 
         cfg = resolve_runtime_paths(cfg, var_dir)  # spool, gallery, crops, audit logs under --var-dir
         self.cfg = cfg
@@ -126,6 +127,7 @@ class Pipeline:
         self._left_lock = threading.Lock()
         # clips: one packet ring per camera (fed by its decoder), one writer thread for every camera
         self.rings: dict[str, PacketRing] = {}
+        self.records: dict[str, RecordStream] = {}  # main streams (record_source) of cameras that have one
         self.clips: ClipWriter | None = None
         if any(cfg.clips.for_camera(c.id).enabled for c in cfg.cameras):
             self.clips = ClipWriter(
@@ -217,10 +219,29 @@ class Pipeline:
         decoder = DecoderStage(
             cam, fq, self._on_decoder_event, self.metrics, ring=ring, ffmpeg_threads=decode_threads(cameras)
         )
+        self._build_record_stream(cam, decoder, ring)
         # The decoder's line shows its output queue: frames waiting for the detector (the decoder itself
         # reports the frames a `latest` queue dropped because the detector was behind).
         decoder.metrics.queue_depth = fq.qsize
         self.decoders[cam.id] = decoder
+
+    def _build_record_stream(self, cam: CameraConfig, decoder: DecoderStage, ring: PacketRing | None) -> None:
+        """A camera's main stream (``record_source``): its own reader and ring, for clips only."""
+        if cam.record_source is None:
+            return
+        if ring is None or self.clips is None:
+            log.warning("camera %s: record_source is not read: clips are disabled for this camera", cam.id)
+            return
+        from pipeline.ingest.record_stream import RecordStream
+
+        clip_cfg = self.cfg.clips.for_camera(cam.id)
+        main_ring = PacketRing(cam.id, clip_cfg.ring_max_s, int(clip_cfg.ring_max_mb * 1024 * 1024))
+        clock = decoder.stream_clock
+        record = RecordStream(
+            cam, main_ring, self.metrics, detect_offset=lambda: clock.offset, detect_size=ring.frame_size
+        )
+        self.records[cam.id] = record
+        self.clips.record_streams[cam.id] = record
 
     # -- cameras at run time (the web app, its JSON API and `cameras` CLI call these) ----------------------
     def camera_configs(self) -> list[CameraConfig]:
@@ -310,6 +331,8 @@ class Pipeline:
         self.detect.configure_camera(cam.id, cam.detect, cam.detect_fps)
         self.detect.set_input(cam.id, self.frame_queues[cam.id])
         self.decoders[cam.id].start()
+        if cam.id in self.records:
+            self.records[cam.id].start()
 
     def _stop_camera(
         self, camera_id: str, *, end_analytics: bool, forget: bool, timeout: float = 10.0
@@ -321,6 +344,11 @@ class Pipeline:
         self.detect.set_input(camera_id, placeholder)
         self.frame_queues[camera_id] = placeholder
         self._placeholders[camera_id] = placeholder
+        record = self.records.pop(camera_id, None)
+        if record is not None:  # first: its blocking read may take read_timeout_s to notice
+            record.stop()
+            if self.clips is not None:
+                self.clips.record_streams.pop(camera_id, None)
         decoder = self.decoders.pop(camera_id, None)
         if decoder is not None:
             decoder.stop()
@@ -333,6 +361,10 @@ class Pipeline:
                     data={"status": status, "reason": "by the operator"},
                 )
             )
+        if record is not None:
+            record.join(timeout)
+            if forget:
+                record.metrics.note = None  # the status line stops reporting a removed camera's main stream
         if end_analytics:
             stage = self.analytics.pop(camera_id, None)
             inbox = self.inboxes.pop(camera_id, None)
@@ -390,6 +422,8 @@ class Pipeline:
             self._analytics_left -= 1
             last = self._analytics_left == 0
         if last:
+            for record in list(self.records.values()):  # no camera is left to make clips of
+                record.stop()
             if self.clips is not None:  # its doors.evidence events go out before the queues close
                 self.clips.finish()
             self._close_event_queues()
@@ -416,6 +450,8 @@ class Pipeline:
         self.detect.start()
         for dec in self.decoders.values():
             dec.start()
+        for record in self.records.values():
+            record.start()
         return self
 
     def stop(self) -> None:
@@ -426,6 +462,8 @@ class Pipeline:
         log.info("stopping: sources first, then draining detect → analytics → publisher")
         for dec in list(self.decoders.values()):
             dec.stop()
+        for record in list(self.records.values()):
+            record.stop()
         for q in list(self._placeholders.values()):
             q.close()
 
@@ -474,8 +512,11 @@ class Pipeline:
 
     def join(self, timeout: float = 30.0) -> bool:
         ok = self.wait(timeout)
+        for record in list(self.records.values()):  # main streams end with the run (none is waited on)
+            record.stop()
         clips = [self.clips] if self.clips is not None else []
-        for s in [*self.decoders.values(), self.detect, *self.analytics.values(), *clips, *self.deliveries]:
+        stages = [*self.decoders.values(), *self.records.values(), self.detect, *self.analytics.values()]
+        for s in [*stages, *clips, *self.deliveries]:
             s.join(1.0)
         self.detector.close()
         return ok

@@ -4,6 +4,9 @@ The tracker's own times (``first_seen``/``last_seen``) run on its clock, not on 
 clip is placed by the frames the object's events came from: from its ``tracks.new`` frame (minus ``pre_s``)
 to its ``tracks.end`` frame (plus ``post_s``). ``tracks.end`` gets ``data.clip`` (``<camera>/<file>.mp4``)
 before it is delivered; the file appears once the post-roll has been recorded.
+
+A camera with a ``record_source`` also gets ``data.clip_stream`` ("main", or "detect" while its main stream
+is down) and ``data.clip_box``: the event's ``box`` (detect-stream pixels, unchanged) in the clip's pixels.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import threading
 from collections import OrderedDict
 
 from pipeline.core.events import Event
-from pipeline.ingest.clip_writer import ClipRequest, ClipWriter, clip_name
+from pipeline.ingest.clip_writer import ClipWriter, clip_name
 
 _MAX_OPEN = 10_000  # objects whose start we remember (an object without tracks.end is forgotten past this)
 
@@ -43,9 +46,14 @@ class TrackClips:
         if end is None:
             return
         start = end if start is None or start > end else start
-        suffix = ring.suffix() if ring is not None else ".mp4"
-        name = clip_name(event.camera_id, "track", key[1] or event.event_id, event.ts, suffix)
+        route = self.writer.route(event.camera_id)
+        name = clip_name(event.camera_id, "track", key[1] or event.event_id, event.ts, route.suffix)
         if self.writer.request(
-            ClipRequest(event.camera_id, name, start, end, settings.pre_s, settings.post_s)
+            route.request(event.camera_id, name, start, end, settings.pre_s, settings.post_s)
         ):
             event.data["clip"] = name
+            if route.has_main:
+                event.data["clip_stream"] = route.stream
+                box = event.data.get("box")
+                if isinstance(box, list) and len(box) == 4:
+                    event.data["clip_box"] = route.scale.box(box)

@@ -313,9 +313,9 @@ class FaceAccessAnalyzer:
             if t is None:
                 return None
             s = self.clips.settings_for(self.camera_id)
-            suffix = ring.suffix() if ring is not None else ".mp4"
-            name = clip_name(self.camera_id, "door", ev.event_id, ev.ts, suffix)
-            return ClipRequest(self.camera_id, name, t, t, s.pre_s, s.post_s)
+            route = self.clips.route(self.camera_id)  # the main stream's ring, when the camera has one up
+            name = clip_name(self.camera_id, "door", ev.event_id, ev.ts, route.suffix)
+            return route.request(self.camera_id, name, t, t, s.pre_s, s.post_s)
         except Exception:  # noqa: BLE001 - evidence must never cost a decision its signature
             log.exception("camera %s: no clip for decision %s", self.camera_id, ev.event_id)
             return None
@@ -338,6 +338,8 @@ class FaceAccessAnalyzer:
                 "end_pts": round(result.end_t, 4) if result else None,
                 "error": error or None,
             }
+            if result is not None and result.stream is not None:  # the camera has a record_source
+                data.update(stream=result.stream, width=result.width, height=result.height)
             ev = Event(type="doors.evidence", camera_id=self.camera_id, data=data)
             ev = sign_event(ev, door.cfg.id, door.key)
             door.audit.append(ev.model_dump(mode="json"))

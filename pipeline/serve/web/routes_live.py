@@ -100,10 +100,20 @@ def camera_rows(ctx: WebContext) -> list[dict[str, Any]]:
             status, reason = "stopped", ""
         else:
             status, reason = dec.status, dec.status_reason or (dec.last_error or "")
+        record = pipe.records.get(cam.id)
+        if record is not None and not record.healthy() and not reason:
+            reason = f"main stream down, clips from the detect stream: {record.reason}"
         rows.append(
             {
                 "id": cam.id,
                 "source": redact_url(cam.source),
+                "record_source": redact_url(cam.record_source) if cam.record_source else None,
+                # the main stream (clips only): "up", "down: why", or None (no record_source / not read)
+                "record_status": None
+                if record is None
+                else "up"
+                if record.healthy()
+                else f"down: {record.reason}",
                 "enabled": cam.enabled,
                 "detect_fps": cam.detect_fps,
                 "profile": cam.profile,
@@ -292,6 +302,12 @@ def _form_patch(form: Any, current: CameraConfig) -> dict[str, Any]:
     source = str(form.get("source") or "").strip()
     if source and source not in (current.source, redact_url(current.source)):
         patch["source"] = source
+    if "record_source" in form:  # an emptied field removes it (source serves both again)
+        record = str(form.get("record_source") or "").strip() or None
+        if record != current.record_source and not (
+            record is not None and current.record_source and record == redact_url(current.record_source)
+        ):
+            patch["record_source"] = record
     if "detect_fps" in form:
         fps = str(form.get("detect_fps") or "").strip()
         if (float(fps) if _is_number(fps) else fps or None) != current.detect_fps:
@@ -313,6 +329,9 @@ def _is_number(v: str) -> bool:
 
 def _form_camera(form: Any, cam_id: str) -> CameraConfig:
     data: dict[str, Any] = {"id": cam_id.strip(), "source": str(form.get("source") or "").strip()}
+    record = str(form.get("record_source") or "").strip()
+    if record:
+        data["record_source"] = record
     fps = str(form.get("detect_fps") or "").strip()
     if fps:
         data["detect_fps"] = fps
