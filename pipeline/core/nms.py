@@ -131,20 +131,31 @@ def _ort_select(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> 
     )[0]
 
 
+def _class_rows(cls: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each box's row among the classes present (0..k-1), and k. Small non-negative integer ids (a
+    detector's) are counted with bincount, a few microseconds cheaper than ``np.unique``'s sort at 100 boxes."""
+    if cls.dtype.kind in "iu" and cls.size and cls.min() >= 0 and cls.max() < 1 << 16:
+        present = np.bincount(cls) > 0
+        rank = np.cumsum(present) - 1
+        return rank[cls], int(rank[-1]) + 1
+    _, row = np.unique(cls, return_inverse=True)
+    row = row.reshape(-1)
+    return row, int(row.max()) + 1
+
+
 def _ort_batched(boxes: np.ndarray, scores: np.ndarray, cls: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Class-aware NMS through ONNX Runtime: kept indices, highest score first, equal scores lower index first."""
     n = boxes.shape[0]
-    classes, row = np.unique(cls, return_inverse=True)
-    k = classes.shape[0]
+    row, k = _class_rows(cls)
     if k == 1:
         return _ort_select(boxes, scores, iou_threshold)[:, 2].copy()
     if k * n <= ORT_SCORE_CELLS:
         matrix = np.full((k, n), -np.inf, np.float32)
-        matrix[row.reshape(-1), np.arange(n)] = scores
+        matrix[row, np.arange(n)] = scores
         keep = _ort_select(boxes, matrix, iou_threshold)[:, 2]
     else:  # many classes and boxes: one call per class on its own boxes, memory O(N)
-        by_class = np.argsort(row.reshape(-1), kind="stable")
-        cuts = np.flatnonzero(np.diff(row.reshape(-1)[by_class])) + 1
+        by_class = np.argsort(row, kind="stable")
+        cuts = np.flatnonzero(np.diff(row[by_class])) + 1
         parts = []
         for members in np.split(by_class, cuts):
             if members.shape[0] == 1:
