@@ -24,6 +24,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,7 @@ def _alternate(contenders: list, repeats: int, burst: int, flush) -> list[list[f
     return times
 
 
-def _without_ort(f):
+def _without_ort(f: Callable[[], object]) -> Callable[[], object]:
     """``f`` with ours' ONNX Runtime path switched off (the kernel and NumPy paths, as before it)."""
 
     def call():
@@ -94,6 +95,11 @@ def _without_ort(f):
             nms_module.USE_ORT = True
 
     return call
+
+
+def _tv_from_numpy(op: Callable, arrays: tuple[np.ndarray, ...], iou: float) -> np.ndarray:
+    """torchvision on the pipeline's input: NumPy arrays in (zero-copy tensors), NumPy indices out."""
+    return op(*(torch.from_numpy(a) for a in arrays), iou).numpy()
 
 
 def _fmt(ms: list[float]) -> str:
@@ -170,30 +176,26 @@ def main() -> int:
                 ours_keep = nms(b, s, iou)
                 ref = torchvision.ops.nms(tb, ts, iou).numpy()
                 same = "yes" if np.array_equal(ours_keep, ref) else "NO"
-                contenders: list[Callable[[], object]] = [
-                    lambda b=b, s=s, iou=iou: nms(b, s, iou),
-                    lambda b=b, s=s, iou=iou: torchvision.ops.nms(
-                        torch.from_numpy(b), torch.from_numpy(s), iou
-                    ).numpy(),
-                    lambda tb=tb, ts=ts, iou=iou: torchvision.ops.nms(tb, ts, iou),
+                ours_call: Callable[[], object] = partial(nms, b, s, iou)
+                contenders = [
+                    ours_call,
+                    partial(_tv_from_numpy, torchvision.ops.nms, (b, s), iou),
+                    partial(torchvision.ops.nms, tb, ts, iou),
                 ]
-                if args.paths:
-                    contenders.append(_without_ort(lambda b=b, s=s, iou=iou: nms(b, s, iou)))
             else:
                 ours_keep = batched_nms(b, s, c, iou)
                 exact = set(_batched_nms_vanilla(tb, ts, tc, iou).tolist())
                 fast = set(torchvision.ops.batched_nms(tb, ts, tc, iou).tolist())
                 mine_set = set(ours_keep.tolist())
                 same = f"{'yes' if mine_set == exact else 'NO'} (batched_nms: {'yes' if mine_set == fast else 'NO'})"
+                ours_call = partial(batched_nms, b, s, c, iou)
                 contenders = [
-                    lambda b=b, s=s, c=c, iou=iou: batched_nms(b, s, c, iou),
-                    lambda b=b, s=s, c=c, iou=iou: torchvision.ops.batched_nms(
-                        torch.from_numpy(b), torch.from_numpy(s), torch.from_numpy(c), iou
-                    ).numpy(),
-                    lambda tb=tb, ts=ts, tc=tc, iou=iou: torchvision.ops.batched_nms(tb, ts, tc, iou),
+                    ours_call,
+                    partial(_tv_from_numpy, torchvision.ops.batched_nms, (b, s, c), iou),
+                    partial(torchvision.ops.batched_nms, tb, ts, tc, iou),
                 ]
-                if args.paths:
-                    contenders.append(_without_ort(lambda b=b, s=s, c=c, iou=iou: batched_nms(b, s, c, iou)))
+            if args.paths:
+                contenders.append(_without_ort(ours_call))
             times = _alternate(contenders, reps, burst, flush)
             mine, from_numpy, tensors = times[0], times[1], times[2]
             old_col = f" {_fmt(times[3])} |" if args.paths else ""
