@@ -10,8 +10,8 @@ Tables (same clips and models for every contender, rounds interleaved so a share
 2. **Pipeline vs an OpenCV DNN loop** (the same bare loop with ``cv2.dnn`` as the engine), same runs.
 3. **int8 vs fp32**: ``run_pipeline.py models quantize --model M --images pedestrians_street.mp4`` for both
    models (its own held-apart check and interleaved speed measurement).
-4. **CPU NMS vs torchvision**: ``benchmarks/bench_nms.py`` warm, and after a YOLOX-Nano inference before
-   every call (the pipeline's state).
+4. **CPU NMS vs torchvision**: ``benchmarks/bench_nms.py`` warm, after a YOLOX-Nano inference before every
+   call (the pipeline's state), and with caches flushed before every call.
 5. **Decoding**: CPU per frame of a 1080p H.264 clip (the 720p clip upscaled, made once under ``--cache``),
    FFmpeg AUTO threads vs one thread, alternating; cores per camera at 25 and 30 fps.
 
@@ -20,7 +20,7 @@ config (no ``detect_fps``: every frame; file not paced) and a local redis-server
 loops decode with PyAV, preprocess as the pipeline does (YOLOX letterbox BGR; darknet RGB / 255 stretch),
 run the network, decode its output, keep score > 0.3 in the default six classes and run OpenCV's batched NMS.
 
-    .venv/bin/python benchmarks/bench_issue24_tables.py [--rounds 3] [--nms-repeats 9] [--decode-rounds 5]
+    .venv/bin/python benchmarks/bench_issue24_tables.py [--rounds 5] [--nms-repeats 9] [--decode-rounds 5]
 """
 
 from __future__ import annotations
@@ -313,12 +313,11 @@ def table_int8(env: dict[str, str]) -> None:
 
 def table_nms(args: argparse.Namespace, env: dict[str, str]) -> None:
     base = [sys.executable, "benchmarks/bench_nms.py", "--repeats", str(args.nms_repeats)]
+    small = ["10", "100", "300", "1000"]
     runs = [
         ("warm caches, every size", [*base, "--paths"]),
-        (
-            "after a YOLOX-Nano inference before each call",
-            [*base, "--after-detector", "--sizes", "10", "100", "300", "1000"],
-        ),
+        ("after a YOLOX-Nano inference before each call", [*base, "--after-detector", "--sizes", *small]),
+        ("caches flushed by a 16 MB pass before each call", [*base, "--cold", "--sizes", *small]),
     ]
     for title, cmd in runs:
         print(f"\n#### CPU NMS vs torchvision ({title}): `{' '.join(cmd[1:])}`\n")
@@ -351,7 +350,7 @@ def table_decode(args: argparse.Namespace) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the pipeline/loop runs")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the pipeline/loop runs")
     ap.add_argument("--nms-repeats", type=int, default=9)
     ap.add_argument("--decode-rounds", type=int, default=5)
     ap.add_argument("--timeout", type=float, default=180.0, help="seconds per pipeline/loop run")
