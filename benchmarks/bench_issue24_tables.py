@@ -153,6 +153,7 @@ def run_contender(cmd: list[str], marker: str, env: dict[str, str], timeout: flo
     wall = time.perf_counter() - t0
     if proc.returncode != 0 or t_last is None or t_steady is None:
         raise RuntimeError(f"{' '.join(cmd[:4])}...: exit {proc.returncode}, {frames} frames")
+    assert first is not None and cpu_steady is not None and cpu_last is not None
     steady = frames - STEADY_FROM
     return {
         "first": first,
@@ -272,7 +273,29 @@ def table_pipeline_vs_loops(args: argparse.Namespace, env: dict[str, str]) -> No
             f"| {_med([x['first'] for x in runs]):.2f} | {runs[0]['detections']} |"
         )
     print(
-        "\n| model | pace, pipeline ÷ bare ORT | CPU/frame, pipeline ÷ bare ORT | whole run speed, bare ÷ pipeline "
+        "\nRatios paired round by round (the two runs of a round saw about the same load); median, then each "
+        "round:\n"
+    )
+    print(
+        "| model | pace, pipeline ÷ bare ORT | CPU/frame, pipeline ÷ bare ORT | whole run speed, bare wall ÷ "
+        "pipeline wall | speed per frame, pipeline ÷ OpenCV DNN |"
+    )
+    print("|---|---|---|---|---|")
+    for name in models:
+        p, b, c = (
+            results[(name, who)] for who in ("pipeline", "bare PyAV + ONNX Runtime", "OpenCV DNN loop")
+        )
+        paired = (
+            [x["pace"] / y["pace"] for x, y in zip(p, b, strict=True)],
+            [x["cpu_per_frame_ms"] / y["cpu_per_frame_ms"] for x, y in zip(p, b, strict=True)],
+            [y["wall"] / x["wall"] for x, y in zip(p, b, strict=True)],
+            [x["pace"] / y["pace"] for x, y in zip(p, c, strict=True)],
+        )
+        cells = [f"{_med(v):.2f}x ({', '.join(f'{x:.2f}' for x in v)})" for v in paired]
+        print(f"| {name} | {' | '.join(cells)} |")
+    print("\nRatios of the medians above:\n")
+    print(
+        "| model | pace, pipeline ÷ bare ORT | CPU/frame, pipeline ÷ bare ORT | whole run speed, bare ÷ pipeline "
         "| whole-run CPU, pipeline ÷ bare | speed per frame, pipeline ÷ OpenCV DNN (steady) |"
     )
     print("|---|---:|---:|---:|---:|---:|")
