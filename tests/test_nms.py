@@ -27,14 +27,17 @@ def _is_score_order(keep: np.ndarray, scores: np.ndarray) -> bool:
 SIZES = [10, 100, 300, 1000, 3000, 10000, 100000]  # a frame's candidates (100-1k) up to a tiled batch's
 
 
-@pytest.fixture(params=["kernel", "numpy-first"], autouse=True)
+@pytest.fixture(params=["ort", "kernel", "numpy-first"], autouse=True)
 def path(request, monkeypatch):
-    """Every test runs twice: with torchvision's kernel loaded (every size through the kernel paths), and
-    as a fresh run sees it (torch not loaded: inputs up to NUMPY_PAIRS pairs suppressed in NumPy)."""
+    """Every test runs on each path: ONNX Runtime's operator (the default for inputs it takes), and with it
+    switched off, torchvision's kernel loaded (every size through the kernel paths) and as a fresh run
+    without ONNX Runtime sees it (torch not loaded: inputs up to NUMPY_PAIRS pairs suppressed in NumPy)."""
+    if request.param != "ort":
+        monkeypatch.setattr(nms_module, "USE_ORT", False)
     if request.param == "kernel":
         nms_module.warm_up()
         monkeypatch.setattr(nms_module, "NUMPY_PAIRS", -1)
-    else:
+    elif request.param == "numpy-first":
         monkeypatch.setattr(nms_module, "_KERNEL", None)
     return request.param
 
@@ -48,6 +51,75 @@ def test_a_fresh_run_does_not_load_torch_for_a_frames_candidates(path):
     b, s, c = _inputs(3000, 1, 4)
     nms(b, s, 0.5)  # 4.5M pairs: the kernel is loaded for it
     assert nms_module._KERNEL is not None
+
+
+@pytest.mark.parametrize("path", ["ort"], indirect=True)
+def test_onnx_runtime_takes_every_size_without_torch(path, monkeypatch):
+    monkeypatch.setattr(nms_module, "_KERNEL", None)
+    for n, classes in ((100, 6), (3000, 1), (3000, 80)):
+        b, s, c = _inputs(n, classes, n)
+        nms(b, s, 0.5)
+        batched_nms(b, s, c, 0.5)
+    assert nms_module._KERNEL is None
+
+
+@pytest.mark.parametrize("path", ["ort"], indirect=True)
+def test_inputs_onnx_runtime_would_change_go_the_exact_paths(path):
+    """NaN/-inf scores (ONNX Runtime drops them), inverted boxes (it reorders their corners), thresholds
+    outside [0, 1] (it refuses them): torchvision's kept set all the same."""
+    b, s, c = _inputs(300, 6, 11)
+    cases = []
+    s_nan = s.copy()
+    s_nan[::7] = np.nan
+    cases.append((b, s_nan, 0.5))
+    s_inf = s.copy()
+    s_inf[::5] = -np.inf
+    cases.append((b, s_inf, 0.5))
+    inverted = b.copy()
+    inverted[::3] = inverted[::3][:, [2, 3, 0, 1]]
+    cases.append((inverted, s, 0.5))
+    cases.append((b, s, 1.5))
+    for boxes, scores, thr in cases:
+        assert not nms_module._ort_takes(boxes, scores, thr)
+        tb, ts, tc = torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(c)
+        assert set(nms(boxes, scores, thr).tolist()) == set(torchvision.ops.nms(tb, ts, thr).tolist())
+        ref = _batched_nms_vanilla(tb, ts, tc, thr)
+        assert set(batched_nms(boxes, scores, c, thr).tolist()) == set(ref.tolist())
+
+
+@pytest.mark.parametrize("path", ["ort"], indirect=True)
+def test_many_classes_and_boxes_go_one_call_per_class(path, monkeypatch):
+    monkeypatch.setattr(nms_module, "ORT_SCORE_CELLS", 1000)  # 300 boxes x 80 classes is over it
+    b, s, c = _inputs(300, 80, 12)
+    ref = _batched_nms_vanilla(torch.from_numpy(b), torch.from_numpy(s), torch.from_numpy(c), 0.5)
+    ours = batched_nms(b, s, c, 0.5)
+    assert set(ours.tolist()) == set(ref.tolist()) and len(ours) == len(ref)
+    assert _is_score_order(ours, s)
+
+
+@pytest.mark.parametrize("path", ["ort"], indirect=True)
+def test_the_embedded_onnx_graph_is_one_non_max_suppression_node(path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "NonMaxSuppression", ["boxes", "scores", "max_per_class", "iou", "score_min"], ["selected"]
+            )
+        ],
+        "nms",
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, None, 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, None, None]),
+            helper.make_tensor_value_info("max_per_class", TensorProto.INT64, [1]),
+            helper.make_tensor_value_info("iou", TensorProto.FLOAT, [1]),
+            helper.make_tensor_value_info("score_min", TensorProto.FLOAT, [1]),
+        ],
+        [helper.make_tensor_value_info("selected", TensorProto.INT64, [None, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=7)
+    assert onnx.load_from_string(nms_module._ORT_NMS_MODEL) == model
 
 
 @pytest.mark.parametrize("n", SIZES)
