@@ -31,12 +31,12 @@ import cv2
 from pipeline.ingest.demo_media import encode_bgr_video
 
 
-def _cpu() -> float:
+def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
 
-def _encode(src: str, size: tuple[int, int], dst: Path, fps: int) -> Path:
+def encode_resized(src: str, size: tuple[int, int], dst: Path, fps: int) -> Path:
     with av.open(src) as c:
         frames = (
             cv2.resize(f.to_ndarray(format="bgr24"), size, interpolation=cv2.INTER_AREA)
@@ -48,7 +48,7 @@ def _encode(src: str, size: tuple[int, int], dst: Path, fps: int) -> Path:
 def decode_cpu(path: Path, fps: int, detect_fps: float) -> tuple[float, int]:
     """(CPU seconds, frames): decode every frame, convert one every fps/detect_fps frames to BGR."""
     every = max(1, round(fps / detect_fps))
-    c0 = _cpu()
+    c0 = cpu_seconds()
     n = 0
     with av.open(str(path)) as c:
         s = c.streams.video[0]
@@ -58,12 +58,12 @@ def decode_cpu(path: Path, fps: int, detect_fps: float) -> tuple[float, int]:
             if n % every == 0:
                 f.to_ndarray(format="bgr24")
             n += 1
-    return _cpu() - c0, n
+    return cpu_seconds() - c0, n
 
 
 def keep_cpu(path: Path) -> tuple[float, int]:
     """(CPU seconds, packets): demux and copy every packet, as RecordStream does (no decoding)."""
-    c0 = _cpu()
+    c0 = cpu_seconds()
     n = 0
     kept = []
     with av.open(str(path)) as c:
@@ -72,7 +72,7 @@ def keep_cpu(path: Path) -> tuple[float, int]:
             if p.size:
                 kept.append(bytes(p))
                 n += 1
-    return _cpu() - c0, n
+    return cpu_seconds() - c0, n
 
 
 def main() -> int:
@@ -90,8 +90,8 @@ def main() -> int:
     fps = round(float(rate)) if rate else 25
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.monotonic()
-        main_p = _encode(args.clip, main_size, Path(tmp) / "main.mp4", fps)  # type: ignore[arg-type]
-        sub_p = _encode(args.clip, sub_size, Path(tmp) / "sub.mp4", fps)  # type: ignore[arg-type]
+        main_p = encode_resized(args.clip, main_size, Path(tmp) / "main.mp4", fps)  # type: ignore[arg-type]
+        sub_p = encode_resized(args.clip, sub_size, Path(tmp) / "sub.mp4", fps)  # type: ignore[arg-type]
         print(f"encoded in {time.monotonic() - t0:.0f} s; load {os.getloadavg()[0]:.2f}")
         decode_cpu(sub_p, fps, args.detect_fps)  # warm caches and codecs
         keep_cpu(main_p)

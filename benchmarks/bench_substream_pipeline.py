@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -31,23 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import av  # noqa: E402
-import cv2  # noqa: E402
 
-from pipeline.ingest.demo_media import encode_bgr_video  # noqa: E402
-
-
-def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def _encode(src: str, size: tuple[int, int], dst: Path, fps: int) -> Path:
-    with av.open(src) as c:
-        frames = (
-            cv2.resize(f.to_ndarray(format="bgr24"), size, interpolation=cv2.INTER_AREA)
-            for f in c.decode(video=0)
-        )
-        return encode_bgr_video(dst, frames, fps, crf=23)
+from benchmarks.bench_substream import cpu_seconds, encode_resized  # noqa: E402
 
 
 def run_once(source: str, record: str | None, redis_url: str, args: argparse.Namespace, tmp: Path) -> dict:
@@ -75,9 +59,9 @@ def run_once(source: str, record: str | None, redis_url: str, args: argparse.Nam
     pipe = Pipeline(cfg, var_dir=tmp / "var", event_sinks=[sink]).start()
     try:
         time.sleep(args.warmup)
-        c0, t0 = _cpu(), time.monotonic()
+        c0, t0 = cpu_seconds(), time.monotonic()
         time.sleep(args.seconds - args.warmup)
-        c1, t1 = _cpu(), time.monotonic()
+        c1, t1 = cpu_seconds(), time.monotonic()
     finally:
         pipe.stop()
         pipe.wait(30)
@@ -114,8 +98,8 @@ def main() -> int:
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        main_h264 = _encode(args.clip, main_size, tmp / "main.h264", fps)  # type: ignore[arg-type]
-        sub_h264 = _encode(args.clip, sub_size, tmp / "sub.h264", fps)  # type: ignore[arg-type]
+        main_h264 = encode_resized(args.clip, main_size, tmp / "main.h264", fps)  # type: ignore[arg-type]
+        sub_h264 = encode_resized(args.clip, sub_size, tmp / "sub.h264", fps)  # type: ignore[arg-type]
         main_srv = RtspServer(main_h264, fps=fps, mount="/main")
         sub_srv = RtspServer(sub_h264, fps=fps, mount="/sub")
         main_srv.start()
