@@ -20,7 +20,12 @@ config (no ``detect_fps``: every frame; file not paced) and a local redis-server
 loops decode with PyAV, preprocess as the pipeline does (YOLOX letterbox BGR; darknet RGB / 255 stretch),
 run the network, decode its output, keep score > 0.3 in the default six classes and run OpenCV's batched NMS.
 
+``--models`` limits table 1 to some models; ``--baseline-root DIR`` adds the pipeline of another checkout
+(e.g. ``git archive`` of the commit before a change, its own ``run_pipeline.py`` on its own PYTHONPATH) as a
+fourth contender in the same rounds, and prints its start-up and whole run beside this checkout's.
+
     .venv/bin/python benchmarks/bench_issue24_tables.py [--rounds 5] [--nms-repeats 9] [--decode-rounds 5]
+    .venv/bin/python benchmarks/bench_issue24_tables.py --only loops --models yolov3-tiny --baseline-root DIR
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ VIDEOS = ROOT.parent / "shared" / "data" / "videos"
 CLIP_720P = VIDEOS / "traffic_motorway.mp4"
 CALIBRATION = VIDEOS / "pedestrians_street.mp4"
 CLASSES = ["person", "bicycle", "car", "motorcycle", "bus", "truck"]
+MODELS = ("yolox-nano", "yolov3-tiny")
+BASELINE = "pipeline (baseline checkout)"
 STEADY_FROM = 20  # frames: the steady state starts after the 20th detected frame (issue 24)
 
 BARE = r"""
@@ -193,7 +200,7 @@ def table_pipeline_vs_loops(args: argparse.Namespace, env: dict[str, str]) -> No
     from pipeline.detect.detectors.factory import build_detector
 
     models = {}
-    for name in ("yolox-nano", "yolov3-tiny"):
+    for name in args.models:
         if name == "yolox-nano":
             onnx_path = str(get_model_path(name))
             models[name] = ("yolox", [onnx_path], [onnx_path])
@@ -243,11 +250,20 @@ def table_pipeline_vs_loops(args: argparse.Namespace, env: dict[str, str]) -> No
                     "bare PyAV + ONNX Runtime": [py, "-c", BARE, "ort", family, str(CLIP_720P), *ort_files],
                     "OpenCV DNN loop": [py, "-c", BARE, "cv2", family, str(CLIP_720P), *cv2_files],
                 }
+                if args.baseline_root:
+                    base_run = str(args.baseline_root / "run_pipeline.py")
+                    contenders[BASELINE] = [
+                        py,
+                        base_run,
+                        *contenders["pipeline"][2:-1],
+                        str(Path(tmp) / f"var-base-{name}-{r}"),
+                    ]
                 order = list(contenders)
-                order = order[r % 3 :] + order[: r % 3]  # rotate who goes first
+                order = order[r % len(order) :] + order[: r % len(order)]  # rotate who goes first
                 for who in order:
-                    marker = "pipeline" if who == "pipeline" else "bare"
-                    res = run_contender(contenders[who], marker, env, args.timeout)
+                    marker = "pipeline" if who in ("pipeline", BASELINE) else "bare"
+                    who_env = {**env, "PYTHONPATH": str(args.baseline_root)} if who == BASELINE else env
+                    res = run_contender(contenders[who], marker, who_env, args.timeout)
                     results.setdefault((name, who), []).append(res)
                     print(
                         f"  round {r + 1} {name} {who}: wall {res['wall']:.2f} s, pace {res['pace']:.1f} fps, "
@@ -311,6 +327,40 @@ def table_pipeline_vs_loops(args: argparse.Namespace, env: dict[str, str]) -> No
             f"| {_med([x['wall'] for x in b]) / _med([x['wall'] for x in p]):.2f}x "
             f"| {_med([x['cpu'] for x in p]) / _med([x['cpu'] for x in b]):.2f}x "
             f"| {_med([x['pace'] for x in p]) / _med([x['pace'] for x in c]):.2f}x |"
+        )
+    if args.baseline_root:
+        _baseline_table(args, results)
+
+
+def _baseline_table(args: argparse.Namespace, results: dict[tuple[str, str], list[dict]]) -> None:
+    """This checkout's pipeline against the baseline checkout's, each beside the bare ORT loop of its round."""
+    print(
+        f"\nThis checkout's pipeline vs the baseline `{args.baseline_root}` (same rounds); medians (best), "
+        "and paired per round: pipeline minus the bare ORT loop of that round\n"
+    )
+    print(
+        "| model | pipeline | first detection s | − bare loop's, s (each round) | whole run s "
+        "| bare wall ÷ pipeline wall (each round) | detections |"
+    )
+    print("|---|---|---:|---|---:|---|---:|")
+    for name in args.models:
+        bare = results[(name, "bare PyAV + ONNX Runtime")]
+        for who in (BASELINE, "pipeline"):
+            runs = results[(name, who)]
+            gaps = [x["first"] - y["first"] for x, y in zip(runs, bare, strict=True)]
+            speed = [y["wall"] / x["wall"] for x, y in zip(runs, bare, strict=True)]
+            label = "baseline" if who == BASELINE else "this checkout"
+            print(
+                f"| {name} | {label} | {_med([x['first'] for x in runs]):.2f} "
+                f"({min(x['first'] for x in runs):.2f}) "
+                f"| {_med(gaps):+.2f} ({', '.join(f'{g:+.2f}' for g in gaps)}) "
+                f"| {_med([x['wall'] for x in runs]):.2f} ({min(x['wall'] for x in runs):.2f}) "
+                f"| {_med(speed):.2f}x ({', '.join(f'{v:.2f}' for v in speed)}) | {runs[0]['detections']} |"
+            )
+        print(
+            f"| {name} | bare PyAV + ONNX Runtime | {_med([x['first'] for x in bare]):.2f} "
+            f"({min(x['first'] for x in bare):.2f}) | | {_med([x['wall'] for x in bare]):.2f} "
+            f"({min(x['wall'] for x in bare):.2f}) | | {bare[0]['detections']} |"
         )
 
 
@@ -379,6 +429,12 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=180.0, help="seconds per pipeline/loop run")
     ap.add_argument("--cache", type=Path, default=ROOT / "var" / "bench_cache")
     ap.add_argument("--only", nargs="+", choices=["loops", "int8", "nms", "decode"])
+    ap.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="models of table 1")
+    ap.add_argument(
+        "--baseline-root",
+        type=Path,
+        help="another checkout whose run_pipeline.py joins table 1's rounds (its own PYTHONPATH)",
+    )
     args = ap.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     only = set(args.only or ["loops", "int8", "nms", "decode"])

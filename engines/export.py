@@ -2,7 +2,9 @@
 
 The cache key is the sha256 of the module's parameters and buffers plus the input shape and opset, so
 a changed cfg, weights file or input size gives a new file and an unchanged one is exported once.
-Files live under ``<cache>/onnx/<name>-<key>.onnx`` (``<cache>`` as in engines/model_store.py).
+Files live under ``<cache>/onnx/<name>-<key>.onnx`` (``<cache>`` as in engines/model_store.py). Models whose
+sources are files (Darknet cfg + weights) are cached by engines/onnx_cache.py instead, keyed by the files'
+bytes, so that a cached export is found without importing torch.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from torch import nn
 
 from engines.base import EngineError
 from engines.model_store import cache_dir
+from engines.onnx_cache import DEFAULT_OPSET
 
-DEFAULT_OPSET = 17
+__all__ = ["DEFAULT_OPSET", "export_onnx", "module_sha256"]
 
 
 def module_sha256(module: nn.Module) -> str:

@@ -18,7 +18,6 @@ type; a weights file whose size does not match the cfg names the file and the ex
 from __future__ import annotations
 
 import builtins
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.models.darknet_cfg import Section, parse_cfg
 from pipeline.models.errors import ModelError  # its home; imported from here by older code
 
-
-@dataclass
-class Section:
-    type: str
-    line: int  # 1-based line of the ``[type]`` header
-    options: dict[str, str] = field(default_factory=dict)
+__all__ = ["DarknetModel", "ModelError", "Section", "load_darknet", "parse_cfg"]
 
 
 # Options that only matter for training (or are documentation); accepted and ignored.
@@ -88,34 +83,6 @@ _SUPPORTED = {
 }
 _ACTIVATIONS = {"leaky", "mish", "linear", "logistic", "relu", "swish"}
 BN_EPS = 1e-5  # darknet normalises with sqrt(variance + .00001)
-
-
-def parse_cfg(path: str | Path) -> list[Section]:
-    """Sections of a darknet cfg in file order, the first being ``[net]``/``[network]``."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise ModelError(f"cannot read darknet cfg {path}: {exc}") from None
-    sections: list[Section] = []
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].split(";", 1)[0].strip()
-        if not line:
-            continue
-        if line.startswith("["):
-            if not line.endswith("]"):
-                raise ModelError(f"{path}:{lineno}: malformed section header {raw.strip()!r}")
-            sections.append(Section(line[1:-1].strip().lower(), lineno))
-        elif "=" in line:
-            if not sections:
-                raise ModelError(f"{path}:{lineno}: option before the first [section]")
-            key, value = line.split("=", 1)
-            sections[-1].options[key.strip()] = value.strip()
-        else:
-            raise ModelError(f"{path}:{lineno}: expected 'key=value' or '[section]', got {raw.strip()!r}")
-    if not sections or sections[0].type not in ("net", "network"):
-        raise ModelError(f"{path}: a darknet cfg must start with a [net] section")
-    return sections
 
 
 class _Ctx:
