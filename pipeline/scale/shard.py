@@ -223,6 +223,7 @@ class Shard:
             threading.Thread(target=self._watch_lease, name="shard-lease", daemon=True).start()
         pipeline.start()
         log.info("shard %s on node %s: cameras %s", shard_id, self.node_id[:8], camera_ids)
+        _warn_if_niced(shard_id)
 
     def _running(self) -> ShardPipeline:
         if self.pipeline is None:
@@ -299,3 +300,18 @@ class Shard:
     def join(self, timeout: float) -> bool:
         """Wait until everything accepted is published or spooled (then the actor may be killed)."""
         return self._running().join(timeout)
+
+
+def _warn_if_niced(shard_id: str) -> None:
+    """Ray starts its workers at niceness 15 (``RAY_worker_niceness``) to keep its raylet responsive; a shard
+    at that niceness gets the CPU only when nothing else on the node wants it, so any busy process there
+    (a build, another service) starves its cameras. Said once per shard, with the way out."""
+    niceness = os.getpriority(os.PRIO_PROCESS, 0)
+    if niceness > 0:
+        log.warning(
+            "shard %s runs at niceness %d (Ray's worker_niceness): other processes on this node take the CPU "
+            "first and can starve its cameras; start the Ray nodes with RAY_worker_niceness=0 in their "
+            "environment (docs/scale.md)",
+            shard_id,
+            niceness,
+        )
